@@ -1,0 +1,225 @@
+"""``build_features(data, entities)``: the one point-in-time entry point for training, batch scoring and the API.
+
+``entities`` is a table of (``customer_id``, ``as_of``) pairs, as in Feast's ``get_historical_features``: training
+passes many historical snapshots, batch scoring passes every customer at one date, the API passes the customers
+of one request. For each pair only rows strictly before ``as_of`` are used, so appending later rows never changes
+a feature (``tests/test_features.py`` checks exactly that).
+
+The query is built once with Ibis from the registry (``features/registry.py``) over *unbound* tables and compiled
+to SQL; the SQL is cached and run on DuckDB over Arrow tables. That keeps one definition for every caller, costs
+no compilation per API request, and lets the same Ibis expression run on another Ibis backend (e.g. Spark) by
+configuration.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from functools import lru_cache
+
+import ibis
+import ibis.expr.types as ir
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from churnguard.settings import DEFAULT_EVENT_TYPES
+from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS
+from features.dataset import Dataset
+from features.duck import connect
+from features.registry import FeatureSpec, feature_registry
+
+KEYS = ("customer_id", "as_of")
+ENTITY_SCHEMA = pa.schema([("customer_id", pa.string()), ("as_of", pa.timestamp("us"))])
+TABLE_NAMES = {"transactions": "cg_transactions", "events": "cg_events", "customers": "cg_customers",
+                "entities": "cg_entities"}
+
+
+def build_features(
+    data: Dataset,
+    entities: pa.Table,
+    *,
+    event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES,
+    engine: FeatureEngine | None = None,
+) -> pa.Table:
+    """Features for each (customer_id, as_of) entity: ``customer_id``, ``as_of`` and one column per feature.
+
+    Rows come back in the order of ``entities``. Snapshots are computed one ``as_of`` at a time, which keeps
+    memory flat for many snapshots of many customers.
+    """
+    entities = check_entities(entities)
+    engine = engine or default_engine()
+    sql = compiled_sql(tuple(event_types))
+    parts = []
+    as_ofs = pc.unique(entities["as_of"]).to_pylist()
+    for as_of in sorted(as_ofs):
+        subset = entities.filter(pc.equal(entities["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
+        parts.append(engine.run(sql, data, subset))
+    out = pa.concat_tables(parts) if parts else _empty_features(event_types)
+    return _in_entity_order(out, entities)
+
+
+def feature_names(event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES) -> list[str]:
+    return [s.name for s in feature_registry(tuple(event_types))]
+
+
+def entities_at(data: Dataset, as_of: datetime | date | Sequence[datetime | date]) -> pa.Table:
+    """Every customer known before ``as_of`` (a transaction, event or sign-up before it), one row per as_of."""
+    dates = [as_of] if isinstance(as_of, date | datetime) else list(as_of)
+    con = connect()
+    con.register("tx", data.transactions.select(["customer_id", "timestamp"]))
+    con.register("ev", data.events.select(["customer_id", "timestamp"]))
+    con.register("cu", data.customers.select(["customer_id", "signup_date"]).rename_columns(["customer_id", "timestamp"]))
+    con.execute(
+        "CREATE TEMP TABLE first_seen AS SELECT customer_id, min(timestamp) AS first_ts FROM "
+        "(SELECT * FROM tx UNION ALL SELECT * FROM ev UNION ALL SELECT * FROM cu WHERE timestamp IS NOT NULL) "
+        "GROUP BY customer_id"
+    )
+    parts = []
+    for d in dates:
+        ts = _as_timestamp(d)
+        ids = con.execute(
+            "SELECT customer_id FROM first_seen WHERE first_ts < ? ORDER BY customer_id", [ts]
+        ).to_arrow_table()["customer_id"]
+        parts.append(pa.table({"customer_id": ids, "as_of": pa.array([ts] * len(ids), pa.timestamp("us"))}))
+    con.close()
+    return pa.concat_tables(parts).cast(ENTITY_SCHEMA) if parts else ENTITY_SCHEMA.empty_table()
+
+
+# --------------------------------------------------------------------------------------------- the query
+
+
+@lru_cache(maxsize=16)
+def compiled_sql(event_types: tuple[str, ...], dialect: str = "duckdb") -> str:
+    return ibis.to_sql(feature_query(event_types), dialect=dialect)
+
+
+def feature_query(event_types: tuple[str, ...]) -> ir.Table:
+    """The whole feature computation as one Ibis expression over unbound contract tables."""
+    specs = feature_registry(event_types)
+    tx, ev, cu, ent = contract_tables()
+    sources = _sources(tx, ev, cu, ent)
+    wide = ent
+    for source, table in sources.items():
+        aggregates = {s.name: s.expr(table) for s in specs if s.source == source}
+        agg = table.group_by(list(KEYS)).aggregate(**aggregates)
+        joined = wide.left_join(agg, list(KEYS))
+        wide = joined.select(*[wide[c] for c in wide.columns], *[agg[c] for c in aggregates])
+    wide = wide.mutate(**{s.name: wide[s.name].fill_null(s.fill) for s in specs if s.fill is not None and
+                          s.source != "derived"})
+    for spec in (s for s in specs if s.source == "derived"):
+        wide = wide.mutate(**{spec.name: spec.expr(wide)})
+    return wide.select(*KEYS, *[wide[s.name].cast(s.dtype).name(s.name) for s in specs])
+
+
+def contract_tables() -> tuple[ir.Table, ir.Table, ir.Table, ir.Table]:
+    """Unbound Ibis tables (transactions, events, customers, entities) that queries are written against."""
+    schemas = (TRANSACTIONS.arrow_schema, EVENTS.arrow_schema, CUSTOMERS.arrow_schema, ENTITY_SCHEMA)
+    names = ("transactions", "events", "customers", "entities")
+    return tuple(ibis.table(ibis.Schema.from_pyarrow(s), name=TABLE_NAMES[n]) for s, n in zip(schemas, names,
+                                                                                             strict=True))
+
+
+def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[str, ir.Table]:
+    keys = list(KEYS)
+    lines = _before(tx, ent)
+    purchases = lines.filter(lines.amount > 0)
+    purchases = purchases.mutate(order_key=ibis.coalesce(purchases.order_id, purchases.timestamp.cast("string")))
+    orders = purchases.group_by([*keys, "order_key"]).aggregate(value=purchases.amount.sum(), age=purchases.age.max())
+    day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
+    days = purchases.mutate(day=day_index).group_by([*keys, "day"]).aggregate(age=purchases.age.min())
+    days = days.mutate(gap=(days.day - days.day.lag().over(group_by=keys, order_by=days.day)).cast("float64"))
+
+    customers = cu.join(ent, "customer_id")
+    customers = customers.mutate(
+        signup_age=ibis.ifelse(customers.signup_date < customers.as_of, days_between(customers.signup_date,
+                                                                                      customers.as_of), None),
+        cancelled=ibis.ifelse(customers.churn_date < customers.as_of, 1, 0),
+    )
+    return {"orders": orders, "lines": lines, "days": days, "events": _before(ev, ent), "customers": customers}
+
+
+def _before(table: ir.Table, ent: ir.Table) -> ir.Table:
+    """Rows strictly before each entity's as_of, with ``age`` in days. The point-in-time cut lives here only."""
+    joined = table.join(ent, "customer_id")
+    joined = joined.filter(joined.timestamp < joined.as_of)
+    return joined.mutate(age=days_between(joined.timestamp, joined.as_of))
+
+
+def days_between(start: ir.TimestampValue, end: ir.TimestampValue) -> ir.FloatingValue:
+    return (end.epoch_seconds() - start.epoch_seconds()).cast("float64") / 86400.0
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+class FeatureEngine:
+    """Runs the compiled feature SQL on embedded DuckDB; one connection per thread (the API serves concurrently)."""
+
+    def __init__(self, threads: int | None = None, memory_limit: str | None = None) -> None:
+        self.threads = threads
+        self.memory_limit = memory_limit
+        self._local = threading.local()
+
+    def _connection(self):
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = connect(self.threads, self.memory_limit)
+        return con
+
+    def run(self, sql: str, data: Dataset, entities: pa.Table) -> pa.Table:
+        """Run SQL compiled from :func:`contract_tables` over a dataset and an entity table."""
+        con = self._connection()
+        for name, table in (("transactions", data.transactions), ("events", data.events),
+                            ("customers", data.customers), ("entities", entities)):
+            con.register(TABLE_NAMES[name], table)
+        try:
+            return con.sql(sql).to_arrow_table()
+        finally:
+            for name in TABLE_NAMES.values():
+                con.unregister(name)
+
+
+@lru_cache(maxsize=1)
+def default_engine() -> FeatureEngine:
+    return FeatureEngine()
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def check_entities(entities: pa.Table) -> pa.Table:
+    missing = [c for c in KEYS if c not in entities.column_names]
+    if missing:
+        raise ValueError(f"entities need columns customer_id and as_of (missing: {', '.join(missing)})")
+    entities = entities.select(list(KEYS)).cast(ENTITY_SCHEMA)
+    if entities.num_rows and pc.any(pc.is_null(entities["as_of"])).as_py():
+        raise ValueError("entities: as_of must not be null")
+    if entities.num_rows and pc.any(pc.is_null(entities["customer_id"])).as_py():
+        raise ValueError("entities: customer_id must not be null")
+    if entities.group_by(list(KEYS)).aggregate([]).num_rows != entities.num_rows:
+        raise ValueError("entities: each (customer_id, as_of) pair must appear once")
+    return entities
+
+
+def _in_entity_order(features: pa.Table, entities: pa.Table) -> pa.Table:
+    indexed = entities.append_column("__position", pa.array(np.arange(entities.num_rows, dtype=np.int64)))
+    ordered = features.join(indexed, list(KEYS), join_type="inner").sort_by("__position")
+    return ordered.drop_columns(["__position"]).select(features.column_names)
+
+
+def _empty_features(event_types: tuple[str, ...]) -> pa.Table:
+    fields = [pa.field(n, pa.int64() if s.dtype == "int64" else pa.float64())
+              for n, s in ((s.name, s) for s in feature_registry(event_types))]
+    return pa.schema([*ENTITY_SCHEMA, *fields]).empty_table()
+
+
+def _as_timestamp(d: date | datetime) -> datetime:
+    return d if isinstance(d, datetime) else datetime(d.year, d.month, d.day)
+
+
+def as_entities(customer_ids: Iterable[str], as_of: datetime | date) -> pa.Table:
+    ids = list(customer_ids)
+    ts = _as_timestamp(as_of)
+    return pa.table({"customer_id": pa.array(ids, pa.string()), "as_of": pa.array([ts] * len(ids), pa.timestamp("us"))})

@@ -1,0 +1,206 @@
+"""The feature registry: every feature's name, dtype, description and definition, in one place.
+
+Training, batch scoring and the API all compute features through ``features.build.build_features``, which builds
+one Ibis query from these specs. A spec's ``expr`` is an Ibis expression over one *source* (below); each source
+holds only rows strictly before the entity's ``as_of`` and an ``age`` column = days from the row to ``as_of``.
+Day differences are epoch-second arithmetic, never ``delta(unit="day")`` (DuckDB and Spark disagree on that).
+
+Sources, per (customer_id, as_of):
+
+* ``orders``  one row per order: positive transaction lines grouped by ``order_id`` (or by time stamp when the
+  data has no order ids); ``value`` = order total, ``age`` = age of its first line.
+* ``lines``   every transaction line (purchases and refunds).
+* ``days``    one row per distinct purchase day, with ``gap`` = days since the previous purchase day.
+* ``events``  engagement events.
+* ``customers`` the customer's static record (sign-up, cancel date *before* as_of only).
+* ``derived`` combinations of the features above (``expr`` receives the table of all earlier features).
+
+Counts and sums of a customer with no rows in a source are 0; "days since" and ratios are null (LightGBM and the
+survival preprocessing handle nulls explicitly).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import ibis
+import ibis.expr.types as ir
+
+from churnguard.settings import DEFAULT_EVENT_TYPES
+
+FEATURE_SET = "rfm_engagement_v1"
+WINDOWS = (30, 90, 180, 365)
+
+Source = Literal["orders", "lines", "days", "events", "customers", "derived"]
+Dtype = Literal["int64", "float64"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    dtype: Dtype
+    description: str
+    source: Source
+    expr: Callable[[ir.Table], ir.Value]
+    fill: float | None = None  # value when the customer has no rows in the source (counts and sums: 0)
+    group: str = "rfm"  # for docs and for model feature subsets: rfm, behaviour, engagement, season
+
+
+def _count(name: str, desc: str, source: Source, cond: Callable[[ir.Table], ir.BooleanValue] | None = None,
+           group: str = "rfm") -> FeatureSpec:
+    def expr(t: ir.Table) -> ir.Value:
+        return t.count(where=cond(t)) if cond is not None else t.count()
+
+    return FeatureSpec(name, "int64", desc, source, expr, fill=0, group=group)
+
+
+def _rfm() -> list[FeatureSpec]:
+    return [
+        FeatureSpec("recency_days", "float64", "Days since the last order.", "orders", lambda o: o.age.min()),
+        _count("frequency", "Orders before as_of.", "orders"),
+        FeatureSpec("first_purchase_days", "float64", "Days since the first order.", "orders", lambda o: o.age.max()),
+        FeatureSpec("monetary_total", "float64", "Total spend of all orders (before refunds).", "orders",
+                    lambda o: o.value.sum(), fill=0.0),
+        FeatureSpec("monetary_mean", "float64", "Average order value.", "orders", lambda o: o.value.mean()),
+        FeatureSpec("monetary_std", "float64", "Sample standard deviation of order values (2+ orders).", "orders",
+                    lambda o: o.value.std(how="sample")),
+        FeatureSpec("monetary_max", "float64", "Largest order value.", "orders", lambda o: o.value.max()),
+    ]
+
+
+def _windows() -> list[FeatureSpec]:
+    specs: list[FeatureSpec] = []
+    for w in WINDOWS:
+        specs.append(_count(f"orders_{w}d", f"Orders in the {w} days before as_of.", "orders",
+                            lambda o, w=w: o.age < w))
+        specs.append(FeatureSpec(f"spend_{w}d", "float64", f"Spend in the {w} days before as_of.", "orders",
+                                 lambda o, w=w: o.value.sum(where=o.age < w), fill=0.0))
+    specs.append(_count("orders_prev_90d", "Orders 90-180 days before as_of (the window before orders_90d).",
+                        "orders", lambda o: (o.age >= 90) & (o.age < 180)))
+    specs.append(FeatureSpec("spend_prev_90d", "float64", "Spend 90-180 days before as_of.", "orders",
+                             lambda o: o.value.sum(where=(o.age >= 90) & (o.age < 180)), fill=0.0))
+    return specs
+
+
+def _lines() -> list[FeatureSpec]:
+    return [
+        FeatureSpec("refund_total", "float64", "Money refunded (absolute value of negative lines).", "lines",
+                    lambda t: -t.amount.sum(where=t.amount < 0), fill=0.0, group="behaviour"),
+        _count("refund_lines", "Refund / cancellation lines.", "lines", lambda t: t.amount < 0, group="behaviour"),
+        FeatureSpec("product_breadth", "int64", "Distinct products bought.", "lines",
+                    lambda t: t.product_id.nunique(where=t.amount > 0), fill=0, group="behaviour"),
+        FeatureSpec("category_breadth", "int64", "Distinct categories bought.", "lines",
+                    lambda t: t.category.nunique(where=t.amount > 0), fill=0, group="behaviour"),
+        FeatureSpec("channel_breadth", "int64", "Distinct sales channels used.", "lines",
+                    lambda t: t.channel.nunique(where=t.amount > 0), fill=0, group="behaviour"),
+    ]
+
+
+def _days() -> list[FeatureSpec]:
+    return [
+        _count("purchase_days", "Distinct days with an order.", "days"),
+        FeatureSpec("gap_mean_days", "float64", "Mean days between consecutive purchase days (2+ days).", "days",
+                    lambda d: d.gap.mean()),
+        FeatureSpec("gap_std_days", "float64", "Sample std of the gaps between purchase days (3+ days).", "days",
+                    lambda d: d.gap.std(how="sample")),
+        FeatureSpec("gap_max_days", "float64", "Longest gap between purchase days.", "days", lambda d: d.gap.max()),
+        FeatureSpec("last_gap_days", "float64", "Gap before the most recent purchase day (reactivation signal).",
+                    "days", lambda d: d.gap.argmin(d.age)),
+    ]
+
+
+def _events(event_types: tuple[str, ...]) -> list[FeatureSpec]:
+    specs = [
+        _count("events_30d", "Engagement events of any type in the last 30 days.", "events", lambda e: e.age < 30,
+               group="engagement"),
+        _count("events_90d", "Engagement events of any type in the last 90 days.", "events", lambda e: e.age < 90,
+               group="engagement"),
+        _count("events_prev_30d", "Events 30-60 days before as_of.", "events",
+               lambda e: (e.age >= 30) & (e.age < 60), group="engagement"),
+        FeatureSpec("days_since_last_event", "float64", "Days since the last engagement event.", "events",
+                    lambda e: e.age.min(), group="engagement"),
+        FeatureSpec("days_since_first_event", "float64", "Days since the first engagement event.", "events",
+                    lambda e: e.age.max(), group="engagement"),
+    ]
+    for et in event_types:
+        is_type = lambda e, et=et: e.event_type == et  # noqa: E731
+        specs += [
+            _count(f"{et}_30d", f"'{et}' events in the last 30 days.", "events",
+                   lambda e, f=is_type: f(e) & (e.age < 30), group="engagement"),
+            _count(f"{et}_90d", f"'{et}' events in the last 90 days.", "events",
+                   lambda e, f=is_type: f(e) & (e.age < 90), group="engagement"),
+            _count(f"{et}_prev_30d", f"'{et}' events 30-60 days before as_of.", "events",
+                   lambda e, f=is_type: f(e) & (e.age >= 30) & (e.age < 60), group="engagement"),
+            FeatureSpec(f"{et}_days_since_last", "float64", f"Days since the last '{et}' event.", "events",
+                        lambda e, f=is_type: e.age.min(where=f(e)), group="engagement"),
+        ]
+    return specs
+
+
+def _customers() -> list[FeatureSpec]:
+    return [
+        FeatureSpec("days_since_signup", "float64", "Days since sign-up (null without a sign-up date before as_of).",
+                    "customers", lambda c: c.signup_age.max(), group="behaviour"),
+        FeatureSpec("cancelled", "int64", "1 if the customer cancelled (churn_date) before as_of.", "customers",
+                    lambda c: c.cancelled.max(), fill=0, group="behaviour"),
+    ]
+
+
+def _safe_div(a: ir.NumericValue, b: ir.NumericValue) -> ir.NumericValue:
+    return ibis.ifelse(b > 0, a / b, ibis.null("float64"))
+
+
+def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
+    specs = [
+        FeatureSpec("orders_trend_90d", "float64", "orders_90d - orders_prev_90d: buying more or less than before.",
+                    "derived", lambda w: (w.orders_90d - w.orders_prev_90d).cast("float64")),
+        FeatureSpec("spend_trend_90d", "float64", "ln(1+spend_90d) - ln(1+spend_prev_90d).", "derived",
+                    lambda w: (w.spend_90d + 1).ln() - (w.spend_prev_90d + 1).ln()),
+        FeatureSpec("refund_share", "float64", "refund_total / monetary_total.", "derived",
+                    lambda w: _safe_div(w.refund_total, w.monetary_total), group="behaviour"),
+        FeatureSpec("recency_gap_ratio", "float64",
+                    "recency_days / gap_mean_days: how overdue the customer is against their own rhythm.", "derived",
+                    lambda w: _safe_div(w.recency_days, w.gap_mean_days)),
+        FeatureSpec("tenure_days", "float64", "Days since the first known activity (order, event or sign-up).",
+                    "derived",
+                    lambda w: ibis.greatest(w.first_purchase_days, w.days_since_first_event, w.days_since_signup)),
+        FeatureSpec("orders_per_month", "float64", "frequency per 30 days of tenure (tenure of at least 30 days).",
+                    "derived",
+                    lambda w: w.frequency / ibis.greatest(w.tenure_days, 30.0) * 30.0),
+        FeatureSpec("days_since_last_engagement", "float64", "Days since the last order or event, whichever is later.",
+                    "derived", lambda w: ibis.least(w.recency_days, w.days_since_last_event), group="engagement"),
+        FeatureSpec("events_trend_30d", "float64", "events_30d - events_prev_30d.", "derived",
+                    lambda w: (w.events_30d - w.events_prev_30d).cast("float64"), group="engagement"),
+    ]
+    for et in event_types:
+        specs.append(FeatureSpec(f"{et}_trend_30d", "float64", f"{et}_30d - {et}_prev_30d.", "derived",
+                                 lambda w, et=et: (w[f"{et}_30d"] - w[f"{et}_prev_30d"]).cast("float64"),
+                                 group="engagement"))
+    specs += [
+        FeatureSpec("season_sin", "float64", "sin(2 pi day-of-year(as_of) / 365.25): where in the year we stand.",
+                    "derived", lambda w: (w.as_of.day_of_year() * (2 * math.pi / 365.25)).sin(), group="season"),
+        FeatureSpec("season_cos", "float64", "cos(2 pi day-of-year(as_of) / 365.25).", "derived",
+                    lambda w: (w.as_of.day_of_year() * (2 * math.pi / 365.25)).cos(), group="season"),
+    ]
+    return specs
+
+
+def feature_registry(event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES) -> tuple[FeatureSpec, ...]:
+    """All features for the given event types, in the order they appear in feature tables."""
+    _check_event_types(event_types)
+    specs = (_rfm() + _windows() + _lines() + _days() + _events(event_types) + _customers()
+             + _derived(event_types))
+    names = [s.name for s in specs]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ValueError(f"duplicate feature names: {sorted(duplicates)}")
+    return tuple(specs)
+
+
+def _check_event_types(event_types: tuple[str, ...]) -> None:
+    for et in event_types:
+        if not et.isidentifier() or et != et.lower():
+            raise ValueError(f"event type {et!r} cannot name a feature (use lower_case_identifiers)")

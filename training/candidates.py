@@ -1,0 +1,191 @@
+"""Candidate churn classifiers. They compete on the same out-of-time holdout; the best one is registered.
+
+Every candidate is fitted on the *fit* snapshots, tuned (early stopping) and calibrated on the *validation*
+snapshot, and exposes the same three things the scorecard needs: calibrated ``predict_proba``, per-feature
+``contributions`` in log-odds (for the reasons), and the feature names it reads. So the scorecard contract holds
+whichever family wins.
+
+Class imbalance: candidates are fitted on the natural churn rate, unweighted. Re-weighting or resampling would
+shift the scores away from probabilities, and churn rates here (10-60%) are not extreme enough to need it;
+calibration then maps scores to observed frequencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+RFM_FEATURES = ["recency_days", "frequency", "monetary_total"]
+TARGET = "churned"
+
+
+def signed_log1p(x):
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+@dataclass
+class Calibrator:
+    """Isotonic or Platt scaling, whichever has the lower cross-validated log loss on the validation snapshot."""
+
+    method: str = ""
+    model_: CalibratedClassifierCV | None = None
+    cv_log_loss_: dict[str, float] = field(default_factory=dict)
+
+    def fit(self, estimator, X: pd.DataFrame, y: np.ndarray, seed: int) -> Calibrator:
+        folds = StratifiedKFold(n_splits=2, shuffle=True, random_state=seed)
+        for method in ("sigmoid", "isotonic"):
+            losses = []
+            for a, b in folds.split(X, y):
+                cal = CalibratedClassifierCV(FrozenEstimator(estimator), method=method).fit(X.iloc[a], y[a])
+                losses.append(log_loss(y[b], cal.predict_proba(X.iloc[b])[:, 1], labels=[0, 1]))
+            self.cv_log_loss_[method] = float(np.mean(losses))
+        self.method = min(self.cv_log_loss_, key=self.cv_log_loss_.get)
+        self.model_ = CalibratedClassifierCV(FrozenEstimator(estimator), method=self.method).fit(X, y)
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model_.predict_proba(X)[:, 1]
+
+
+class LightGBMCandidate:
+    """Gradient-boosted trees on every registry feature: the expected winner when behaviour is rich."""
+
+    name = "lightgbm"
+
+    def __init__(self, features: list[str], *, n_estimators: int = 600, learning_rate: float = 0.05,
+                 num_leaves: int = 31, min_child_samples: int = 50, early_stopping_rounds: int = 50,
+                 seed: int = 42, n_jobs: int | None = None) -> None:
+        self.features = features
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.early_stopping_rounds = early_stopping_rounds
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    def fit(self, fit: pd.DataFrame, val: pd.DataFrame) -> LightGBMCandidate:
+        self.model_ = lgb.LGBMClassifier(
+            n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples, subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
+            reg_lambda=1.0, random_state=self.seed, n_jobs=self.n_jobs or -1, verbose=-1, deterministic=True,
+            force_row_wise=True,
+        )
+        self.model_.fit(
+            self._x(fit), fit[TARGET].to_numpy(), eval_X=(self._x(val),), eval_y=(val[TARGET].to_numpy(),),
+            eval_metric="binary_logloss", callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+        self.best_iteration_ = int(self.model_.best_iteration_ or self.n_estimators)
+        self.calibrator_ = Calibrator().fit(self.model_, self._x(val), val[TARGET].to_numpy(), self.seed)
+        return self
+
+    def _x(self, df: pd.DataFrame) -> pd.DataFrame:
+        return df[self.features].astype("float64")
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        return self.calibrator_.predict_proba(self._x(df))
+
+    def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
+        """TreeSHAP contributions to the raw log-odds (before calibration, which is monotone)."""
+        contrib = self.model_.booster_.predict(self._x(df), pred_contrib=True,
+                                               num_iteration=self.best_iteration_)
+        return pd.DataFrame(contrib[:, :-1], columns=self.features, index=df.index)
+
+    def importance(self) -> pd.Series:
+        gain = self.model_.booster_.feature_importance(importance_type="gain")
+        return pd.Series(gain, index=self.features).sort_values(ascending=False)
+
+    @property
+    def description(self) -> str:
+        return (f"LightGBM, {self.best_iteration_} trees (early-stopped), {len(self.features)} features, "
+                f"{self.calibrator_.method} calibration")
+
+
+class LogisticCandidate:
+    """Logistic regression on log-scaled features: the RFM baseline, or recency alone."""
+
+    def __init__(self, name: str, features: list[str], *, C: float = 1.0, seed: int = 42) -> None:
+        self.name = name
+        self.features = features
+        self.C = C
+        self.seed = seed
+
+    def fit(self, fit: pd.DataFrame, val: pd.DataFrame) -> LogisticCandidate:
+        self.medians_ = fit[self.features].median().fillna(0.0)
+        self.model_: Pipeline = make_pipeline(
+            FunctionTransformer(signed_log1p), StandardScaler(),
+            LogisticRegression(C=self.C, max_iter=1000, random_state=self.seed),
+        )
+        self.model_.fit(self._x(fit), fit[TARGET].to_numpy())
+        self.calibrator_ = Calibrator().fit(self.model_, self._x(val), val[TARGET].to_numpy(), self.seed)
+        return self
+
+    def _x(self, df: pd.DataFrame) -> pd.DataFrame:
+        return df[self.features].astype("float64").fillna(self.medians_)
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        return self.calibrator_.predict_proba(self._x(df))
+
+    def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Exact for a linear model: coefficient x standardised value, in log-odds."""
+        transformed = self.model_[:-1].transform(self._x(df))
+        coef = self.model_[-1].coef_[0]
+        return pd.DataFrame(transformed * coef, columns=self.features, index=df.index)
+
+    def importance(self) -> pd.Series:
+        return pd.Series(np.abs(self.model_[-1].coef_[0]), index=self.features).sort_values(ascending=False)
+
+    @property
+    def description(self) -> str:
+        return f"logistic regression on log({', '.join(self.features)}), {self.calibrator_.method} calibration"
+
+
+class BlendCandidate:
+    """Mean of two calibrated candidates' probabilities: robust when neither dominates."""
+
+    name = "blend"
+
+    def __init__(self, members: list) -> None:
+        self.members = members
+        self.features = list(dict.fromkeys(f for m in members for f in m.features))
+
+    def fit(self, fit: pd.DataFrame, val: pd.DataFrame) -> BlendCandidate:
+        return self  # members are fitted already
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        return np.mean([m.predict_proba(df) for m in self.members], axis=0)
+
+    def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
+        parts = [m.contributions(df).reindex(columns=self.features, fill_value=0.0) for m in self.members]
+        return sum(parts) / len(parts)
+
+    def importance(self) -> pd.Series:
+        parts = [m.importance() / max(m.importance().sum(), 1e-12) for m in self.members]
+        return pd.concat(parts, axis=1).fillna(0).mean(axis=1).sort_values(ascending=False)
+
+    @property
+    def description(self) -> str:
+        return "mean of " + " and ".join(m.name for m in self.members)
+
+
+def fit_candidates(fit: pd.DataFrame, val: pd.DataFrame, features: list[str], *, settings, n_jobs=None) -> dict:
+    """Fit every candidate family on the same data. ``settings`` is the training section of the settings."""
+    lgbm = LightGBMCandidate(
+        features, n_estimators=settings.lgbm_n_estimators, learning_rate=settings.lgbm_learning_rate,
+        num_leaves=settings.lgbm_num_leaves, min_child_samples=settings.lgbm_min_child_samples,
+        early_stopping_rounds=settings.early_stopping_rounds, seed=settings.seed, n_jobs=n_jobs,
+    ).fit(fit, val)
+    rfm = LogisticCandidate("rfm_logit", RFM_FEATURES, seed=settings.seed).fit(fit, val)
+    recency = LogisticCandidate("recency", ["recency_days"], seed=settings.seed).fit(fit, val)
+    blend = BlendCandidate([lgbm, rfm])
+    return {c.name: c for c in (lgbm, rfm, recency, blend)}

@@ -1,0 +1,86 @@
+"""Evaluation plots as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reliability_diagram(curves: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
+    for name, c in curves.items():
+        r = c["reliability"]
+        ax.plot(r["mean_predicted"], r["observed"], marker="o", ms=3, label=name)
+    ax.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="Reliability (held-out)",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def gain_chart(curves: dict, path: Path) -> Path:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    a1.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="random")
+    for name, c in curves.items():
+        g = c["gain"]
+        a1.plot(g["share_contacted"], g["gain"], label=name)
+        a2.plot(g["share_contacted"], g["lift"], label=name)
+    a1.set(xlabel="share of customers contacted (by risk)", ylabel="share of churners reached",
+           title="Cumulative gain (held-out)")
+    a2.axhline(1, ls="--", c="grey", lw=1)
+    a2.set(xlabel="share of customers contacted", ylabel="lift", title="Lift (held-out)")
+    a1.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def survival_calibration(metrics: dict, path: Path, times=(30, 60, 90)) -> Path:
+    observed = [metrics[f"survival_churned_by_{t}d_observed"] for t in times]
+    predicted = [metrics[f"survival_churned_by_{t}d_predicted"] for t in times]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(times, observed, marker="o", label="observed (Kaplan-Meier)")
+    ax.plot(times, predicted, marker="s", label="predicted (mean of curves)")
+    ax.set(xlabel="days after as_of", ylabel="share churned", title="Survival calibration (held-out, active)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def feature_importance(importance: pd.Series, path: Path, title: str, k: int = 20) -> Path:
+    top = importance.head(k)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.28 * len(top) + 1.2))
+    ax.barh(top.index, top.values)
+    ax.set(title=title, xlabel="importance (normalised)")
+    return _save(fig, path)
+
+
+def backtest_chart(rows: list[dict], path: Path) -> Path:
+    df = pd.DataFrame(rows)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for model, g in df.groupby("model"):
+        a1.plot(g["origin"], g["roc_auc"], marker="o", label=model)
+        a2.plot(g["origin"], g["log_loss"], marker="o", label=model)
+    a1.set(title="Backtest: ROC AUC per origin", xlabel="held-out snapshot")
+    a2.set(title="Backtest: log loss per origin", xlabel="held-out snapshot")
+    a1.legend(fontsize=8)
+    for a in (a1, a2):
+        a.tick_params(axis="x", rotation=30)
+    return _save(fig, path)
+
+
+def churn_rate_chart(rates: dict[str, float], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(list(rates), list(rates.values()))
+    ax.set(title="Churn rate per snapshot (last bar: held-out)", ylabel="churn rate")
+    ax.tick_params(axis="x", rotation=30)
+    return _save(fig, path)

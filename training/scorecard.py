@@ -1,0 +1,137 @@
+"""From model outputs to what people read: risk tiers, lifecycle stages and reasons in plain words.
+
+Lifecycle stages (first rule that matches; thresholds in ``LifecycleRules``):
+
+| stage        | rule |
+|--------------|------|
+| lapsed       | inactive for at least H days (churned by definition), or cancelled before as_of |
+| new          | first order less than ``new_days`` ago |
+| reactivated  | the latest order came after a gap of at least H days, and the customer is not lapsed now |
+| at_risk      | churn_probability at or above the "high" tier threshold |
+| loyal        | at least ``loyal_min_orders`` orders and ``loyal_min_tenure_days`` of tenure |
+| active       | everybody else |
+
+Customers with no order before as_of (prospects) are not scored: there is nothing to churn from yet; batch and
+API report them as rejected with that reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+TIERS = ("low", "medium", "high", "critical")
+STAGES = ("new", "active", "loyal", "at_risk", "lapsed", "reactivated")
+NOT_SCORABLE = "no purchase before as_of (prospect): nothing to score yet"
+
+
+class LifecycleRules(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    new_days: int = 60
+    loyal_min_orders: int = 5
+    loyal_min_tenure_days: int = 180
+
+
+def risk_tiers(p: np.ndarray, thresholds: tuple[float, float, float]) -> np.ndarray:
+    """low < t1 <= medium < t2 <= high < t3 <= critical."""
+    return np.asarray(TIERS, dtype=object)[np.searchsorted(np.asarray(thresholds), p, side="right")]
+
+
+def lifecycle_stages(features: pd.DataFrame, churn_probability: np.ndarray, *, horizon_days: int,
+                     high_threshold: float, rules: LifecycleRules) -> np.ndarray:
+    f = features
+    recency = f["recency_days"].to_numpy(float)
+    lapsed = (recency >= horizon_days) | (f["cancelled"].to_numpy() == 1)
+    new = f["first_purchase_days"].to_numpy(float) < rules.new_days
+    reactivated = np.nan_to_num(f["last_gap_days"].to_numpy(float), nan=0.0) >= horizon_days
+    at_risk = churn_probability >= high_threshold
+    loyal = (f["frequency"].to_numpy() >= rules.loyal_min_orders) & (
+        f["tenure_days"].to_numpy(float) >= rules.loyal_min_tenure_days)
+    return np.select([lapsed, new, reactivated, at_risk, loyal],
+                     ["lapsed", "new", "reactivated", "at_risk", "loyal"], default="active").astype(object)
+
+
+# ------------------------------------------------------------------------------------------------ reasons
+
+
+def _days(v: float) -> str:
+    return f"{v:.0f} day{'s' if round(v) != 1 else ''}"
+
+
+def _recency(row: pd.Series) -> str:
+    text = f"no purchase for {_days(row['recency_days'])}"
+    gap = row.get("gap_mean_days")
+    if gap is not None and not _missing(gap):
+        text += f"; usual gap is {_days(gap)}"
+    return text
+
+
+_TEMPLATES: dict[str, Callable[[pd.Series], str]] = {
+    "recency_days": _recency,
+    "recency_gap_ratio": lambda r: f"{r['recency_gap_ratio']:.1f}x their usual gap since the last purchase"
+    f" ({_days(r['recency_days'])})",
+    "frequency": lambda r: f"only {int(r['frequency'])} order{'s' if r['frequency'] != 1 else ''} so far",
+    "purchase_days": lambda r: f"bought on only {int(r['purchase_days'])} day(s)",
+    "orders_trend_90d": lambda r: f"fewer orders lately: {int(r['orders_90d'])} in the last 90 days vs "
+    f"{int(r['orders_prev_90d'])} in the 90 before",
+    "spend_trend_90d": lambda r: f"spend down: {r['spend_90d']:.0f} in the last 90 days vs "
+    f"{r['spend_prev_90d']:.0f} in the 90 before",
+    "events_trend_30d": lambda r: f"engagement fading: {int(r['events_30d'])} events in the last 30 days vs "
+    f"{int(r['events_prev_30d'])} in the 30 before",
+    "days_since_last_event": lambda r: f"no engagement for {_days(r['days_since_last_event'])}",
+    "days_since_last_engagement": lambda r: f"no purchase or engagement for {_days(r['days_since_last_engagement'])}",
+    "refund_share": lambda r: f"{r['refund_share']:.0%} of spend refunded",
+    "refund_total": lambda r: f"refunds of {r['refund_total']:.0f}",
+    "tenure_days": lambda r: f"customer for only {_days(r['tenure_days'])}",
+    "first_purchase_days": lambda r: f"first order {_days(r['first_purchase_days'])} ago",
+    "monetary_total": lambda r: f"low total spend ({r['monetary_total']:.0f})",
+    "monetary_mean": lambda r: f"small average order ({r['monetary_mean']:.0f})",
+    "orders_per_month": lambda r: f"{r['orders_per_month']:.2f} orders per month",
+}
+_NULL_TEXT = {
+    "days_since_last_event": "no engagement events recorded",
+    "days_since_last_engagement": "no engagement recorded",
+    "gap_mean_days": "no repeat purchase yet",
+    "recency_gap_ratio": "no repeat purchase yet",
+}
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def reason_text(feature: str, row: pd.Series, descriptions: dict[str, str]) -> str:
+    value = row.get(feature)
+    if _missing(value):
+        if feature.endswith("_days_since_last"):
+            return f"no {feature.removesuffix('_days_since_last').replace('_', ' ')} recorded"
+        return _NULL_TEXT.get(feature, f"{descriptions.get(feature, feature).rstrip('.')}: unknown")
+    if feature in _TEMPLATES:
+        return _TEMPLATES[feature](row)
+    if feature.endswith("_days_since_last"):
+        return f"no {feature.removesuffix('_days_since_last').replace('_', ' ')} for {_days(value)}"
+    if feature.endswith("_trend_30d"):
+        base = feature.removesuffix("_trend_30d")
+        return (f"fewer {base.replace('_', ' ')} events: {int(row[base + '_30d'])} in the last 30 days vs "
+                f"{int(row[base + '_prev_30d'])} in the 30 before")
+    text = descriptions.get(feature, feature).rstrip(".")
+    return f"{text}: {value:.4g}" if isinstance(value, float) else f"{text}: {value}"
+
+
+def top_reasons(contributions: pd.DataFrame, features: pd.DataFrame, descriptions: dict[str, str],
+                k: int = 3) -> list[list[str]]:
+    """The k features that push each customer's churn risk up the most, as sentences (risk-raising only)."""
+    values = contributions.to_numpy()
+    names = np.asarray(contributions.columns)
+    order = np.argsort(-values, axis=1)[:, :k]
+    out = []
+    for i, idx in enumerate(order):
+        row = features.iloc[i]
+        reasons = [reason_text(names[j], row, descriptions) for j in idx if values[i, j] > 0]
+        out.append(list(dict.fromkeys(reasons)))
+    return out

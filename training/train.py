@@ -1,0 +1,173 @@
+"""``train``: from a validated dataset to a scored, evaluated ``ChurnModel`` (MLflow logging is separate).
+
+Stages (each timed, see ``TrainResult.timings``): snapshot features and labels -> candidate classifiers ->
+survival model -> value model -> evaluation (holdout, backtest, plots).
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from churnguard.settings import Settings
+from features.dataset import Dataset
+from training import plots
+from training.candidates import fit_candidates
+from training.evaluation import Evaluation, backtest, choose_winner, evaluate_candidates, evaluate_survival, \
+    evaluate_value
+from training.model import ChurnModel
+from training.scorecard import LifecycleRules
+from training.snapshots import SnapshotFrame, build_snapshot_frame, check_enough, plan_snapshots, seasons_covered
+from training.survival import SurvivalModel
+from training.value import ValueModel
+
+Progress = Callable[[int, str | None], None]
+
+
+@dataclass
+class TrainResult:
+    model: ChurnModel
+    evaluation: Evaluation
+    frame: SnapshotFrame
+    plots: dict[str, Path]
+    params: dict[str, str | int | float]
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def holdout_features(self) -> pd.DataFrame:
+        return self.frame.part("holdout")
+
+
+def train(
+    data: Dataset,
+    settings: Settings,
+    *,
+    as_of: datetime | None = None,
+    horizon_days: int | None = None,
+    plot_dir: Path | None = None,
+    progress: Progress | None = None,
+    run_backtest: bool = True,
+) -> TrainResult:
+    horizon = horizon_days or settings.labels.horizon_days
+    cfg = settings.training
+    timings: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    say = progress or (lambda n=1, d=None: None)
+
+    with _stage("features", timings, peaks):
+        plan = plan_snapshots(data.data_start, data.data_end, horizon_days=horizon, n_snapshots=cfg.n_snapshots,
+                              step_days=cfg.snapshot_step_days, as_of=as_of)
+        say(0, f"snapshots: train {', '.join(f'{d:%Y-%m-%d}' for d in plan.train)}; holdout {plan.holdout:%Y-%m-%d}")
+        frame = build_snapshot_frame(data, plan, event_types=settings.features.event_types,
+                                     max_rows=cfg.max_training_rows, seed=cfg.seed, progress=say)
+        check_enough(frame, min_labelled=cfg.min_labelled_customers, min_churners=cfg.min_churners)
+    features = [f for f in frame.feature_names if plan.uses_season or not f.startswith("season_")]
+    fit, val, holdout = frame.part("fit"), frame.part("validation"), frame.part("holdout")
+
+    with _stage("classifier", timings, peaks):
+        say(1, "fitting candidate classifiers")
+        candidates = fit_candidates(fit, val, features, settings=cfg)
+    with _stage("survival", timings, peaks):
+        say(1, "fitting the survival model")
+        survival = SurvivalModel(penalizer=cfg.survival_penalizer, seed=cfg.seed).fit(frame.part("train"))
+        value = ValueModel(seed=cfg.seed).fit(val)
+
+    with _stage("evaluation", timings, peaks):
+        say(1, "evaluating on the held-out snapshot")
+        metrics, curves = evaluate_candidates(candidates, holdout)
+        winner, why = choose_winner(metrics)
+        surv_metrics, _ = evaluate_survival(survival, holdout)
+        evaluation = Evaluation(
+            holdout_as_of=f"{plan.holdout:%Y-%m-%d}",
+            n_holdout=len(holdout),
+            holdout_churn_rate=float(holdout["churned"].mean()),
+            candidates=metrics,
+            winner=winner,
+            winner_description=candidates[winner].description,
+            selection=why,
+            survival=surv_metrics,
+            value=evaluate_value(value, holdout, horizon),
+            backtest=backtest(frame, features, cfg) if run_backtest else [],
+            snapshot_churn_rates=frame.churn_rates,
+            labelled_per_snapshot=frame.labelled_counts,
+            warnings=_season_warnings(plan),
+            top_features=_normalised(candidates[winner].importance()).head(15).round(4).to_dict(),
+        )
+        model = ChurnModel(
+            classifier=candidates[winner], survival=survival, value=value, horizon_days=horizon,
+            event_types=settings.features.event_types, tier_thresholds=settings.scoring.tier_thresholds,
+            lifecycle=LifecycleRules(), training_snapshots=plan.train, holdout=plan.holdout,
+            metrics=evaluation.flat_metrics(),
+        )
+        plot_paths = _plots(evaluation, curves, candidates[winner], plot_dir)
+
+    params = {
+        "horizon_days": horizon,
+        "feature_set": model.feature_set,
+        "n_features": len(features),
+        "uses_season": plan.uses_season,
+        "train_snapshots": ",".join(f"{d:%Y-%m-%d}" for d in plan.train),
+        "holdout_snapshot": f"{plan.holdout:%Y-%m-%d}",
+        "n_fit_rows": len(fit), "n_validation_rows": len(val), "n_holdout_rows": len(holdout),
+        "winner": winner,
+        "seed": cfg.seed,
+        **data_fingerprint(data),
+    }
+    return TrainResult(model, evaluation, frame, plot_paths, params, timings, peaks)
+
+
+def data_fingerprint(data: Dataset) -> dict[str, str | int]:
+    """Enough to tell whether two runs saw the same data: row counts and the time span."""
+    return {
+        "data_transactions": data.transactions.num_rows,
+        "data_events": data.events.num_rows,
+        "data_customers": data.customers.num_rows,
+        "data_start": f"{data.data_start:%Y-%m-%d %H:%M:%S}",
+        "data_end": f"{data.data_end:%Y-%m-%d %H:%M:%S}",
+    }
+
+
+def _season_warnings(plan) -> list[str]:
+    if seasons_covered(plan.train, plan.holdout):
+        return []
+    return [f"the held-out snapshot ({plan.holdout:%Y-%m-%d}) falls in a season no training snapshot covers "
+            f"({', '.join(f'{d:%b}' for d in plan.train)}): churn rates may shift; compare the per-snapshot "
+            "churn rates and prefer more than a year of history"]
+
+
+def _normalised(s: pd.Series) -> pd.Series:
+    total = s.sum()
+    return s / total if total > 0 else s
+
+
+def _plots(evaluation: Evaluation, curves: dict, winner, plot_dir: Path | None) -> dict[str, Path]:
+    out = Path(plot_dir or tempfile.mkdtemp(prefix="churnguard-plots-"))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "reliability": plots.reliability_diagram(curves, out / "reliability.png"),
+        "gain_lift": plots.gain_chart(curves, out / "gain_lift.png"),
+        "survival_calibration": plots.survival_calibration(evaluation.survival, out / "survival_calibration.png"),
+        "feature_importance": plots.feature_importance(_normalised(winner.importance()), out / "importance.png",
+                                                       f"What drives churn risk ({winner.name})"),
+        "churn_rate": plots.churn_rate_chart(evaluation.snapshot_churn_rates, out / "churn_rate_per_snapshot.png"),
+    }
+    if evaluation.backtest:
+        paths["backtest"] = plots.backtest_chart(evaluation.backtest, out / "backtest.png")
+    return paths
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float], peaks: dict[str, float]):
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 2)
+    peaks[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
