@@ -178,6 +178,176 @@ def labels(
                   f"{churned / max(table.num_rows, 1):.1%}")
 
 
+@app.command()
+@friendly_errors
+def train(
+    data: DataOpt,
+    as_of: Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="Train as if today were this date: "
+                                                  "label windows end before it.")] = None,
+    horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default from settings).")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Registered model name (default from settings).")] = None,
+    promote_: Annotated[bool, typer.Option("--promote", help="Make it champion if it is at least as good as the "
+                                           "current one on the same held-out data.")] = False,
+    backtest: Annotated[bool, typer.Option(help="Run the rolling-origin backtest.")] = True,
+    mapping: MappingOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """Train candidate models on rolling snapshots, evaluate out of time, log to MLflow, register the winner."""
+    from churnguard.console import print_comparison, progress
+    from training.tracking import log_training, promote
+    from training.train import train as train_model
+
+    settings = _settings()
+    dataset, _ = load_data(data, mapping, map_, settings)
+    with progress("training", total=None) as advance:
+        result = train_model(dataset, settings, as_of=as_of, horizon_days=horizon_days,
+                             progress=lambda n=1, d=None: advance(n, d))
+    print_comparison(result.evaluation.to_dict())
+    with console.status("logging to MLflow and registering the model..."):
+        logged = log_training(result, settings, experiment=experiment, model_name=model_name)
+    name = model_name or settings.mlflow.model_name
+    console.print(f"registered [bold]{name}[/bold] version {logged.version} as challenger"
+                  + (" and champion (first version)" if logged.became_champion else ""))
+    console.print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    if promote_ and not logged.became_champion:
+        decision = promote(settings, data=dataset, model_name=model_name)
+        console.print(("[green]" if decision.promoted else "[yellow]") + decision.reason)
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    run_id: Annotated[str | None, typer.Option("--run", help="MLflow run id (default: the challenger's run).")] = None,
+    version: Annotated[str | None, typer.Option(help="Registered model version instead of the challenger.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for report.md and plots (default <data_dir>/reports/...).")]
+    = None,
+) -> None:
+    """Print the held-out comparison table and write report.md with the plots."""
+    from churnguard.console import print_comparison
+    from training.report import fetch_evaluation, write_report
+
+    settings = _settings()
+    target = out or settings.data_dir / "reports" / (run_id or f"v{version}" if (run_id or version) else "challenger")
+    evaluation, plots, label = fetch_evaluation(settings, target / ".mlflow", run_id=run_id, version=version)
+    print_comparison(evaluation, title=label)
+    report = write_report(evaluation, plots, target, label)
+    console.print(f"report: [bold]{report}[/bold]")
+
+
+@app.command()
+@friendly_errors
+def promote(
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Score champion and challenger on the "
+                                              "challenger's held-out snapshot of this data.")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Registered model name (default from settings).")] = None,
+    mapping: MappingOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """Move the champion alias to the challenger only if it is at least as good on the same held-out data."""
+    from training.tracking import promote as promote_model
+
+    settings = _settings()
+    dataset = load_data(data, mapping, map_, settings)[0] if data else None
+    decision = promote_model(settings, data=dataset, model_name=model_name)
+    console.print(("[green]" if decision.promoted else "[yellow]") + decision.reason)
+
+
+@app.command()
+@friendly_errors
+def score(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Scorecards to write (.parquet or .csv), written atomically.")],
+    as_of: Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="Score as of this date "
+                                                  "(default: now).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model URI (default models:/<name>@champion).")] = None,
+    outreach_out: Annotated[Path | None, typer.Option(help="Ranked outreach list (.csv or .parquet).")] = None,
+    capacity: Annotated[int | None, typer.Option(min=1, help="At most this many customers on the outreach list.")]
+    = None,
+    budget: Annotated[float | None, typer.Option(min=0, help="At most this much action cost on the list.")] = None,
+    rejects: Annotated[Path | None, typer.Option(help="Customers not scored, with the reason (default: "
+                                                 "<out>.rejected.csv).")] = None,
+    reasons: Annotated[str | None, typer.Option(help="top_reasons for: outreach (default), all, none.")] = None,
+    mapping: MappingOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """Score every customer known before as_of; write scorecards, the outreach list and the rejects."""
+    from churnguard.console import print_batch_summary, progress
+    from features.build import entities_at
+    from serving.policy import load_policy
+    from serving.scoring import score_batch, write_batch
+    from training.tracking import load_model
+
+    settings = _settings()
+    policy = load_policy(settings.scoring.policy_file)
+    who = reasons or settings.scoring.reasons
+    if who not in ("outreach", "all", "none"):
+        raise ValueError("--reasons must be outreach, all or none")
+    when = as_of or now_utc()
+    dataset, row_rejects = load_data(data, mapping, map_, settings)
+    with console.status(f"loading {model or settings.model_uri} ..."):
+        churn_model = load_model(settings, model)
+    total = entities_at(dataset, when).num_rows
+    with progress(f"scoring as of {when:%Y-%m-%d}", total=total) as advance:
+        result = score_batch(dataset, churn_model, policy, as_of=when, invalid_customer_ids=row_rejects["customer_id"],
+                             chunk_size=settings.scoring.chunk_size, capacity=capacity, budget=budget,
+                             control_share=settings.scoring.control_share, reasons=who, seed=settings.training.seed,
+                             progress=advance)
+    rejects_path = rejects or out.with_name(out.stem + ".rejected.csv")
+    write_batch(result, out, outreach_out if outreach_out else None, rejects_path)
+    print_batch_summary(result, churn_model.model_version)
+    console.print(f"scorecards: [bold]{out}[/bold]; not scored: [bold]{rejects_path}[/bold]"
+                  + (f"; outreach list: [bold]{outreach_out}[/bold]" if outreach_out else ""))
+
+
+@app.command()
+@friendly_errors
+def quickstart(
+    customers: Annotated[int, typer.Option(min=500, help="Demo customers to generate.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+) -> None:
+    """The whole main job on demo data: generate, validate, train, evaluate, promote, score, outreach list."""
+    from churnguard.quickstart import run_quickstart
+
+    run_quickstart(_settings(), customers=customers, seed=seed)
+
+
+@app.command()
+@friendly_errors
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default from settings: 3000).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model URI (default models:/<name>@champion).")] = None,
+) -> None:
+    """Serve the scoring API (BentoML) with the champion model, resolved once at start-up."""
+    import os
+    import subprocess
+
+    from training.tracking import resolve_version
+
+    settings = _settings()
+    uri = model or settings.model_uri
+    console.print(f"serving {resolve_version(settings, uri)} on http://localhost:{port or settings.serving.port} "
+                  f"(docs at /, health at /readyz)")
+    env = {**os.environ, "CHURN_SCORING__MODEL_URI": uri, "MLFLOW_TRACKING_URI": settings.tracking_uri,
+           "CHURN_DATA_DIR": str(settings.data_dir.resolve())}
+    cmd = ["bentoml", "serve", "serving.service:ChurnService", "--port", str(port or settings.serving.port)]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command()
+@friendly_errors
+def bento(
+    model: Annotated[str | None, typer.Option(help="Model URI (default models:/<name>@champion).")] = None,
+) -> None:
+    """Pack the champion model into BentoML's model store and build a bento from bentofile.yaml."""
+    from serving.bento import build_bento
+
+    settings = _settings()
+    tag, bento_tag = build_bento(settings, model)
+    console.print(f"model {tag} imported; bento [bold]{bento_tag}[/bold] built. Container image: "
+                  f"`bentoml containerize {bento_tag}` (needs Docker)")
+
+
 def _print_registry(specs, feature_set: str) -> None:
     from rich.table import Table
 

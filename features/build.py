@@ -31,6 +31,7 @@ from features.duck import connect
 from features.registry import FeatureSpec, feature_registry
 
 KEYS = ("customer_id", "as_of")
+ROUND_DECIMALS = 9
 ENTITY_SCHEMA = pa.schema([("customer_id", pa.string()), ("as_of", pa.timestamp("us"))])
 TABLE_NAMES = {"transactions": "cg_transactions", "events": "cg_events", "customers": "cg_customers",
                 "entities": "cg_entities"}
@@ -110,7 +111,16 @@ def feature_query(event_types: tuple[str, ...]) -> ir.Table:
                           s.source != "derived"})
     for spec in (s for s in specs if s.source == "derived"):
         wide = wide.mutate(**{spec.name: spec.expr(wide)})
-    return wide.select(*KEYS, *[wide[s.name].cast(s.dtype).name(s.name) for s in specs])
+    return wide.select(*KEYS, *[_final(wide[s.name], s) for s in specs])
+
+
+def _final(value: ir.Value, spec: FeatureSpec) -> ir.Value:
+    """Floats are rounded to 9 decimals: parallel sums add in varying order, and bits that differ from run to run
+    (1e-12 on a total) would make training irreproducible and batch and API scores differ in the last digit."""
+    value = value.cast(spec.dtype)
+    if spec.dtype == "float64":
+        value = value.round(ROUND_DECIMALS)
+    return value.name(spec.name)
 
 
 def contract_tables() -> tuple[ir.Table, ir.Table, ir.Table, ir.Table]:

@@ -1,58 +1,65 @@
 """A realistic synthetic retail + subscription business, for demos, tests and benchmarks.
 
-``generate(out_dir)`` writes ``transactions``, ``events`` and ``customers`` (CSV or Parquet, in the contract's
-column names and order, see ``features/contract.py``) plus a ``manifest.json``. Same seed and arguments give
-byte-identical files; the clock is never read.
+``generate(out_dir)`` writes ``transactions``, ``events`` and ``customers`` (CSV or Parquet, with the
+contract's column names and order, see ``features/contract.py``) and a ``manifest.json``. The same seed and
+arguments give byte-identical files; the clock is never read.
 
 The generative story, and why it is told this way
 -------------------------------------------------
-Churn models are only worth demonstrating on data whose churn behaves like real churn, so the data come from the
-textbook models of customer behaviour rather than from independent random columns:
+Churn models are only worth demonstrating on data whose churn behaves like real churn, so the data come from
+the textbook models of customer behaviour rather than from independent random columns:
 
-1. **Acquisition.** ``initial_share`` of the customers are already customers at ``start`` (signed up up to
-   ``initial_max_tenure_days`` before it). Their history before ``start`` is *not* generated: the window opens on
-   a live customer base, as an extract from a real system does. Their dropout rate is drawn from its posterior
-   given that they survived to ``start`` (long-tenured customers are the loyal ones). The rest sign up throughout
-   the window with mild growth and seasonality; customer ids increase with the sign-up time.
-2. **Retail (non-contractual, ~90%): Pareto/NBD.** Each customer has a purchase rate ``lambda ~ Gamma`` (most buy
-   every month or two, a heavy tail buys weekly, many buy once) and an unobserved lifetime ``~ Exponential(mu)``
-   with ``mu ~ Gamma``. While alive they buy as a Poisson process modulated by seasonality (Nov/Dec peak, summer
-   dip, weekly and daily rhythm); then they silently stop, with no cancel date. New customers buy first a little
-   after sign-up. A few dropped-out customers come back later (reactivation). Some sign-ups never buy (prospects).
-3. **Baskets: Gamma-Gamma.** Each customer has their own mean spend; an order's value is Gamma around it and is
-   split over 1..k lines of distinct products (Zipf-like popularity over a catalogue, category fixed per product);
-   the channel is per order, with a per-customer preference.
-4. **Refunds** (~3% of orders, more often shortly before a customer leaves): a later row with a negative amount
-   and the same order id. They are valid rows, and a churn signal.
-5. **Subscriptions (contractual, ~10%).** A monthly charge of the plan's price on the sign-up day of month until
-   the customer cancels; the cancel hazard is highest in the first months. ``churn_date`` is the cancel time when
-   it falls inside the window (null otherwise), and no charge follows it.
-6. **Engagement events.** Every customer has an engagement level correlated with their purchase rate. Sessions and
-   app logins happen in the background and just before purchases; e-mail opens follow a twice-weekly campaign
-   cadence, clicks follow opens. Engagement *fades* over the 4-8 weeks before a customer drops out (linearly to
-   ``fade_floor``), continues at a low residual rate for a while after, and support tickets pile up before a
-   share of departures. Loyal customers keep steady engagement. This is what makes engagement features useful.
-7. **Mess.** A small known share of rows (about 1% of transactions, 0.5% of events) is broken in exactly one way:
-   exact duplicates of clean rows, missing customer id, bad time stamps (unparseable text in CSV, null in Parquet),
-   time stamps in the far future, and missing or (CSV only) non-numeric amounts. Each messy row is an extra row
-   derived from a distinct clean row and placed right after it, so dropping the messy rows gives back exactly the
-   clean data. ``manifest.json`` counts them per table and kind.
+1. **Acquisition.** ``initial_share`` of the customers are customers already at ``start`` (signed up to
+   ``initial_max_tenure_days`` before). Their history before ``start`` is *not* generated: the window opens
+   on a live customer base, as an extract from a real system does, and their dropout rate is drawn given
+   that they lasted until ``start`` (long-tenured customers are the loyal ones). The others sign up
+   throughout the window with mild growth and seasonality. Customer ids increase with the sign-up time.
+2. **Retail (non-contractual, ~90%): Pareto/NBD.** Each customer has a purchase rate ``lambda ~ Gamma`` (a
+   median customer buys every two months, a heavy tail weekly, many only once) and an unobserved lifetime
+   ``~ Exponential(mu)`` with ``mu ~ Gamma``. While alive they buy as a Poisson process modulated by
+   seasonality (Nov/Dec peak, summer dip, weekly and daily rhythm); then they stop without a word (no cancel
+   date). New customers buy first at or a little after sign-up. A few who dropped out come back later
+   (reactivation); some sign-ups never buy (prospects).
+3. **Baskets: Gamma-Gamma.** Each customer has their own mean spend; an order's value is Gamma around it,
+   split over 1..k lines of distinct products (Zipf-like popularity over a catalogue, one category per
+   product). The channel is per order, with a per-customer preference.
+4. **Refunds** (~3% of orders, more often just before a customer leaves): a later row with the negative
+   amount of one line and the same order id. Valid rows, and a churn signal.
+5. **Subscriptions (contractual, ~10%).** A charge of the plan's price every month on the sign-up day of
+   month, until the customer cancels; the cancel hazard is highest in the first months. ``churn_date`` is
+   the cancel time when it falls inside the window (null otherwise), and no charge follows it.
+6. **Engagement events.** Each customer's engagement level is correlated with their purchase rate. Sessions
+   and app logins happen in the background and just before orders; e-mail opens follow a twice-weekly
+   campaign cadence, clicks follow opens. A customer who drops out goes quiet about a week after their
+   last order, and their engagement *fades* (linearly, to ``fade_floor``) over the 4-8 weeks before that,
+   then lingers at a low residual rate for a while; support tickets pile up before a share of the
+   departures (and before subscription cancels). Loyal customers keep a steady engagement. This is what
+   makes engagement features worth having.
+7. **Mess.** A small known share of rows (~1% of transactions, ~0.5% of events) is broken in exactly one
+   way: exact duplicates of clean rows, missing customer id, bad time stamps (unparseable text in CSV, null
+   in Parquet), time stamps in the far future, missing or (CSV only) non-numeric amounts. A messy row is an
+   extra row made from a distinct clean row and placed right after it, so dropping the messy rows gives
+   back exactly the clean data. ``manifest.json`` counts them per table and kind.
 
-Every clean row lies in ``[start, end)`` with ``end = start + months``. All parameters of the story are in
-``DemoProcess``. Everything is vectorised numpy: events are drawn as inhomogeneous Poisson processes through the
-inverse of the cumulative seasonal intensity on an hourly grid (``np.interp``), fading by thinning.
+Every clean row lies in ``[start, end)``, ``end = start + months``. All parameters of the story are in
+``DemoProcess``. All of it is vectorised numpy, no loop over customers or rows: events are inhomogeneous
+Poisson processes, drawn through the inverse of the cumulative seasonal intensity on an hourly grid, and
+fading is done by thinning.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -73,7 +80,8 @@ MESS_KINDS = ("duplicate", "missing_customer_id", "bad_timestamp", "future_times
 
 @dataclass(frozen=True)
 class DemoProcess:
-    """Every parameter of the generative process. Rates are per day, durations in days, money in currency units."""
+    """Every parameter of the generative process. Rates are per day, durations in days, money in currency
+    units."""
 
     # acquisition
     initial_share: float = 0.30  # customers already signed up at `start`
@@ -99,7 +107,7 @@ class DemoProcess:
     weekday_factors: tuple[float, ...] = (0.95, 0.95, 0.95, 1.0, 1.05, 1.15, 0.95)  # Monday first
     hour_factors: tuple[float, ...] = (0.25, 0.12, 0.08, 0.06, 0.06, 0.1, 0.25, 0.5, 0.8, 1.0, 1.1, 1.2,
                                        1.3, 1.2, 1.1, 1.1, 1.2, 1.3, 1.5, 1.7, 1.8, 1.6, 1.1, 0.55)
-    # Gamma-Gamma spend: order value ~ Gamma(p, rate nu), nu ~ Gamma(q, rate gamma); mean = p * gamma / (q - 1)
+    # Gamma-Gamma spend: order value ~ Gamma(p, rate nu), nu ~ Gamma(q, rate gamma); mean p * gamma / (q - 1)
     spend_p: float = 6.0
     spend_q: float = 4.0
     spend_gamma: float = 30.0
@@ -138,7 +146,8 @@ class DemoProcess:
     open_delay_hours: float = 8.0
     click_share: float = 0.25
     click_delay_minutes: float = 3.0
-    fade_days: tuple[float, float] = (28.0, 56.0)  # engagement ramps down over this many days before dropout
+    fade_days: tuple[float, float] = (28.0, 56.0)  # engagement ramps down over these days before going quiet
+    quiet_lag_days: float = 7.0  # leavers go quiet this long (mean, exponential) after their last order
     fade_floor: float = 0.2
     residual_level: float = 0.15  # browsing after dropout, relative
     residual_days: tuple[float, float] = (30.0, 180.0)
@@ -160,10 +169,22 @@ class DemoProcess:
     )
     future_year: int = 2099
 
+    def __post_init__(self) -> None:
+        factors = {"month_factors": 12, "weekday_factors": 7, "hour_factors": 24}
+        for name, size in factors.items():
+            values = getattr(self, name)
+            if len(values) != size or min(values) <= 0:
+                raise ValueError(f"{name} needs {size} positive numbers")
+        for name, kinds in (("transaction_mess", self.transaction_mess), ("event_mess", self.event_mess)):
+            unknown = {k for k, _ in kinds} - set(MESS_KINDS)
+            if unknown:
+                known = ", ".join(MESS_KINDS)
+                raise ValueError(f"{name}: unknown mess kinds {sorted(unknown)} (known: {known})")
+
 
 @dataclass(frozen=True)
 class DemoSummary:
-    """What ``generate`` wrote. ``messy[table][kind]`` counts the injected messy rows; ``end`` is exclusive."""
+    """What ``generate`` wrote. ``messy[table][kind]`` counts the injected rows; ``end`` is exclusive."""
 
     out_dir: Path
     paths: dict[str, Path]
@@ -204,39 +225,75 @@ def generate(
     spells = _retail_spells(rng, pop, cal, P)
     say("purchases and subscriptions")
     subs = _subscriptions(rng, pop, cal, P)
-    orders = _all_orders(rng, _retail_orders(rng, spells, pop, cal, P), subs.charges, pop, cal, P)
+    retail = _retail_orders(rng, spells, pop, cal, P)
+    spells = _quiet_after_last_order(rng, spells, retail, cal, P)
+    orders = _all_orders(rng, retail, subs.charges, pop, cal, P)
     say(f"order lines and refunds ({orders.cust.size:,} orders)")
     tx = _transactions(rng, orders, spells, pop, cal, cat, P)
     say("engagement events")
     ev = _events(rng, _concat_spells(spells, subs.spells), orders, spells, pop, cal, P)
 
-    say(f"tables ({tx.cust.size:,} transaction rows, {ev.cust.size:,} events)")
-    tables = {
-        TRANSACTIONS.name: _transactions_table(tx, customers, cal, cat),
-        EVENTS.name: _events_table(ev, customers, cal),
-        CUSTOMERS.name: _customers_table(pop, subs, cal, P),
-    }
-    del tx, ev
     say("mess")
-    messy: dict[str, dict[str, int]] = {}
-    for name, kinds in ((TRANSACTIONS.name, P.transaction_mess), (EVENTS.name, P.event_mess)):
-        tables[name], messy[name] = _inject_mess(rng, tables[name], dict(kinds), cal, P, fmt)
+    tx_mess = _plan_mess(rng, tx, dict(P.transaction_mess), cal, P, fmt)
+    ev_mess = _plan_mess(rng, ev, dict(P.event_mess), cal, P, fmt)
+    messy = {TRANSACTIONS.name: tx_mess.counts, EVENTS.name: ev_mess.counts}
+    say(f"tables ({tx.size:,} + {sum(tx_mess.counts.values()):,} transaction rows, "
+        f"{ev.size:,} + {sum(ev_mess.counts.values()):,} events)")
+    tables = {
+        TRANSACTIONS.name: _transactions_table(tx, tx_mess, orders, customers, cal, cat, P, fmt),
+        EVENTS.name: _events_table(ev, ev_mess, customers, cal, P, fmt),
+        CUSTOMERS.name: _customers_table(pop, subs, cal, P, fmt),
+    }
+    del tx, ev, tx_mess, ev_mess
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    for name, table in tables.items():
-        say(f"writing {name}.{fmt}")
-        paths[name] = out_dir / f"{name}.{fmt}"
-        _write(table, paths[name], fmt)
+    paths = {name: out_dir / f"{name}.{fmt}" for name in tables}
+    say(f"writing {', '.join(p.name for p in paths.values())}")
+    with ThreadPoolExecutor(max_workers=len(tables)) as pool:  # the writers release the GIL
+        for done in [pool.submit(_write, table, paths[name], fmt) for name, table in tables.items()]:
+            done.result()
     rows = {name: t.num_rows for name, t in tables.items()}
-    summary = DemoSummary(out_dir, paths, rows, messy, cal.start, cal.end, customers, seed, fmt, P)
     paths["manifest"] = out_dir / "manifest.json"
+    summary = DemoSummary(out_dir, paths, rows, messy, cal.start, cal.end, customers, seed, fmt, P)
     _write_manifest(summary, paths["manifest"], months)
     return summary
 
 
-# --- calendar: seasonal intensity on an hourly grid ------------------------------------------------------------
+# --- calendar: seasonal intensity on an hourly grid ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Bins:
+    """``searchsorted(edges, u, side="right") - 1`` for many ``u`` in O(1) each (``np.interp`` and
+    ``np.searchsorted`` binary-search every value, which is the slowest step at a million customers): a
+    uniform grid of cells narrower than the smallest gap between edges, each cell knowing the last edge at
+    its left end."""
+
+    edges: np.ndarray
+    first: np.ndarray | None  # per cell; None: fall back to a binary search
+    width: float
+
+    @classmethod
+    def of(cls, edges: np.ndarray) -> _Bins:
+        gap = float(np.diff(edges).min()) if edges.size > 1 else 0.0
+        span = float(edges[-1] - edges[0])
+        if gap <= 0 or span / gap > 2**23:
+            return cls(edges, None, 0.0)
+        n_cells = int(np.ceil(span / gap * 1.01)) + 1
+        width = span / n_cells
+        left = edges[0] + np.arange(n_cells + 2) * width
+        return cls(edges, (np.searchsorted(edges, left, side="right") - 1).astype(np.int32), width)
+
+    def index(self, u: np.ndarray) -> np.ndarray:
+        last = self.edges.size - 2
+        if self.first is None:
+            return np.clip(np.searchsorted(self.edges, u, side="right") - 1, 0, last)
+        cell = np.clip((u - self.edges[0]) / self.width, 0, self.first.size - 1).astype(np.int64)
+        i = np.clip(self.first[cell], 0, last).astype(np.int64)
+        i -= (u < self.edges[i]) & (i > 0)  # float rounding at a cell border
+        i += (u >= self.edges[np.minimum(i + 1, last + 1)]) & (i < last)
+        return i
 
 
 @dataclass(frozen=True)
@@ -245,15 +302,21 @@ class _Calendar:
     end: date
     days: float  # window length
     start_dow: int
-    hours: np.ndarray  # grid of hour boundaries, in days since start
-    cum_season: np.ndarray  # cumulative seasonal intensity (mean 1 per day) at the grid points
+    cum_season: np.ndarray  # cumulative seasonal intensity (mean 1 per day) at each hour boundary
+    bins: _Bins  # to invert cum_season
     cum_signup: np.ndarray  # the same times the acquisition growth
 
     def cum(self, t: np.ndarray) -> np.ndarray:
-        return np.interp(t, self.hours, self.cum_season)
+        """Cumulative intensity at ``t`` (days since start); linear within an hour."""
+        x = np.clip(t, 0.0, self.days) * 24.0
+        h = np.minimum(x.astype(np.int64), self.cum_season.size - 2)
+        return self.cum_season[h] + (x - h) * (self.cum_season[h + 1] - self.cum_season[h])
 
     def inverse(self, u: np.ndarray) -> np.ndarray:
-        return np.interp(u, self.cum_season, self.hours)
+        """The time at which the cumulative intensity reaches ``u``."""
+        h = self.bins.index(u)
+        lo = self.cum_season[h]
+        return (h + (u - lo) / (self.cum_season[h + 1] - lo)) / 24.0
 
     @property
     def seconds(self) -> int:
@@ -261,7 +324,8 @@ class _Calendar:
 
     @property
     def epoch_seconds(self) -> int:
-        return int((datetime(self.start.year, self.start.month, self.start.day) - datetime(1970, 1, 1)).total_seconds())
+        start = datetime(self.start.year, self.start.month, self.start.day)
+        return int((start - datetime(1970, 1, 1)).total_seconds())
 
 
 def _add_months(d: date, months: int) -> date:
@@ -279,21 +343,23 @@ def _calendar(start: date, months: int, P: DemoProcess) -> _Calendar:
     month = dates.astype("datetime64[M]").astype(np.int64) % 12
     dow = (start.weekday() + day) % 7
     hour = np.arange(n_days * 24) % 24
-    w = np.asarray(P.month_factors)[month] * np.asarray(P.weekday_factors)[dow] * np.asarray(P.hour_factors)[hour]
+    w = np.asarray(P.month_factors)[month] * np.asarray(P.weekday_factors)[dow]
+    w = w * np.asarray(P.hour_factors)[hour]
     w /= w.mean()
     hours = np.arange(n_days * 24 + 1) / 24.0
     growth = np.exp(np.log1p(P.annual_growth) * (hours[:-1] + 1 / 48) / 365.0)
     cum = np.concatenate([[0.0], np.cumsum(w) / 24.0])
     cum_signup = np.concatenate([[0.0], np.cumsum(w * growth) / 24.0])
-    return _Calendar(start, end, float(n_days), start.weekday(), hours, cum, cum_signup)
+    return _Calendar(start, end, float(n_days), start.weekday(), cum, _Bins.of(cum), cum_signup)
 
 
 def _poisson_times(
     rng: np.random.Generator, cal: _Calendar, lo: np.ndarray, hi: np.ndarray, rate: np.ndarray | float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seasonal Poisson process with intensity ``rate[i] * season(t)`` on each ``[lo[i], hi[i])`` (clipped to the
-    window). Returns (interval index, time) for every point: counts are Poisson, and given the count the points are
-    uniform in cumulative intensity, mapped back through the inverse of the cumulative intensity."""
+    """Seasonal Poisson process with intensity ``rate[i] * season(t)`` on each ``[lo[i], hi[i])`` (clipped to
+    the window). Returns (interval index, time) for every point: counts are Poisson, and given the count
+    the points are uniform in cumulative intensity, mapped back through the inverse of the cumulative
+    intensity."""
     lo = np.clip(lo, 0.0, cal.days)
     hi = np.clip(hi, lo, cal.days)
     c_lo, c_hi = cal.cum(lo), cal.cum(hi)
@@ -304,11 +370,12 @@ def _poisson_times(
 
 
 def _to_seconds(t: np.ndarray, cal: _Calendar) -> np.ndarray:
-    """Days since start -> whole seconds since start (int64), never past the window's last second."""
-    return np.minimum(np.floor(t * DAY).astype(np.int64), cal.seconds - 1)
+    """Days since start (>= 0) -> whole seconds since start (int64), never past the window's last second.
+    The microsecond guards against a whole second coming back from float days as 0.99999 below it."""
+    return np.minimum((t * DAY + 1e-6).astype(np.int64), cal.seconds - 1)
 
 
-# --- population ------------------------------------------------------------------------------------------------
+# --- population ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -332,7 +399,8 @@ class _Population:
 def _population(rng: np.random.Generator, n: int, cal: _Calendar, P: DemoProcess) -> _Population:
     n_initial = int(round(n * P.initial_share))
     before = -rng.uniform(1 / DAY, P.initial_max_tenure_days, n_initial)
-    arrival = np.interp(rng.random(n - n_initial) * cal.cum_signup[-1], cal.cum_signup, cal.hours)
+    hours = np.arange(cal.cum_signup.size) / 24.0
+    arrival = np.interp(rng.random(n - n_initial) * cal.cum_signup[-1], cal.cum_signup, hours)
     signup = np.sort(np.concatenate([before, arrival]))  # ids increase with sign-up time
     initial = signup < 0
     subscriber = rng.random(n) < P.subscription_share
@@ -357,17 +425,20 @@ def _normalised(w: tuple[float, ...]) -> np.ndarray:
     return a / a.sum()
 
 
-# --- retail lifetimes (spells) and purchases -------------------------------------------------------------------
+# --- retail lifetimes (spells) and purchases ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Spells:
-    """Alive periods. Purchases (if ``buys``) from ``first`` (an order right at ``first`` if ``forced``) to ``end``
-    (the unobserved dropout); engagement from ``eng_start``, fading before ``end``, residual until ``next_start``."""
+    """Alive periods. Purchases (if ``buys``) from ``first`` (an order right at ``first`` if ``forced``) to
+    ``end`` (the unobserved dropout). Engagement from ``eng_start``, fading before ``quiet``, then at a
+    residual rate until ``next_start``; ``quiet`` is the dropout, or shortly after the last order when the
+    customer drops out."""
 
     cust: np.ndarray
     first: np.ndarray
     end: np.ndarray
+    quiet: np.ndarray
     eng_start: np.ndarray
     next_start: np.ndarray
     forced: np.ndarray
@@ -378,13 +449,13 @@ class _Spells:
     subscription: np.ndarray
 
 
-def _spells(rng: np.random.Generator, P: DemoProcess, cust, first, end, eng_start, forced, buys, sub) -> _Spells:
+def _spells(rng: np.random.Generator, P: DemoProcess, cust: np.ndarray, first: np.ndarray, end: np.ndarray,
+            eng_start: np.ndarray, forced: np.ndarray, buys: np.ndarray, subscription: bool) -> _Spells:
     n = cust.size
-    return _Spells(
-        cust.astype(np.int32), first, end, eng_start, np.full(n, np.inf), forced, buys,
-        rng.uniform(*P.fade_days, n), rng.uniform(*P.residual_days, n), rng.uniform(*P.email_residual_days, n),
-        np.full(n, sub),
-    )
+    fade, residual = rng.uniform(*P.fade_days, n), rng.uniform(*P.residual_days, n)
+    email_residual = rng.uniform(*P.email_residual_days, n)
+    return _Spells(cust.astype(np.int32), first, end, end, eng_start, np.full(n, np.inf), forced, buys, fade,
+                   residual, email_residual, np.full(n, subscription))
 
 
 def _retail_spells(rng: np.random.Generator, pop: _Population, cal: _Calendar, P: DemoProcess) -> _Spells:
@@ -409,8 +480,8 @@ def _retail_spells(rng: np.random.Generator, pop: _Population, cal: _Calendar, P
     next_start = one.next_start.copy()
     next_start[back] = eng2
     one = _replace(one, next_start=next_start)
-    two = _spells(rng, P, cust[back], first2, end2, eng2, np.ones(first2.size, bool), np.ones(first2.size, bool),
-                  False)
+    yes = np.ones(first2.size, bool)
+    two = _spells(rng, P, cust[back], first2, end2, eng2, yes, yes, False)
     return _concat_spells(one, two)
 
 
@@ -425,7 +496,7 @@ def _concat_spells(a: _Spells, b: _Spells) -> _Spells:
 @dataclass(frozen=True)
 class _Orders:
     cust: np.ndarray  # int32
-    t: np.ndarray  # days since start (float64), or seconds (int64) once merged
+    t: np.ndarray  # days since start
     spell: np.ndarray  # int32 index into the retail spells; -1 for subscription charges
     plan: np.ndarray  # int8 plan index; -1 for retail orders
 
@@ -441,7 +512,20 @@ def _retail_orders(rng: np.random.Generator, spells: _Spells, pop: _Population, 
     return _Orders(spells.cust[idx], t, idx, np.full(idx.size, -1, np.int8))
 
 
-# --- subscriptions ---------------------------------------------------------------------------------------------
+def _quiet_after_last_order(rng: np.random.Generator, spells: _Spells, orders: _Orders, cal: _Calendar,
+                            P: DemoProcess) -> _Spells:
+    """Customers who drop out go quiet about a week after their last order: the fade of engagement then covers
+    the weeks before that order (they lose interest, buy one last time, and are gone). The dropout itself
+    is not observable: in Pareto/NBD it is anywhere between the last order and the next one that never
+    comes."""
+    last = np.full(spells.cust.size, -np.inf)
+    np.maximum.at(last, orders.spell, orders.t)
+    lag = rng.exponential(P.quiet_lag_days, last.size)
+    left = (spells.end < cal.days) & np.isfinite(last)
+    return _replace(spells, quiet=np.where(left, np.minimum(spells.end, last + lag), spells.end))
+
+
+# --- subscriptions ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -454,9 +538,11 @@ class _Subscriptions:
 
 
 
-def _subscriptions(rng: np.random.Generator, pop: _Population, cal: _Calendar, P: DemoProcess) -> _Subscriptions:
+def _subscriptions(rng: np.random.Generator, pop: _Population, cal: _Calendar,
+                   P: DemoProcess) -> _Subscriptions:
     """Monthly charges on the sign-up day of month from sign-up until the cancel, with a decreasing hazard.
-    Customers signed up before ``start`` are alive at ``start``: their number of charges is drawn given that."""
+    Customers signed up before ``start`` are alive at ``start``: their number of charges is drawn given
+    that."""
     cust = np.flatnonzero(pop.subscriber)
     n = cust.size
     plan = rng.choice(len(P.plans), n, p=_normalised(P.plan_weights)).astype(np.int8)
@@ -490,7 +576,7 @@ def _subscriptions(rng: np.random.Generator, pop: _Population, cal: _Calendar, P
 
 @dataclass(frozen=True)
 class _BillingDay:
-    """Calendar arithmetic for monthly charges: the sign-up day of month (clamped to short months) and time."""
+    """Calendar arithmetic of monthly charges: the sign-up day of month (clamped in short months) and time."""
 
     start: np.datetime64
     month0: np.ndarray  # datetime64[M] of the sign-up
@@ -518,7 +604,7 @@ class _BillingDay:
         return (ts - self.start).astype(np.int64) / DAY
 
 
-# --- orders, lines, refunds ------------------------------------------------------------------------------------
+# --- orders, lines, refunds ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -540,20 +626,21 @@ def _all_orders(rng: np.random.Generator, retail: _Orders, charges: _Orders, pop
                 P: DemoProcess) -> _OrderBook:
     cust = np.concatenate([retail.cust, charges.cust])
     ts = _to_seconds(np.concatenate([retail.t, charges.t]), cal)
-    order = np.lexsort((cust, ts))
+    order = np.argsort(ts << 32 | cust.astype(np.int64))  # time, then customer
     cust, ts = cust[order], ts[order]
     spell = np.concatenate([retail.spell, charges.spell])[order]
     plan = np.concatenate([retail.plan, charges.plan])[order]
     preferred = pop.channel[cust]
     loyal = rng.random(cust.size) < P.channel_loyalty
-    channel = np.where(loyal, preferred, rng.integers(0, len(CHANNELS), cust.size)).astype(np.int8)
-    channel = np.where((plan >= 0) & (preferred == STORE), WEB, np.where(plan >= 0, preferred, channel))
-    return _OrderBook(cust, ts, spell, plan, channel.astype(np.int8))
+    channel = np.where(loyal, preferred, rng.integers(0, len(CHANNELS), cust.size))
+    online = np.where(preferred == STORE, WEB, preferred)  # subscriptions are paid online
+    channel = np.where(plan >= 0, online, channel).astype(np.int8)
+    return _OrderBook(cust, ts, spell, plan, channel)
 
 
 @dataclass(frozen=True)
 class _Catalogue:
-    cdf: np.ndarray  # popularity of the products (Zipf-like), cumulative
+    popularity: _Bins  # cumulative popularity of the products (Zipf-like): a uniform draw -> a product
     category: np.ndarray  # category index per product, then per plan
     products: list[str]  # labels: products, then plans
     categories: list[str]  # labels: categories, then "subscription"
@@ -561,19 +648,19 @@ class _Catalogue:
 
     @property
     def n_products(self) -> int:
-        return self.cdf.size
+        return self.popularity.edges.size - 1
 
 
 def _catalogue(rng: np.random.Generator, P: DemoProcess) -> _Catalogue:
     rank = rng.permutation(P.n_products)
     weight = 1.0 / (rank + 1.0) ** P.zipf_exponent
-    cdf = np.cumsum(weight) / weight.sum()
+    cdf = np.concatenate([[0.0], np.cumsum(weight) / weight.sum()])
     cat_weight = rng.dirichlet(np.full(len(P.categories), 2.0))
     category = rng.choice(len(P.categories), P.n_products, p=cat_weight)
     category = np.concatenate([category, np.full(len(P.plans), len(P.categories))]).astype(np.int16)
     products = [f"P{i:05d}" for i in range(1, P.n_products + 1)] + [name for name, _ in P.plans]
     prices = np.array([price for _, price in P.plans])
-    return _Catalogue(cdf, category, products, [*P.categories, "subscription"], prices)
+    return _Catalogue(_Bins.of(cdf), category, products, [*P.categories, "subscription"], prices)
 
 
 @dataclass(frozen=True)
@@ -590,28 +677,30 @@ class _Rows:
 
 def _transactions(rng: np.random.Generator, orders: _OrderBook, spells: _Spells, pop: _Population,
                   cal: _Calendar, cat: _Catalogue, P: DemoProcess) -> _Rows:
-    """Order lines (distinct products, Gamma-Gamma values) and the refunds, merged in time order."""
+    """Order lines (distinct products, Gamma-Gamma values) and the refunds, merged in time order. Rows keep
+    the order's index; customer, channel and order id come from the order when the table is built."""
     n = orders.cust.size
-    retail = orders.retail
-    k = np.where(retail, 1 + np.minimum(rng.poisson(P.extra_lines_mean, n), P.max_lines - 1), 1)
+    plan = orders.plan
+    k = np.where(plan < 0, 1 + np.minimum(rng.poisson(P.extra_lines_mean, n), P.max_lines - 1), 1)
     line_order = np.repeat(np.arange(n, dtype=np.int32), k)
-    product = np.searchsorted(cat.cdf, rng.random(line_order.size), side="right").astype(np.int32)
-    product = np.minimum(product, cat.n_products - 1)
-    product = np.where(retail[line_order], product, cat.n_products + orders.plan[line_order].astype(np.int32)).astype(np.int32)
+    product = cat.popularity.index(rng.random(line_order.size)).astype(np.int32)
+    charge = np.flatnonzero(plan >= 0)  # a subscription charge is one line: the plan
+    product[(np.cumsum(k) - k)[charge]] = cat.n_products + plan[charge].astype(np.int32)
     keep = ~_repeated_in_order(line_order, product, P.max_lines)
     line_order, product = line_order[keep], product[keep]
     k = np.bincount(line_order, minlength=n)
+    charge_line = (np.cumsum(k) - k)[charge]
 
     order_value = rng.gamma(P.spend_p, 1.0 / pop.nu[orders.cust])
-    weight = rng.gamma(P.line_weight_shape, 1.0, line_order.size)
-    share = weight / np.bincount(line_order, weights=weight, minlength=n)[line_order]
-    amount = np.maximum(np.round(order_value[line_order] * share, 2), 0.5)
-    is_retail = retail[line_order]
-    amount = np.where(is_retail, amount, cat.plan_price[np.maximum(orders.plan[line_order], 0)])
-    quantity = np.where(is_retail, 1 + rng.poisson(P.extra_quantity_mean, line_order.size), 1).astype(np.float64)
-    lines = {"cust": orders.cust[line_order], "ts": orders.ts[line_order], "amount": amount,
-             "order_no": line_order.astype(np.int64) + 1, "quantity": quantity, "product": product,
-             "channel": orders.channel[line_order]}
+    amount = rng.gamma(P.line_weight_shape, 1.0, line_order.size)  # the line's share of its order's value
+    amount /= np.bincount(line_order, weights=amount, minlength=n)[line_order]
+    amount *= order_value[line_order]
+    amount = np.maximum(np.round(amount, 2, out=amount), 0.5, out=amount)
+    amount[charge_line] = cat.plan_price[plan[charge]]
+    quantity = (1 + rng.poisson(P.extra_quantity_mean, line_order.size)).astype(np.float64)
+    quantity[charge_line] = 1
+    lines = {"order": line_order, "ts": orders.ts[line_order], "amount": amount, "quantity": quantity,
+             "product": product}
     return _with_refunds(rng, lines, orders, k, spells, cal, P)
 
 
@@ -626,9 +715,9 @@ def _repeated_in_order(line_order: np.ndarray, product: np.ndarray, max_lines: i
 
 def _with_refunds(rng: np.random.Generator, lines: dict[str, np.ndarray], orders: _OrderBook, k: np.ndarray,
                   spells: _Spells, cal: _Calendar, P: DemoProcess) -> _Rows:
-    """A refund is a later row for one line of an order, with the negative amount; likelier before a dropout."""
+    """A refund is a later row for one line of an order, with its negative amount; likelier before leaving."""
     retail = np.flatnonzero(orders.retail)
-    left = spells.end[orders.spell[retail]] - orders.ts[retail] / DAY
+    left = spells.quiet[orders.spell[retail]] - orders.ts[retail] / DAY
     p = np.where(left < P.near_dropout_days, P.refund_share_near_dropout, P.refund_share)
     refunded = retail[rng.random(retail.size) < p]
     first_line = np.cumsum(k) - k
@@ -645,46 +734,45 @@ def _with_refunds(rng: np.random.Generator, lines: dict[str, np.ndarray], orders
     return _Rows({name: np.concatenate([lines[name], refunds[name]]) for name in lines}, order)
 
 
-# --- engagement events -----------------------------------------------------------------------------------------
+# --- engagement events --------------------------------------------------------------------------------------
 
 
 def _events(rng: np.random.Generator, engaged: _Spells, orders: _OrderBook, retail: _Spells, pop: _Population,
             cal: _Calendar, P: DemoProcess) -> _Rows:
     """Browsing, pre-purchase sessions, e-mail opens and clicks, support tickets; sorted, no exact repeats."""
-    parts = [
-        _browsing(rng, engaged, pop, cal, P),
-        _pre_order_sessions(rng, orders, retail, cal, P),
-        *_emails(rng, engaged, pop, cal, P),
-        _tickets(rng, engaged, cal, P),
+    key = _EventKey(pop, cal)
+    keys = [
+        key.encode(*_browsing(rng, engaged, pop, cal, P)),
+        key.encode(*_pre_order_sessions(rng, orders, retail, cal, P)),
+        *(key.encode(*part) for part in _emails(rng, engaged, pop, cal, P)),
+        key.encode(*_tickets(rng, engaged, cal, P)),
     ]
-    cust = np.concatenate([p[0] for p in parts])
-    t = np.concatenate([p[1] for p in parts])
-    kind = np.concatenate([p[2] for p in parts]).astype(np.int8)
-    ok = (t >= np.maximum(pop.signup[cust], 0.0)) & (t < cal.days)
-    return _sorted_unique_events(cust[ok], _to_seconds(t[ok], cal), kind[ok], cal)
+    return key.decode_unique(np.concatenate(keys))
 
 
 EventPart = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _fade(t: np.ndarray, end: np.ndarray, fade_days: np.ndarray, floor: float) -> np.ndarray:
-    """1 until ``fade_days`` before the dropout, then linearly down to ``floor`` at the dropout."""
+    """1 until ``fade_days`` before going quiet at ``end``, then linearly down to ``floor`` at ``end``."""
     with np.errstate(invalid="ignore"):
         x = np.clip((end - t) / fade_days, 0.0, 1.0)
     return floor + (1.0 - floor) * np.nan_to_num(x, nan=1.0)
 
 
-def _engaged_times(rng: np.random.Generator, cal: _Calendar, s: _Spells, rate: np.ndarray, residual_level: float,
-                   residual_days: np.ndarray, P: DemoProcess) -> tuple[np.ndarray, np.ndarray]:
-    """A spell's engagement process: full rate, fading before the dropout (by thinning), then a residual rate."""
-    idx, t = _poisson_times(rng, cal, s.eng_start, s.end, rate)
-    keep = rng.random(t.size) < _fade(t, s.end[idx], s.fade[idx], P.fade_floor)
-    after_hi = np.minimum(s.end + residual_days, s.next_start)
-    idx2, t2 = _poisson_times(rng, cal, s.end, after_hi, rate * residual_level)
+def _engaged_times(rng: np.random.Generator, cal: _Calendar, s: _Spells, rate: np.ndarray,
+                   residual_level: float, residual_days: np.ndarray,
+                   P: DemoProcess) -> tuple[np.ndarray, np.ndarray]:
+    """A spell's engagement: full rate, fading before it goes quiet (by thinning), then a residual rate."""
+    idx, t = _poisson_times(rng, cal, s.eng_start, s.quiet, rate)
+    keep = rng.random(t.size) < _fade(t, s.quiet[idx], s.fade[idx], P.fade_floor)
+    after_hi = np.minimum(s.quiet + residual_days, s.next_start)
+    idx2, t2 = _poisson_times(rng, cal, s.quiet, after_hi, rate * residual_level)
     return np.concatenate([idx[keep], idx2]), np.concatenate([t[keep], t2])
 
 
-def _browsing(rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Calendar, P: DemoProcess) -> EventPart:
+def _browsing(rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Calendar,
+              P: DemoProcess) -> EventPart:
     rate = P.browse_rate * pop.engagement[s.cust]
     idx, t = _engaged_times(rng, cal, s, rate, P.residual_level, s.residual, P)
     cust = s.cust[idx]
@@ -699,7 +787,7 @@ def _pre_order_sessions(rng: np.random.Generator, orders: _OrderBook, spells: _S
     sp = orders.spell[o]
     t_order = orders.ts[o] / DAY
     mean = P.sessions_per_order * np.where(orders.channel[o] == STORE, 0.3, 1.0)
-    mean = mean * _fade(t_order, spells.end[sp], spells.fade[sp], P.fade_floor)
+    mean = mean * _fade(t_order, spells.quiet[sp], spells.fade[sp], P.fade_floor)
     rep = np.repeat(np.arange(o.size), rng.poisson(mean))
     t = t_order[rep] - rng.exponential(P.pre_order_lag_days, rep.size) - 1.0 / DAY
     kind = np.where(orders.channel[o][rep] == APP, APP_LOGIN, SESSION)
@@ -708,7 +796,7 @@ def _pre_order_sessions(rng: np.random.Generator, orders: _OrderBook, spells: _S
 
 def _emails(rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Calendar,
             P: DemoProcess) -> tuple[EventPart, EventPart]:
-    """Opens of the twice-weekly campaigns (sent at ``campaign_hour``), then clicks a few minutes after some."""
+    """Opens of the twice-weekly campaigns (sent at ``campaign_hour``); clicks a few minutes after some."""
     rate = P.email_open_rate * np.sqrt(pop.engagement[s.cust])
     idx, t = _engaged_times(rng, cal, s, rate, P.email_residual_level, s.email_residual, P)
     back = np.array([min((d - c) % 7 for c in P.campaign_weekdays) for d in range(7)])
@@ -725,224 +813,306 @@ def _emails(rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Calend
 
 def _tickets(rng: np.random.Generator, s: _Spells, cal: _Calendar, P: DemoProcess) -> EventPart:
     """A low background rate, plus a burst in the weeks before a share of the departures."""
-    idx, t = _poisson_times(rng, cal, s.eng_start, s.end, P.ticket_rate)
+    idx, t = _poisson_times(rng, cal, s.eng_start, s.quiet, P.ticket_rate)
     share = np.where(s.subscription, P.subscriber_leaver_ticket_share, P.leaver_ticket_share)
-    leaver = (s.end < cal.days) & (rng.random(s.cust.size) < share)
+    leaver = (s.quiet < cal.days) & (rng.random(s.cust.size) < share)
     n = np.where(leaver, 1 + rng.poisson(max(P.leaver_tickets_mean - 1, 0.0), s.cust.size), 0)
     burst = np.repeat(np.arange(s.cust.size), n)
-    t2 = s.end[burst] - rng.random(burst.size) * P.leaver_ticket_window_days
+    t2 = s.quiet[burst] - rng.random(burst.size) * P.leaver_ticket_window_days
     t2 = np.where(t2 >= s.eng_start[burst], t2, -1.0)
     cust = np.concatenate([s.cust[idx], s.cust[burst]])
     return cust, np.concatenate([t, t2]), np.full(cust.size, SUPPORT_TICKET)
 
 
-def _sorted_unique_events(cust: np.ndarray, ts: np.ndarray, kind: np.ndarray, cal: _Calendar) -> _Rows:
-    """Sort by (time, customer, type) in one int64 key and drop exact repeats (same customer, second and type)."""
-    c_bits = max(int(cust.max(initial=0)).bit_length(), 1)
-    if cal.seconds.bit_length() + c_bits + 3 <= 62:
-        key = (ts << (c_bits + 3)) | (cust.astype(np.int64) << 3) | kind.astype(np.int64)
+class _EventKey:
+    """An event as one int64: seconds since start, then customer, then type. Sorting the keys sorts the events
+    by time; equal keys are exact repeats (same customer, second and type), which are dropped."""
+
+    def __init__(self, pop: _Population, cal: _Calendar):
+        self.pop, self.cal = pop, cal
+        self.c_bits = max(pop.n - 1, 1).bit_length()
+        if cal.seconds.bit_length() + self.c_bits + 3 > 62:
+            raise ValueError("too many customers or months for the event key")
+
+    def encode(self, cust: np.ndarray, t: np.ndarray, kind: np.ndarray) -> np.ndarray:
+        """Keys of the events inside the window and not before the customer's sign-up."""
+        ok = (t >= np.maximum(self.pop.signup[cust], 0.0)) & (t < self.cal.days)
+        seconds = _to_seconds(t[ok], self.cal)
+        return (seconds << (self.c_bits + 3)) | (cust[ok].astype(np.int64) << 3) | kind[ok]
+
+    def decode_unique(self, key: np.ndarray) -> _Rows:
         key.sort()
-        key = key[np.concatenate([[True], key[1:] != key[:-1]])] if key.size else key
-        cust = (key >> 3 & ((1 << c_bits) - 1)).astype(np.int32)
-        return _Rows({"cust": cust, "ts": key >> (c_bits + 3), "kind": (key & 7).astype(np.int8)})
-    order = np.lexsort((kind, cust, ts))
-    cust, ts, kind = cust[order], ts[order], kind[order]
-    new = np.ones(ts.size, bool)
-    new[1:] = (ts[1:] != ts[:-1]) | (cust[1:] != cust[:-1]) | (kind[1:] != kind[:-1])
-    return _Rows({"cust": cust[new], "ts": ts[new], "kind": kind[new]})
+        if key.size:
+            key = key[np.concatenate([[True], key[1:] != key[:-1]])]
+        cust = (key >> 3 & ((1 << self.c_bits) - 1)).astype(np.int32)
+        return _Rows({"cust": cust, "ts": key >> (self.c_bits + 3), "kind": (key & 7).astype(np.int8)})
 
 
-# --- tables ----------------------------------------------------------------------------------------------------
+# --- mess ---------------------------------------------------------------------------------------------------
 
 
-def _ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
-    """Zero-padded ids such as C0000123, built as one fixed-width byte buffer (no Python loop over rows)."""
-    n = numbers.size
-    size = len(prefix) + width
-    buf = np.empty((n, size), dtype=np.uint8)
-    buf[:, : len(prefix)] = np.frombuffer(prefix.encode(), dtype=np.uint8)
-    x = numbers.astype(np.int64)
-    for j in range(size - 1, len(prefix) - 1, -1):  # one pass per digit
-        buf[:, j] = 48 + x % 10
-        x = x // 10
-    offsets = np.arange(0, (n + 1) * size, size, dtype=np.int64)
-    if offsets[-1] < 2**31:
-        return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets.astype(np.int32)),
-                                                      pa.py_buffer(buf)])
-    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(buf)]).cast(
-        pa.string())
+@dataclass(frozen=True)
+class _Mess:
+    """The file's rows: ``rows[i]`` is the row at file position ``i`` (a messy row repeats its source row),
+    ``kind[i]`` its mess kind (index into MESS_KINDS, -1 for clean rows), ``text[kind]`` the bad strings of
+    CSV in file order."""
+
+    rows: np.ndarray
+    kind: np.ndarray
+    text: dict[int, np.ndarray]
+    counts: dict[str, int]
+
+    def has(self, kind: str) -> np.ndarray:
+        return self.kind == MESS_KINDS.index(kind)
 
 
-def _id_width(n: int) -> int:
-    return max(7, len(str(n)))
+def _plan_mess(rng: np.random.Generator, rows: _Rows, shares: dict[str, float], cal: _Calendar,
+               P: DemoProcess, fmt: Format) -> _Mess:
+    """Pick distinct clean rows, break a copy of each in exactly one way, and place the copy right after it.
+
+    Two broken copies of one kind can come out equal (two events of a customer that differ only in the time
+    stamp both lose it); they would then also be duplicates, so the later ones are dropped and every messy row
+    has exactly one reason: the counts are what a validator finds."""
+    n = rows.size
+    kinds = [k for k in MESS_KINDS if k in shares and (fmt == "csv" or k != "non_numeric_amount")]
+    wanted = np.array([int(round(shares[k] * n)) for k in kinds], dtype=np.int64)
+    if wanted.sum() > n - 1:
+        wanted = wanted * max(n - 1, 0) // wanted.sum()
+    source = rng.choice(n, size=int(wanted.sum()), replace=False)  # file positions, never two alike
+    positions, codes, texts, counts = [], [], [], {}
+    for kind, part in zip(kinds, np.split(source, np.cumsum(wanted)[:-1]), strict=True):
+        pos = np.sort(part)
+        row = pos if rows.order is None else rows.order[pos]
+        values = {name: col[row] for name, col in rows.columns.items()}
+        text = _break(rng, kind, values, cal, P, fmt)
+        if kind != "duplicate":
+            keep = ~pd.DataFrame(values).duplicated().to_numpy()
+            pos, text = pos[keep], text[keep]
+        positions.append(pos)
+        codes.append(np.full(pos.size, MESS_KINDS.index(kind), np.int8))
+        texts.append(text)
+        counts[kind] = int(pos.size)
+    pos = np.concatenate([np.zeros(0, np.int64), *positions])
+    code = np.concatenate([np.zeros(0, np.int8), *codes])
+    text = np.concatenate([np.zeros(0, object), *texts])
+    o = np.argsort(pos, kind="stable")
+    pos, code, text = pos[o], code[o], text[o]
+    file_pos = np.insert(np.arange(n), pos + 1, pos)
+    kind_at = np.insert(np.full(n, -1, np.int8), pos + 1, code)
+    file_rows = file_pos if rows.order is None else rows.order[file_pos]
+    by_kind = {int(c): text[code == c] for c in np.unique(code)}
+    return _Mess(file_rows, kind_at, by_kind, counts)
 
 
-def _labels(codes: np.ndarray, labels: list[str]) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(labels)).dictionary_decode()
+def _break(rng: np.random.Generator, kind: str, values: dict[str, np.ndarray], cal: _Calendar, P: DemoProcess,
+           fmt: Format) -> np.ndarray:
+    """Apply ``kind`` to the copied rows' values (for the duplicate check). Returns the CSV text that replaces
+    the broken value where the break is a text, None elsewhere."""
+    text = np.full(values["ts"].size, None, dtype=object)
+    if text.size == 0:
+        return text
+    if kind == "missing_customer_id":
+        values["cust"] = np.full(text.size, -1)
+    elif kind == "bad_timestamp":
+        if fmt == "csv":
+            text = _bad_timestamps(rng, values["ts"], cal)
+        values["ts"] = text
+    elif kind == "future_timestamp":
+        values["ts"] = values["ts"] + _future_shift(cal, P)
+    elif kind == "missing_amount":
+        values["amount"] = np.full(text.size, np.nan)
+    elif kind == "non_numeric_amount":
+        text = _non_numeric(rng, values["amount"])
+        values["amount"] = text
+    return text
 
 
-def _timestamps(seconds: np.ndarray, cal: _Calendar) -> pa.Array:
-    return pa.array(((seconds + cal.epoch_seconds) * 1_000_000).view("datetime64[us]"))
+def _future_shift(cal: _Calendar, P: DemoProcess) -> int:
+    """Seconds that move a time stamp of the window into ``future_year``."""
+    return int((datetime(P.future_year, 1, 1) - datetime(cal.start.year, 1, 1)).total_seconds())
 
 
-def _transactions_table(rows: _Rows, n_customers: int, cal: _Calendar, cat: _Catalogue) -> pa.Table:
+def _bad_timestamps(rng: np.random.Generator, ts: np.ndarray, cal: _Calendar) -> np.ndarray:
+    """Text no ISO parser accepts: impossible days (Feb 30, Apr 31), day-first dates (day > 12), words."""
+    when = np.datetime64(cal.start, "s") + ts
+    iso = np.datetime_as_string(when, unit="s").astype("S19")  # YYYY-MM-DDTHH:MM:SS
+    chars = iso.view("S1").reshape(-1, 19)
+
+    def part(a: int, b: int) -> np.ndarray:
+        return np.ascontiguousarray(chars[:, a:b]).view(f"S{b - a}").ravel().astype(str)
+
+    yyyy, mm, dd, clock = part(0, 4), part(5, 7), part(8, 10), np.char.add(" ", part(11, 19))
+    feb30 = np.char.add(np.char.add(yyyy, "-02-30"), clock)
+    apr31 = np.char.add(np.char.add(yyyy, "-04-31"), clock)
+    day_first = np.char.add(np.char.add(np.char.add(np.char.add(dd, "/"), mm), np.char.add("/", yyyy)), clock)
+    variant = rng.integers(0, 4, ts.size)
+    variant = np.where((variant == 3) & (dd.astype(np.int64) <= 12), 0, variant)
+    return np.choose(variant, [feb30.astype(object), apr31.astype(object),
+                               np.full(ts.size, "not a date", dtype=object), day_first.astype(object)])
+
+
+def _non_numeric(rng: np.random.Generator, amount: np.ndarray) -> np.ndarray:
+    """Amounts that do not parse as numbers: a decimal comma, a currency prefix, a question mark."""
+    fixed = np.char.mod("%.2f", amount)
+    variant = rng.integers(0, 3, amount.size)
+    out = np.where(variant == 0, np.char.replace(fixed, ".", ","),
+                   np.where(variant == 1, np.char.add("EUR ", fixed), "?"))
+    return out.astype(object)
+
+
+# --- tables -------------------------------------------------------------------------------------------------
+
+
+def _transactions_table(rows: _Rows, mess: _Mess, orders: _OrderBook, n_customers: int, cal: _Calendar,
+                        cat: _Catalogue, P: DemoProcess, fmt: Format) -> pa.Table:
+    def col(name: str) -> np.ndarray:
+        return rows.columns[name][mess.rows]
+
+    order, product = col("order"), col("product")
     columns = {
-        "customer_id": _ids("C", rows.cust + 1, _id_width(n_customers)),
-        "timestamp": _timestamps(rows.ts, cal),
-        "amount": pa.array(rows.amount),
-        "order_id": _ids("O", rows.order_no, _id_width(int(rows.order_no.max(initial=0)))),
-        "quantity": pa.array(rows.quantity),
-        "product_id": _labels(rows.product, cat.products),
-        "category": _labels(cat.category[rows.product], cat.categories),
-        "channel": _labels(rows.channel, list(CHANNELS)),
+        "customer_id": _ids("C", orders.cust[order], n_customers, valid=~mess.has("missing_customer_id")),
+        "timestamp": _timestamp_column(col("ts"), mess, cal, P, fmt),
+        "amount": _amount_column(col("amount"), mess, fmt),
+        "order_id": _ids("O", order, orders.cust.size),
+        "quantity": pa.array(col("quantity")),
+        "product_id": _labels(product, cat.products),
+        "category": _labels(cat.category[product], cat.categories),
+        "channel": _labels(orders.channel[order], list(CHANNELS)),
     }
     return pa.table({name: columns[name] for name in TRANSACTIONS.column_names})
 
 
-def _events_table(ev: _EventRows, n_customers: int, cal: _Calendar) -> pa.Table:
+def _events_table(rows: _Rows, mess: _Mess, n_customers: int, cal: _Calendar, P: DemoProcess,
+                  fmt: Format) -> pa.Table:
+    def col(name: str) -> np.ndarray:
+        return rows.columns[name][mess.rows]
+
     columns = {
-        "customer_id": _ids("C", ev.cust + 1, _id_width(n_customers)),
-        "timestamp": _timestamps(ev.ts, cal),
-        "event_type": _labels(ev.kind, list(EVENT_TYPES)),
+        "customer_id": _ids("C", col("cust"), n_customers, valid=~mess.has("missing_customer_id")),
+        "timestamp": _timestamp_column(col("ts"), mess, cal, P, fmt),
+        "event_type": _labels(col("kind"), list(EVENT_TYPES)),
     }
     return pa.table({name: columns[name] for name in EVENTS.column_names})
 
 
-def _customers_table(pop: _Population, subs: _Subscriptions, cal: _Calendar, P: DemoProcess) -> pa.Table:
+def _customers_table(pop: _Population, subs: _Subscriptions, cal: _Calendar, P: DemoProcess,
+                     fmt: Format) -> pa.Table:
     n = pop.n
-    signup = np.floor(pop.signup * DAY).astype(np.int64)
-    churn = np.full(n, -1, np.int64)
-    cancelled = subs.cancel < cal.days
-    churn[subs.cust[cancelled]] = _to_seconds(subs.cancel[cancelled], cal)
+    in_window = subs.cancel < cal.days
+    cancelled = np.zeros(n, bool)
+    cancelled[subs.cust[in_window]] = True
+    churn = np.zeros(n, np.int64)
+    churn[subs.cust[in_window]] = _to_seconds(subs.cancel[in_window], cal)
     columns = {
-        "customer_id": _ids("C", np.arange(1, n + 1), _id_width(n)),
-        "signup_date": _timestamps(signup, cal),
-        "churn_date": pc.if_else(pa.array(churn >= 0), _timestamps(np.maximum(churn, 0), cal),
-                                 pa.scalar(None, pa.timestamp("us"))),
+        "customer_id": _ids("C", np.arange(n), n),
+        "signup_date": _timestamps(np.floor(pop.signup * DAY).astype(np.int64), cal, fmt),
+        "churn_date": _timestamps(churn, cal, fmt, null=~cancelled),
     }
     table = pa.table({name: columns[name] for name in CUSTOMERS.column_names})
-    table = table.append_column("segment", _labels(pop.subscriber.astype(np.int8), ["retail", "subscription"]))
+    segment = _labels(pop.subscriber.astype(np.int8), ["retail", "subscription"])
+    table = table.append_column("segment", segment)
     return table.append_column("region", _labels(pop.region, list(P.regions)))
 
 
-# --- mess ------------------------------------------------------------------------------------------------------
+def _ids(prefix: str, codes: np.ndarray, count: int, valid: np.ndarray | None = None) -> pa.Array:
+    """Zero-padded ids (code 0 -> C0000001): a fixed-width byte table of ``count`` ids, gathered by code."""
+    width = max(7, len(str(count)))
+    size = len(prefix) + width
+    table = np.empty((count, size), dtype=np.uint8)
+    table[:, : len(prefix)] = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    for j in range(width):  # the digit for 10**j of 1..count: runs of 10**j equal digits, cycling 0..9
+        step = 10**j
+        col = len(prefix) + width - 1 - j
+        if step > count:
+            table[:, col] = 48
+            continue
+        runs = np.arange((count + 1) // step + 1, dtype=np.int64) % 10 + 48
+        table[:, col] = np.repeat(runs.astype(np.uint8), step)[1 : count + 1]
+    data = table.view(f"S{size}").ravel()[codes]
+    n = codes.size
+    offsets = np.arange(0, (n + 1) * size, size, dtype=np.int64)
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    if offsets[-1] < 2**31:
+        offsets = offsets.astype(np.int32)
+        return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
+    big = pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return big.cast(pa.string())
 
 
-def _inject_mess(rng: np.random.Generator, table: pa.Table, shares: dict[str, float], cal: _Calendar,
-                 P: DemoProcess, fmt: Format) -> tuple[pa.Table, dict[str, int]]:
-    """Add messy rows, each derived from a distinct clean row, broken in exactly one way, placed right after it.
-
-    A corrupted row could equal another corrupted row of the same kind (two events of one customer that differ only
-    in the time stamp both lose it), which would make it a duplicate too: such rows are dropped, so every messy row
-    has exactly one reason and the counts are what a validator finds."""
-    n = table.num_rows
-    kinds = [k for k in MESS_KINDS if k in shares and (fmt == "csv" or k != "non_numeric_amount")]
-    wanted = [int(round(shares[k] * n)) for k in kinds]
-    scale = min(1.0, (n - 1) / max(sum(wanted), 1))
-    wanted = [int(w * scale) for w in wanted]
-    source = rng.choice(n, size=sum(wanted), replace=False) if n else np.zeros(0, np.int64)
-    base = _as_text(table) if fmt == "csv" else table
-    parts, sources, counts = [], [], {}
-    offset = 0
-    for kind, m in zip(kinds, wanted, strict=True):
-        src = np.sort(source[offset : offset + m])
-        offset += m
-        part = _corrupt(rng, kind, table.take(src), cal, P, fmt)
-        if kind != "duplicate" and part.num_rows:
-            unique = ~part.to_pandas().duplicated().to_numpy()
-            part, src = part.filter(pa.array(unique)), src[unique]
-        parts.append(part)
-        sources.append(src)
-        counts[kind] = part.num_rows
-    if not parts:
-        return base, counts
-    messy = pa.concat_tables(parts)
-    src = np.concatenate(sources)
-    order = np.argsort(src, kind="stable")
-    perm = np.insert(np.arange(n), src[order] + 1, n + order)
-    return pa.concat_tables([base, messy]).take(perm), counts
+def _labels(codes: np.ndarray, labels: list[str]) -> pa.Array:
+    """Few-valued text as a dictionary array (codes + labels); it is written as text."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(labels))
 
 
-def _corrupt(rng: np.random.Generator, kind: str, part: pa.Table, cal: _Calendar, P: DemoProcess,
-             fmt: Format) -> pa.Table:
-    m = part.num_rows
-    ts_i = part.schema.get_field_index("timestamp")
-    if kind == "missing_customer_id":
-        part = part.set_column(part.schema.get_field_index("customer_id"), "customer_id", pa.nulls(m, pa.string()))
-    elif kind == "future_timestamp":
-        shift = datetime(P.future_year, 1, 1) - datetime(cal.start.year, cal.start.month, cal.start.day)
-        shifted = pc.add(part["timestamp"], pa.scalar(shift, pa.duration("us")))
-        part = part.set_column(ts_i, "timestamp", shifted)
-    elif kind == "missing_amount":
-        part = part.set_column(part.schema.get_field_index("amount"), "amount", pa.nulls(m, pa.float64()))
-    elif kind == "bad_timestamp" and fmt == "parquet":
-        part = part.set_column(ts_i, "timestamp", pa.nulls(m, pa.timestamp("us")))
-    text = _as_text(part) if fmt == "csv" else part
-    if kind == "bad_timestamp" and fmt == "csv":
-        text = text.set_column(ts_i, "timestamp", _bad_timestamps(rng, part["timestamp"]))
-    elif kind == "non_numeric_amount":
-        text = text.set_column(text.schema.get_field_index("amount"), "amount", _non_numeric(rng, part["amount"]))
-    return text
+def _timestamps(seconds: np.ndarray, cal: _Calendar, fmt: Format, null: np.ndarray | None = None) -> pa.Array:
+    """Typed ``timestamp[us]`` for Parquet; ``YYYY-MM-DD HH:MM:SS`` text for CSV."""
+    us = ((seconds + cal.epoch_seconds) * 1_000_000).view("datetime64[us]")
+    arr = pa.array(us, mask=null)
+    return arr.cast(pa.timestamp("s")).cast(pa.string()) if fmt == "csv" else arr
 
 
-def _bad_timestamps(rng: np.random.Generator, ts: pa.ChunkedArray) -> pa.Array:
-    """Strings no ISO parser accepts: impossible days, day-first dates (day > 12), plain text."""
-    ts = ts.cast(pa.timestamp("s"))
-    feb30 = pc.strftime(ts, format="%Y-02-30 %H:%M:%S").to_numpy(zero_copy_only=False)
-    apr31 = pc.strftime(ts, format="%Y-04-31 %H:%M:%S").to_numpy(zero_copy_only=False)
-    dayfirst = pc.strftime(ts, format="%d/%m/%Y %H:%M:%S").to_numpy(zero_copy_only=False)
-    day = pc.day(ts).to_numpy(zero_copy_only=False)
-    variant = rng.integers(0, 4, len(ts))
-    out = np.where(variant == 0, feb30, np.where(variant == 1, apr31, np.where(variant == 2, "not a date",
-                                                                             dayfirst)))
-    out = np.where((variant == 3) & (day <= 12), feb30, out)
-    return pa.array(out.astype(object), pa.string())
+def _timestamp_column(ts: np.ndarray, mess: _Mess, cal: _Calendar, P: DemoProcess, fmt: Format) -> pa.Array:
+    future = mess.has("future_timestamp")
+    if future.any():
+        ts = np.where(future, ts + _future_shift(cal, P), ts)
+    bad = mess.has("bad_timestamp")
+    if fmt == "parquet":
+        return _timestamps(ts, cal, fmt, null=bad)
+    return _with_text(_timestamps(ts, cal, fmt), bad, mess.text.get(MESS_KINDS.index("bad_timestamp")))
 
 
-def _non_numeric(rng: np.random.Generator, amount: pa.ChunkedArray) -> pa.Array:
-    """Amounts that do not parse as numbers: decimal comma, a currency prefix, a question mark."""
-    a = amount.to_numpy(zero_copy_only=False)
-    fixed = np.char.mod("%.2f", a)
-    variant = rng.integers(0, 3, a.size)
-    out = np.where(variant == 0, np.char.replace(fixed, ".", ","), np.where(variant == 1, np.char.add("EUR ", fixed),
-                                                                           "?"))
-    return pa.array(out.astype(object), pa.string())
+def _amount_column(amount: np.ndarray, mess: _Mess, fmt: Format) -> pa.Array:
+    arr = pa.array(amount, mask=mess.has("missing_amount"))
+    if fmt == "parquet":
+        return arr
+    bad = mess.has("non_numeric_amount")
+    return _with_text(arr.cast(pa.string()), bad, mess.text.get(MESS_KINDS.index("non_numeric_amount")))
 
 
-def _as_text(table: pa.Table) -> pa.Table:
-    """CSV form: time stamps as 'YYYY-MM-DD HH:MM:SS' and amounts as text, so bad values can sit beside good ones."""
-    for i, f in enumerate(table.schema):
-        if pa.types.is_timestamp(f.type) or (f.name == "amount" and pa.types.is_floating(f.type)):
-            col = table.column(i)
-            if pa.types.is_timestamp(f.type):
-                col = col.cast(pa.timestamp("s"))
-            table = table.set_column(i, f.name, col.cast(pa.string()))
-    return table
+def _with_text(arr: pa.Array, mask: np.ndarray, text: np.ndarray | None) -> pa.Array:
+    """Replace the masked values of a text column by ``text`` (in order)."""
+    if text is None or not mask.any():
+        return arr
+    return pc.replace_with_mask(arr, pa.array(mask), pa.array(text.astype(object), pa.string()))
 
 
-# --- writing ---------------------------------------------------------------------------------------------------
+# --- writing ------------------------------------------------------------------------------------------------
+
+
+LOW_CARDINALITY = ("product_id", "category", "channel", "event_type", "segment", "region")
 
 
 def _write(table: pa.Table, path: Path, fmt: Format) -> None:
+    """Atomically (temp file in the same folder, then rename). Parquet: zstd, dictionaries for the few-valued
+    text columns, delta-encoded time stamps (``timestamp[us]``, naive)."""
     with atomic_path(path) as tmp:
         if fmt == "parquet":
-            pq.write_table(table, tmp, coerce_timestamps="us", compression="zstd")
+            names = table.column_names
+            times = [f.name for f in table.schema if pa.types.is_timestamp(f.type)]
+            pq.write_table(  # store_schema=False: readers see plain text, not the in-memory dictionaries
+                table, tmp, coerce_timestamps="us", compression="zstd", compression_level=1,
+                store_schema=False, use_dictionary=[c for c in names if c in LOW_CARDINALITY],
+                column_encoding=dict.fromkeys(times, "DELTA_BINARY_PACKED"),
+            )
         else:
             pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(quoting_style="needed"))
+        os.chmod(tmp, 0o644)
 
 
 DESCRIPTION = (
-    "Synthetic retail + subscription business (features/demo.py). Retail customers (non-contractual) follow "
-    "Pareto/NBD: Gamma-distributed purchase rates, exponential unobserved lifetimes with Gamma-distributed dropout "
-    "rates, seasonal Poisson orders (Nov/Dec peak), a few reactivations, no cancel date. Order values follow "
-    "Gamma-Gamma, split over 1..k lines of distinct Zipf-popular products; ~3% of orders are refunded later "
-    "(negative amount, same order id; likelier before dropout). Subscribers pay a monthly plan price on the sign-up "
-    "day of month until they cancel (churn_date; hazard highest in the first months). Engagement events correlate "
-    "with the purchase rate, fade over the 4-8 weeks before dropout, linger after it, and support tickets rise "
-    "before a share of departures. Customers signed up before `start` have no history before it. Messy rows are "
-    "extra rows, each derived from a distinct clean row and broken in exactly one way, placed right after it; "
-    "`messy` counts them per table and kind (bad_timestamp: unparseable text in CSV, null in Parquet; "
-    "future_timestamp: year ~2099). Every other row lies in [start, end)."
+    "Synthetic retail + subscription business (features/demo.py). Retail customers (non-contractual) "
+    "follow Pareto/NBD: Gamma-distributed purchase rates, exponential unobserved lifetimes with "
+    "Gamma-distributed dropout rates, seasonal Poisson orders (Nov/Dec peak), a few reactivations, no "
+    "cancel date. Order values follow Gamma-Gamma, split over 1..k lines of distinct Zipf-popular "
+    "products; ~3% of orders get a later refund row (negative amount, same order id; likelier before "
+    "dropout). Subscribers pay a monthly plan price on the sign-up day of month until they cancel "
+    "(churn_date; hazard highest in the first months). Engagement events correlate with the purchase "
+    "rate, fade over the 4-8 weeks before a leaver goes quiet (about a week after their last order), "
+    "linger at a low rate after, and support tickets rise before a share of departures. Customers signed "
+    "up before `start` have no history before it. Messy rows are extra rows, each made from a distinct "
+    "clean row and broken in exactly one way, placed right after it; `messy` counts them per table and "
+    "kind (bad_timestamp: unparseable text in CSV, null in Parquet; future_timestamp: year ~2099). Every "
+    "other row lies in [start, end)."
 )
 
 
@@ -966,3 +1136,4 @@ def _write_manifest(summary: DemoSummary, path: Path, months: int) -> None:
     }
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o644)

@@ -36,3 +36,47 @@ def online_retail_dir() -> Path:
 
 def dataset(transactions, events=(), customers=()) -> Dataset:
     return Dataset.from_records(transactions, events, customers)
+
+
+# ------------------------------------------------------------------------------------------------ trained model
+# One tiny real training run per test session (seconds), shared by the model, registry, batch and API tests.
+
+DEMO_CUSTOMERS = 3000
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    from features.demo import generate
+
+    out = tmp_path_factory.mktemp("demo")
+    generate(out, customers=DEMO_CUSTOMERS, seed=7, fmt="parquet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_data(demo_dir):
+    from features.validate import load_dataset
+
+    return load_dataset(demo_dir, now=datetime(2026, 1, 1))
+
+
+@pytest.fixture(scope="session")
+def test_settings(tmp_path_factory):
+    from churnguard.settings import Settings
+
+    return Settings(data_dir=tmp_path_factory.mktemp("churnguard-data"), mlflow={"tracking_uri": None})
+
+
+@pytest.fixture(scope="session")
+def trained(demo_data, test_settings):
+    from training.train import train
+
+    data, _ = demo_data
+    return train(data, test_settings)
+
+
+@pytest.fixture(scope="session")
+def registered(trained, test_settings):
+    from training.tracking import log_training
+
+    return log_training(trained, test_settings)

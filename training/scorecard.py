@@ -84,7 +84,13 @@ _TEMPLATES: dict[str, Callable[[pd.Series], str]] = {
     "events_trend_30d": lambda r: f"engagement fading: {int(r['events_30d'])} events in the last 30 days vs "
     f"{int(r['events_prev_30d'])} in the 30 before",
     "days_since_last_event": lambda r: f"no engagement for {_days(r['days_since_last_event'])}",
-    "days_since_last_engagement": lambda r: f"no purchase or engagement for {_days(r['days_since_last_engagement'])}",
+    "days_since_last_engagement": lambda r: f"no activity of any kind for {_days(r['days_since_last_engagement'])}",
+    "gap_mean_days": lambda r: f"buys only every {_days(r['gap_mean_days'])} on average",
+    "gap_std_days": lambda r: f"irregular buyer: gaps vary by {_days(r['gap_std_days'])}",
+    "gap_max_days": lambda r: f"once went {_days(r['gap_max_days'])} without buying",
+    "last_gap_days": lambda r: f"had gone {_days(r['last_gap_days'])} without buying before the last order",
+    "days_since_signup": lambda r: f"signed up {_days(r['days_since_signup'])} ago",
+    "cancelled": lambda r: "cancelled the subscription" if r["cancelled"] else "no cancellation",
     "refund_share": lambda r: f"{r['refund_share']:.0%} of spend refunded",
     "refund_total": lambda r: f"refunds of {r['refund_total']:.0f}",
     "tenure_days": lambda r: f"customer for only {_days(r['tenure_days'])}",
@@ -115,12 +121,40 @@ def reason_text(feature: str, row: pd.Series, descriptions: dict[str, str]) -> s
         return _TEMPLATES[feature](row)
     if feature.endswith("_days_since_last"):
         return f"no {feature.removesuffix('_days_since_last').replace('_', ' ')} for {_days(value)}"
+    window = _window_count(feature, value)
+    if window:
+        return window
     if feature.endswith("_trend_30d"):
         base = feature.removesuffix("_trend_30d")
         return (f"fewer {base.replace('_', ' ')} events: {int(row[base + '_30d'])} in the last 30 days vs "
                 f"{int(row[base + '_prev_30d'])} in the 30 before")
     text = descriptions.get(feature, feature).rstrip(".")
     return f"{text}: {value:.4g}" if isinstance(value, float) else f"{text}: {value}"
+
+
+_COUNT_NOUNS = {"orders": "order", "events": "engagement event", "session": "session", "email_open": "e-mail open",
+                "email_click": "e-mail click", "support_ticket": "support ticket", "app_login": "app login"}
+
+
+def _window_count(feature: str, value) -> str | None:
+    """'orders_90d' = 2 -> 'only 2 orders in the last 90 days'; 'spend_30d' -> 'spent 0 in the last 30 days'."""
+    head, _, tail = feature.rpartition("_")
+    if not (tail.endswith("d") and tail[:-1].isdigit()):
+        return None
+    days = int(tail[:-1])
+    prev = head.endswith("_prev")
+    head = head.removesuffix("_prev")
+    period = f"{days}-{2 * days} days ago" if prev else f"in the last {days} days"
+    if head == "spend":
+        return f"spent {value:.0f} {period}"
+    noun = _COUNT_NOUNS.get(head, head.replace("_", " ") + " event")
+    n = int(value)
+    plural = noun + ("s" if n != 1 else "")
+    if n == 0:
+        return f"no {noun}s {period}"
+    if prev or head == "support_ticket":
+        return f"{n} {plural} {period}"
+    return f"only {n} {plural} {period}"
 
 
 def top_reasons(contributions: pd.DataFrame, features: pd.DataFrame, descriptions: dict[str, str],

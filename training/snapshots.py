@@ -136,7 +136,8 @@ def build_snapshot_frame(
         parts.append(feats.join(subset, ["customer_id", "as_of"]).to_pandas())
         if progress:
             progress(1, f"features for snapshot {as_of:%Y-%m-%d} ({i + 1}/{len(plan.all_dates)})")
-    frame = pd.concat(parts, ignore_index=True)
+    # a stable row order: LightGBM's bagging picks rows by position, so order is part of reproducibility
+    frame = pd.concat(parts, ignore_index=True).sort_values(["as_of", "customer_id"], ignore_index=True)
     rates = frame.groupby("as_of")["churned"].mean()
     counts = pc.value_counts(labels["as_of"]).to_pylist()
     names = [s.name for s in feature_registry(event_types)]

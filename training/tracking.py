@@ -12,6 +12,7 @@ artifacts under the project's data dir, so nothing needs a server.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,9 @@ def configure(settings: Settings) -> None:
 
     warnings.filterwarnings("ignore", message=".*noload.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow.*")
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")  # never null here
+    # MLflow's INFO chatter (table creation, uv detection) and the cloudpickle notice are not news to our users
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
     if settings.tracking_uri.startswith("sqlite:///"):
         Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -217,20 +221,31 @@ def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], d
     return out
 
 
-def load_model(settings: Settings, model_uri: str | None = None):
-    """Load a registered ChurnModel once, resolving an alias to its version for the scorecards."""
-    import mlflow
+def resolve_version(settings: Settings, model_uri: str) -> str:
+    """'models:/churnguard@champion' -> 'churnguard/3' (what the scorecards call model_version)."""
     from mlflow.tracking import MlflowClient
 
     configure(settings)
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    ref = model_uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        try:
+            return f"{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
+        except Exception:
+            raise ValueError(f"no model behind {model_uri}: train one first (`churn train`)") from None
+    return ref
+
+
+def load_model(settings: Settings, model_uri: str | None = None):
+    """Load a registered ChurnModel once, resolving an alias to its version for the scorecards."""
+    import mlflow
+
     uri = model_uri or settings.model_uri
-    model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    version = resolve_version(settings, uri)  # resolve first: the alias could move while we load
+    model = mlflow.pyfunc.load_model(uri if not uri.startswith("models:/") else f"models:/{version}")
+    model = model.unwrap_python_model()
     if uri.startswith("models:/"):
-        ref = uri.removeprefix("models:/")
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = MlflowClient().get_model_version_by_alias(name, alias).version
-            model.model_version = f"{name}/{version}"
-        else:
-            model.model_version = ref
+        model.model_version = version
     return model

@@ -1,0 +1,106 @@
+"""``churn quickstart``: the whole main job on demo data, through the same library calls as the single commands.
+
+generate -> validate -> train (candidates, evaluation, MLflow registry) -> evaluation report -> promote ->
+batch scoring -> outreach list. Everything lands under ``<data_dir>/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from churnguard.console import console, print_batch_summary, print_comparison, print_validation, progress
+from churnguard.settings import Settings, now_utc
+
+
+@dataclass(frozen=True)
+class QuickstartResult:
+    demo_dir: Path
+    report: Path
+    scores: Path
+    outreach: Path
+    rejected: Path
+    model_version: str
+
+
+def run_quickstart(settings: Settings, *, customers: int = 20_000, seed: int = 42, months: int = 24,
+                   capacity: int = 500) -> QuickstartResult:
+    from features.demo import generate
+    from features.validate import load_dataset
+    from serving.policy import load_policy
+    from serving.scoring import score_batch, write_batch
+    from training.report import fetch_evaluation, write_report
+    from training.tracking import load_model, log_training, promote
+    from training.train import train
+
+    root = settings.data_dir
+    demo_dir = root / "demo"
+    start = date(2023, 1, 1)
+    step = _steps(7)
+
+    step("generating demo data")
+    summary = generate(demo_dir, customers=customers, seed=seed, start=start, months=months, fmt="csv")
+    console.print(f"  {summary.n_customers:,} customers, " + ", ".join(f"{k} {v:,} rows" for k, v in summary.rows.items()))
+
+    step("validating")
+    data, rejects = load_dataset(demo_dir, now=now_utc(), reject_future=settings.validation.reject_future)
+    print_validation(data.report)
+    from features.io import write_table
+
+    row_rejects = root / "outputs" / "row_rejects.csv"
+    write_table(rejects, row_rejects)
+
+    step("training (rolling snapshots, out-of-time holdout, candidates, survival and value models)")
+    with progress("training") as advance:
+        result = train(data, settings, progress=lambda n=1, d=None: advance(n, d))
+    logged = log_training(result, settings)
+    console.print(f"  registered {settings.mlflow.model_name} v{logged.version}"
+                  + (" (first version: champion)" if logged.became_champion else ""))
+
+    step("evaluation report")
+    evaluation, plots, label = fetch_evaluation(settings, root / "reports" / f"v{logged.version}" / ".mlflow",
+                                                version=logged.version)
+    print_comparison(evaluation, title=label)
+    report = write_report(evaluation, plots, root / "reports" / f"v{logged.version}", label)
+
+    step("promotion gate")
+    decision = promote(settings, data=data)
+    console.print(("  [green]" if decision.promoted else "  [yellow]") + decision.reason)
+
+    step("batch scoring and the outreach list")
+    as_of = datetime.combine(data.data_end.date(), datetime.min.time())
+    model = load_model(settings)
+    with progress(f"scoring as of {as_of:%Y-%m-%d}") as advance:
+        batch = score_batch(data, model, load_policy(settings.scoring.policy_file), as_of=as_of,
+                            invalid_customer_ids=rejects["customer_id"], chunk_size=settings.scoring.chunk_size,
+                            capacity=capacity, control_share=settings.scoring.control_share,
+                            reasons=settings.scoring.reasons, seed=settings.training.seed, progress=advance)
+    outputs = root / "outputs"
+    scores, outreach, rejected = outputs / "scores.parquet", outputs / "outreach.csv", outputs / "not_scored.csv"
+    write_batch(batch, scores, outreach, rejected)
+    print_batch_summary(batch, model.model_version)
+
+    step("done")
+    console.print(f"""
+  demo data        {demo_dir}
+  rejected rows    {row_rejects}
+  report           {report}
+  scorecards       {scores}
+  outreach list    {outreach}
+  not scored       {rejected}
+
+  MLflow UI:       uv run mlflow ui --backend-store-uri {settings.tracking_uri}
+  scoring API:     uv run churn serve        (then POST http://localhost:{settings.serving.port}/score)
+""")
+    return QuickstartResult(demo_dir, report, scores, outreach, rejected, model.model_version)
+
+
+def _steps(total: int):
+    state = {"n": 0}
+
+    def step(title: str) -> None:
+        state["n"] += 1
+        console.rule(f"[bold]{state['n']}/{total} {title}")
+
+    return step

@@ -1,0 +1,131 @@
+"""Retention policy: from a scorecard to a recommended action, and the ranked outreach list with a control group.
+
+The policy is a small YAML file (``serving/policy.yaml`` is the default; ``CHURN_SCORING__POLICY_FILE`` points to
+your own). It is validated when loaded, so a typo in an action name or a tier fails at start-up with the line at
+fault, not in the middle of a nightly run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.scorecard import STAGES, TIERS
+
+DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
+ValueBand = Literal["low", "medium", "high"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Action(_Strict):
+    description: str = ""
+    cost: float = Field(ge=0)
+    save_rate: float = Field(ge=0, le=1)
+
+
+class Rule(_Strict):
+    stage: list[Literal[STAGES]] | None = None  # type: ignore[valid-type]
+    tier: list[Literal[TIERS]] | None = None  # type: ignore[valid-type]
+    value: list[ValueBand] | None = None
+    action: str
+
+
+class ValueBands(_Strict):
+    high: float
+    medium: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValueBands:
+        if not self.medium < self.high:
+            raise ValueError("value_bands: medium must be below high")
+        return self
+
+
+class Policy(_Strict):
+    value_bands: ValueBands
+    actions: dict[str, Action]
+    rules: list[Rule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        for i, rule in enumerate(self.rules):
+            if rule.action not in self.actions:
+                raise ValueError(f"rules[{i}]: unknown action {rule.action!r} (known: {', '.join(self.actions)})")
+        last = self.rules[-1]
+        if last.stage or last.tier or last.value:
+            raise ValueError("the last rule must match everybody (no stage/tier/value), so every customer gets an "
+                             "action")
+        return self
+
+    def value_band(self, value: np.ndarray) -> np.ndarray:
+        return np.where(value >= self.value_bands.high, "high",
+                        np.where(value >= self.value_bands.medium, "medium", "low")).astype(object)
+
+    def assign(self, scores: pd.DataFrame) -> pd.DataFrame:
+        """recommended_action, action_cost and expected_value_saved for each scorecard row."""
+        band = self.value_band(scores["expected_value_12m"].to_numpy(float))
+        action = np.full(len(scores), None, dtype=object)
+        for rule in self.rules:
+            match = np.array([a is None for a in action])
+            if rule.stage:
+                match &= scores["lifecycle_stage"].isin(rule.stage).to_numpy()
+            if rule.tier:
+                match &= scores["risk_tier"].isin(rule.tier).to_numpy()
+            if rule.value:
+                match &= np.isin(band, rule.value)
+            action[match] = rule.action
+        cost = np.array([self.actions[a].cost for a in action])
+        save = np.array([self.actions[a].save_rate for a in action])
+        return pd.DataFrame({
+            "value_band": band,
+            "recommended_action": action,
+            "action_cost": cost,
+            "expected_value_saved": scores["value_at_risk"].to_numpy(float) * save - cost,
+        }, index=scores.index)
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    path = Path(path or DEFAULT_POLICY)
+    if not path.exists():
+        raise FileNotFoundError(f"policy file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return Policy.model_validate(raw or {})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ValueError(f"{path}: {where}: {first['msg']}") from None
+
+
+def select_outreach(scores: pd.DataFrame, *, capacity: int | None = None, budget: float | None = None,
+                    control_share: float = 0.1, seed: int = 42) -> pd.DataFrame:
+    """The outreach list: positive expected value saved, best first, up to capacity / budget.
+
+    A seeded random ``control_share`` of the list is flagged ``control`` (not to be contacted), so the business
+    can measure the campaign's lift by comparing them with the contacted ones later. Control customers count
+    against capacity but not against the budget (they cost nothing).
+    """
+    eligible = scores[(scores["recommended_action"] != "no_action") & (scores["expected_value_saved"] > 0)]
+    ranked = eligible.sort_values(["expected_value_saved", "customer_id"], ascending=[False, True], kind="stable")
+    if capacity is not None:
+        ranked = ranked.head(capacity)
+    control = np.zeros(len(ranked), dtype=bool)
+    n_control = int(round(len(ranked) * control_share))
+    control[np.random.default_rng(seed).choice(len(ranked), size=n_control, replace=False)] = True
+    ranked = ranked.assign(control=control)
+    if budget is not None:
+        spend = np.cumsum(np.where(control, 0.0, ranked["action_cost"].to_numpy()))
+        ranked = ranked[spend <= budget]
+    return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
+

@@ -1,0 +1,130 @@
+"""Request and response bodies of the scoring API.
+
+Transactions and events reuse the data contract's pydantic models (``features/contract.py``), so the API accepts
+exactly what batch validation keeps: refunds (negative amounts) are valid; unparseable dates, non-finite numbers,
+missing fields and unknown fields are a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from features.contract import CustomerId, EventFields, Timestamp, TransactionFields
+
+MAX_CUSTOMERS_PER_REQUEST = 1000
+MAX_ROWS_PER_CUSTOMER = 100_000
+
+
+class CustomerHistory(BaseModel):
+    """One customer's raw history; only rows before ``as_of`` are used."""
+
+    # OpenAPI 3.0 (BentoML) takes one model-level "example", not the list "examples"
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
+        "customer_id": "c1",
+        "transactions": [{"timestamp": "2024-03-02T10:00:00", "amount": 60.0, "order_id": "o1"},
+                         {"timestamp": "2024-05-01T10:00:00", "amount": 42.5, "order_id": "o2"},
+                         {"timestamp": "2024-05-04T09:00:00", "amount": -12.5, "order_id": "o2"}],
+        "events": [{"timestamp": "2024-05-20T18:00:00", "event_type": "email_open"}],
+    }})
+
+    customer_id: CustomerId = Field(description="Your id for the customer.", examples=["c1"])
+    transactions: list[TransactionFields] = Field(
+        default_factory=list, max_length=MAX_ROWS_PER_CUSTOMER,
+        description="Purchases and refunds (negative amounts). A customer with none before as_of is not scored.")
+    events: list[EventFields] = Field(default_factory=list, max_length=MAX_ROWS_PER_CUSTOMER,
+                                      description="Engagement events (sessions, e-mail opens and clicks, ...).")
+    signup_date: Timestamp | None = Field(None, description="Sign-up date, if known.")
+    churn_date: Timestamp | None = Field(None, description="Cancel date (subscriptions), if any.")
+
+
+Customers = Annotated[list[CustomerHistory], Field(min_length=1, max_length=MAX_CUSTOMERS_PER_REQUEST,
+                                                   description="1 to 1,000 customers.")]
+
+
+def client_error(loc: tuple, message: str) -> ValidationError:
+    """A 400 with the same body shape as pydantic's own (``detail[].loc`` names the field at fault)."""
+    return ValidationError.from_exception_data(
+        "Input", [{"type": "value_error", "loc": loc, "input": None, "ctx": {"error": ValueError(message)}}])
+
+
+def unique_ids(items: list, field: str) -> None:
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if item.customer_id in seen:
+            raise client_error((field, i, "customer_id"), f"{item.customer_id!r} appears more than once")
+        seen.add(item.customer_id)
+
+
+class FeatureRow(BaseModel):
+    """A precomputed feature row (from `churn features` or your own copy of the feature table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: CustomerId
+    as_of: Timestamp | date = Field(description="The date the features were computed at.")
+    features: dict[str, float | None] = Field(
+        description="Every feature the model uses (GET /model lists them); null where undefined.",
+        examples=[{"recency_days": 31.0, "frequency": 4.0}])
+
+    @field_validator("features")
+    @classmethod
+    def _finite(cls, v: dict[str, float | None]) -> dict[str, float | None]:
+        import math
+
+        for name, x in v.items():
+            if x is not None and not math.isfinite(x):
+                raise ValueError(f"feature {name!r} must be a finite number or null")
+        return v
+
+
+FeatureRows = Annotated[list[FeatureRow], Field(min_length=1, max_length=MAX_CUSTOMERS_PER_REQUEST)]
+
+
+class Scorecard(BaseModel):
+    customer_id: str
+    as_of: datetime
+    churn_probability: float = Field(description="Calibrated P(no purchase in the next horizon_days).")
+    risk_tier: str = Field(description="low / medium / high / critical by churn_probability thresholds.")
+    p_active_30d: float = Field(description="Survival: P(not churned 30 days after as_of).")
+    p_active_60d: float
+    p_active_90d: float
+    p_active_180d: float
+    median_days_to_churn: float = Field(description="Median of the survival curve (0 if already lapsed).")
+    expected_value_12m: float = Field(description="Expected spend in the next 12 months if the customer stays.")
+    value_at_risk: float = Field(description="churn_probability x expected_value_12m.")
+    lifecycle_stage: str = Field(description="new, active, loyal, at_risk, lapsed or reactivated.")
+    top_reasons: list[str] = Field(description="Up to 3 strongest drivers of this customer's risk, in words.")
+    recommended_action: str = Field(description="From the retention policy.")
+    expected_value_saved: float = Field(description="value_at_risk x save rate - action cost.")
+    model_version: str
+
+
+class Rejected(BaseModel):
+    customer_id: str
+    reason: str
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    as_of: datetime
+    scores: list[Scorecard]
+    rejected: list[Rejected] = Field(description="Customers that could not be scored, with the reason.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ModelCard(BaseModel):
+    model_version: str
+    classifier: str
+    classifier_description: str
+    trained_at: str
+    horizon_days: int
+    feature_set: str
+    features: list[str]
+    event_types: list[str]
+    training_snapshots: list[str]
+    holdout_as_of: str
+    tier_thresholds: list[float]
+    holdout_metrics: dict[str, float]

@@ -1,0 +1,179 @@
+"""Scoring: the one path from a dataset to scorecards, shared by batch scoring and the API.
+
+``score_dataset`` = ``build_features`` -> the registered ``ChurnModel`` -> the retention policy. The API calls it
+for the customers of one request, batch scoring calls it chunk by chunk, so the same customer data gives the same
+numbers on both paths (``tests/test_api.py`` checks that).
+
+Batch accounting: every customer in the input is either scored or rejected with a reason: no purchase before
+as_of (a prospect), first seen on or after as_of, or every row of theirs failed validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.build import FeatureEngine, build_features, entities_at
+from features.dataset import Dataset
+from serving.policy import Policy, select_outreach
+from training.model import SCORE_COLUMNS, ChurnModel
+from training.scorecard import NOT_SCORABLE, TIERS
+
+SCORECARD_COLUMNS = [*SCORE_COLUMNS[:-1], "recommended_action", "expected_value_saved", SCORE_COLUMNS[-1]]
+REJECTED_AFTER = "no purchase, event or sign-up before as_of: not a customer yet at that date"
+REJECTED_INVALID = "every row of this customer failed validation (see `churn validate --rejects`)"
+
+
+@dataclass
+class Scored:
+    scores: pd.DataFrame  # SCORECARD_COLUMNS (+ value_band, action_cost for the outreach list)
+    rejected: pd.DataFrame  # customer_id, reason
+
+
+def score_dataset(data: Dataset, entities: pa.Table, model: ChurnModel, policy: Policy, *,
+                  engine: FeatureEngine | None = None, reasons: bool = False) -> Scored:
+    features = build_features(data, entities, event_types=model.event_types, engine=engine).to_pandas()
+    prospect = features["frequency"].to_numpy() < 1
+    rejected = pd.DataFrame({"customer_id": features.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
+    cards = model.score(features.loc[~prospect], reasons=reasons)
+    actions = policy.assign(cards)
+    scores = pd.concat([cards, actions], axis=1)
+    return Scored(scores[[*SCORECARD_COLUMNS, "value_band", "action_cost"]], rejected.reset_index(drop=True))
+
+
+# ------------------------------------------------------------------------------------------------ batch
+
+
+@dataclass
+class BatchResult:
+    scores: pd.DataFrame
+    outreach: pd.DataFrame
+    rejected: pd.DataFrame
+    n_input_customers: int
+    summary: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def score_batch(
+    data: Dataset,
+    model: ChurnModel,
+    policy: Policy,
+    *,
+    as_of: datetime,
+    invalid_customer_ids: pa.Array | pa.ChunkedArray | None = None,
+    chunk_size: int = 100_000,
+    capacity: int | None = None,
+    budget: float | None = None,
+    control_share: float = 0.1,
+    reasons: str = "outreach",
+    seed: int = 42,
+    engine: FeatureEngine | None = None,
+    progress: Callable[[int, str | None], None] | None = None,
+) -> BatchResult:
+    """Score every customer known before ``as_of``, in chunks, then pick the outreach list and explain it."""
+    say = progress or (lambda n=1, d=None: None)
+    entities = entities_at(data, as_of)
+    parts, rejected = [], [_rejected_outside(data, entities, invalid_customer_ids)]
+    for start in range(0, entities.num_rows, chunk_size):
+        chunk = entities.slice(start, chunk_size)
+        scored = score_dataset(data, chunk, model, policy, engine=engine, reasons=reasons == "all")
+        parts.append(scored.scores)
+        rejected.append(scored.rejected)
+        say(chunk.num_rows, None)
+    scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORECARD_COLUMNS)
+    rejected_df = pd.concat(rejected, ignore_index=True)
+    outreach = select_outreach(scores, capacity=capacity, budget=budget, control_share=control_share, seed=seed)
+    if reasons == "outreach" and len(outreach):
+        say(0, f"explaining {len(outreach):,} outreach customers")
+        _explain(data, model, scores, outreach, as_of, engine)
+    n_input = _count_input_customers(data, invalid_customer_ids)
+    if len(scores) + len(rejected_df) != n_input:
+        raise AssertionError(f"customer accounting broken: {len(scores)} scored + {len(rejected_df)} rejected != "
+                             f"{n_input} input customers")
+    warnings = [] if model.season_covered(as_of) else [
+        f"as_of {as_of:%Y-%m-%d} falls in a season none of the training snapshots covers "
+        f"({', '.join(f'{d:%b %d}' for d in model.training_snapshots)}): churn rates may differ from training"]
+    return BatchResult(scores, outreach, rejected_df, n_input, _summary(scores, outreach, rejected_df), warnings)
+
+
+def _explain(data: Dataset, model: ChurnModel, scores: pd.DataFrame, outreach: pd.DataFrame, as_of: datetime,
+             engine: FeatureEngine | None) -> None:
+    """top_reasons for the outreach customers only: TreeSHAP costs ~1 ms per customer, everybody would be minutes."""
+    ids = outreach["customer_id"].astype(str).tolist()
+    entities = pa.table({"customer_id": pa.array(ids, pa.string()),
+                         "as_of": pa.array([as_of] * len(ids), pa.timestamp("us"))})
+    features = build_features(data, entities, event_types=model.event_types, engine=engine).to_pandas()
+    explained = dict(zip(features["customer_id"], model.reasons(features), strict=True))
+    outreach["top_reasons"] = [explained[c] for c in outreach["customer_id"]]
+    position = pd.Series(np.arange(len(scores)), index=scores["customer_id"])
+    reasons_col = scores["top_reasons"].copy()
+    for cid, text in explained.items():
+        reasons_col.iat[position[cid]] = text
+    scores["top_reasons"] = reasons_col
+
+
+def _rejected_outside(data: Dataset, entities: pa.Table, invalid_ids: pa.Array | None) -> pd.DataFrame:
+    """Customers with clean rows only on/after as_of, and customers whose every row was rejected."""
+    known = entities["customer_id"]
+    clean = data.customer_ids()
+    after = pc.filter(clean, pc.invert(pc.is_in(clean, known)))
+    frames = [pd.DataFrame({"customer_id": after.to_pylist(), "reason": REJECTED_AFTER})]
+    if invalid_ids is not None:
+        invalid = pc.unique(pc.drop_null(invalid_ids.cast(pa.string())))
+        only_invalid = pc.filter(invalid, pc.invert(pc.is_in(invalid, clean)))
+        frames.append(pd.DataFrame({"customer_id": only_invalid.to_pylist(), "reason": REJECTED_INVALID}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _count_input_customers(data: Dataset, invalid_ids: pa.Array | None) -> int:
+    ids = data.customer_ids()
+    if invalid_ids is not None:
+        extra = pc.drop_null(invalid_ids.cast(pa.string()))
+        ids = pc.unique(pa.chunked_array([ids, *getattr(extra, "chunks", [extra])], type=pa.string()))
+    return len(ids)
+
+
+def _summary(scores: pd.DataFrame, outreach: pd.DataFrame, rejected: pd.DataFrame) -> dict:
+    n = max(len(scores), 1)
+    return {
+        "customers_scored": len(scores),
+        "customers_rejected": len(rejected),
+        "rejected_by_reason": rejected["reason"].value_counts().to_dict(),
+        "share_per_tier": {t: float((scores["risk_tier"] == t).sum() / n) for t in TIERS},
+        "share_per_stage": scores["lifecycle_stage"].value_counts(normalize=True).round(4).to_dict(),
+        "total_value_at_risk": float(scores["value_at_risk"].sum()),
+        "outreach_size": len(outreach),
+        "outreach_control": int(outreach["control"].sum()) if len(outreach) else 0,
+        "outreach_expected_value_saved": float(outreach.loc[~outreach["control"], "expected_value_saved"].sum())
+        if len(outreach) else 0.0,
+        "actions": outreach["recommended_action"].value_counts().to_dict() if len(outreach) else {},
+    }
+
+
+def write_batch(result: BatchResult, out, outreach_out=None, rejects_out=None) -> None:
+    """Scores, outreach list and customer rejects, each written atomically (CSV or Parquet by extension)."""
+    from features.io import write_table
+
+    write_table(_to_arrow(result.scores[SCORECARD_COLUMNS], out), out)
+    if outreach_out is not None:
+        cols = ["rank", "customer_id", "control", "recommended_action", "expected_value_saved", "action_cost",
+                "churn_probability", "risk_tier", "lifecycle_stage", "value_band", "expected_value_12m",
+                "value_at_risk", "median_days_to_churn", "top_reasons", "model_version"]
+        write_table(_to_arrow(result.outreach[cols], outreach_out), outreach_out)
+    if rejects_out is not None:
+        write_table(pa.Table.from_pandas(result.rejected, preserve_index=False), rejects_out)
+
+
+def _to_arrow(df: pd.DataFrame, path) -> pa.Table:
+    """Lists (top_reasons) stay lists in Parquet and become ' | '-joined text in CSV."""
+    if str(path).lower().endswith(".csv"):
+        df = df.assign(top_reasons=[" | ".join(r) for r in df["top_reasons"]])
+    else:
+        df = df.assign(top_reasons=[list(r) for r in df["top_reasons"]])
+    return pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)

@@ -1,0 +1,228 @@
+"""The scoring API (BentoML): the champion model behind ``POST /score``, ``POST /score_features`` and ``GET /model``.
+
+The model is resolved once at start-up: ``CHURN_SCORING__MODEL_URI`` (``churn serve`` sets it to
+``models:/churnguard@champion``) loads it from the MLflow registry; without it, inside a built bento, the model
+packed into the bento is used. Features come from the same ``build_features`` as batch scoring, through
+``serving.scoring.score_dataset``; only the DuckDB engine is a single-threaded one, which is fastest for a few
+customers.
+
+Security: with ``CHURN_API_TOKEN`` set, every call except health, metrics and docs needs
+``Authorization: Bearer <token>`` (compared in constant time). Bodies over ``serving.max_body_bytes`` get 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from datetime import date, datetime
+from typing import Any
+
+import bentoml
+import pandas as pd
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from churnguard.settings import load_settings, now_utc
+from features.build import FeatureEngine, as_entities
+from features.dataset import Dataset
+from serving.policy import load_policy
+from serving.schemas import Customers, FeatureRows, ModelCard, ScoreResponse, client_error, unique_ids
+from serving.scoring import SCORECARD_COLUMNS, Scored, score_dataset
+from training.scorecard import NOT_SCORABLE
+
+BENTO_MODEL = "churnguard:latest"
+OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/docs", "/favicon.ico")
+_state: dict[str, Any] = {}
+
+
+@bentoml.service(name="churnguard", traffic={"timeout": 30}, workers=1)
+class ChurnService:
+    bento_model = bentoml.models.BentoModel(BENTO_MODEL)
+
+    def __init__(self) -> None:
+        quiet_client_errors()
+        self.settings = load_settings()
+        self.model = self._load_model()
+        self.policy = load_policy(self.settings.scoring.policy_file)
+        self.engine = FeatureEngine(threads=1)
+        _state["card"] = self.model.card()
+        self._warm_up()
+
+    def _load_model(self):
+        from training.tracking import load_model
+
+        if self.settings.scoring.model_uri:
+            return load_model(self.settings, self.settings.scoring.model_uri)
+        import bentoml.mlflow
+
+        stored = self.bento_model
+        model = bentoml.mlflow.load_model(stored).unwrap_python_model()
+        model.model_version = stored.info.labels.get("registry_version", str(stored.tag))
+        return model
+
+    def _warm_up(self) -> None:
+        """Compile the feature SQL and touch every model once, so the first real request is as fast as the rest."""
+        t = datetime(2024, 1, 1)
+        data = Dataset.from_records([{"customer_id": "warm-up", "timestamp": t, "amount": 1.0}])
+        score_dataset(data, as_entities(["warm-up"], datetime(2024, 2, 1)), self.model, self.policy,
+                      engine=self.engine, reasons=True)
+
+    @bentoml.api
+    def score(self, customers: Customers, as_of: datetime | date | None = None, reasons: bool = True
+              ) -> ScoreResponse:
+        """Score customers from their raw history (the same features as batch scoring). ``as_of`` defaults to now."""
+        unique_ids(customers, "customers")
+        when = _as_datetime(as_of) if as_of else now_utc()
+        data = _request_dataset(customers)
+        entities = as_entities([c.customer_id for c in customers], when)
+        scored = score_dataset(data, entities, self.model, self.policy, engine=self.engine, reasons=reasons)
+        return self._response(scored, when)
+
+    @bentoml.api
+    def score_features(self, rows: FeatureRows, reasons: bool = True) -> ScoreResponse:
+        """Score precomputed feature rows (every feature of GET /model's list, null where undefined)."""
+        unique_ids(rows, "rows")
+        names = self.model.feature_names
+        for i, row in enumerate(rows):
+            missing = [n for n in names if n not in row.features]
+            unknown = [n for n in row.features if n not in set(names)]
+            if missing or unknown:
+                what = f"missing {missing[:5]}" if missing else f"unknown {unknown[:5]}"
+                raise client_error(("rows", i, "features"), f"{what} (GET /model lists the {len(names)} features)")
+        frame = pd.DataFrame([{"customer_id": r.customer_id, "as_of": _as_datetime(r.as_of), **r.features}
+                              for r in rows])
+        frame[names] = frame[names].astype("float64")
+        prospect = frame["frequency"].fillna(0) < 1
+        cards = self.model.score(frame.loc[~prospect], reasons=reasons)
+        scores = pd.concat([cards, self.policy.assign(cards)], axis=1)
+        rejected = pd.DataFrame({"customer_id": frame.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
+        as_of = frame["as_of"].max().to_pydatetime()
+        return self._response(Scored(scores, rejected), as_of)
+
+    def _response(self, scored: Scored, as_of: datetime) -> ScoreResponse:
+        records = scored.scores[SCORECARD_COLUMNS].to_dict(orient="records")
+        warnings = [] if self.model.season_covered(as_of) else [
+            f"as_of {as_of:%Y-%m-%d} falls in a season the model's training snapshots do not cover"]
+        return ScoreResponse(model_version=self.model.model_version, as_of=as_of, scores=records,
+                             rejected=scored.rejected.to_dict(orient="records"), warnings=warnings)
+
+
+def _as_datetime(d: datetime | date) -> datetime:
+    return d if isinstance(d, datetime) else datetime(d.year, d.month, d.day)
+
+
+def _request_dataset(customers) -> Dataset:
+    """Contract tables from a request; exact duplicate rows are dropped, as batch validation does."""
+    tx, ev, cu = [], [], []
+    for c in customers:
+        tx += [{**t.model_dump(), "customer_id": c.customer_id} for t in dict.fromkeys(c.transactions)]
+        ev += [{**e.model_dump(), "customer_id": c.customer_id} for e in dict.fromkeys(c.events)]
+        if c.signup_date or c.churn_date:
+            cu.append({"customer_id": c.customer_id, "signup_date": c.signup_date, "churn_date": c.churn_date})
+    return Dataset.from_records(tx, ev, cu)
+
+
+# ------------------------------------------------------------------------------------------------ GET /model
+
+
+async def _model_card(request: Request) -> JSONResponse:
+    card = _state.get("card")
+    if card is None:
+        return JSONResponse({"error": "model not loaded yet"}, status_code=503)
+    return JSONResponse(json.loads(ModelCard(**card).model_dump_json()))
+
+
+ChurnService.mount_asgi_app(Starlette(routes=[Route("/", _model_card, methods=["GET"])]), path="/model")
+
+
+# ------------------------------------------------------------------------------------------------ middleware
+
+
+class ApiGuard:
+    """Bearer-token check (when CHURN_API_TOKEN is set) and a request body size limit, as plain ASGI."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        settings = load_settings()
+        self.token = settings.api_token.get_secret_value().encode() if settings.api_token else None
+        self.max_body = settings.serving.max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or _is_open(scope["path"]):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.token is not None and not _authorized(headers.get(b"authorization", b""), self.token):
+            return await _send_json(send, 401, {"error": "missing or invalid bearer token"},
+                                    {b"www-authenticate": b"Bearer"})
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await _send_json(send, 413, {"error": f"request body over {self.max_body:,} bytes"})
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            return await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            return await _send_json(send, 413, {"error": f"request body over {self.max_body:,} bytes"})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _is_open(path: str) -> bool:
+    return path == "/" or path in OPEN_PATHS or path.startswith("/static_content/")
+
+
+def _authorized(header: bytes, token: bytes) -> bool:
+    scheme, _, value = header.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), token)
+
+
+async def _send_json(send, status: int, body: dict, extra_headers: dict | None = None) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += list((extra_headers or {}).items())
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+ChurnService.add_asgi_middleware(ApiGuard)
+
+
+# ------------------------------------------------------------------------------------------------ logging
+
+
+class _ClientErrorFilter(logging.Filter):
+    """A bad request is the client's problem: log one line, not a 25-line traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        client_error = isinstance(exc, ValidationError) or (
+            isinstance(exc, bentoml.exceptions.BentoMLException) and exc.error_code.value < 500)
+        if client_error:
+            record.msg = f"{record.getMessage()}: client error: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_client_errors() -> None:
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, _ClientErrorFilter) for f in logger.filters):
+        logger.addFilter(_ClientErrorFilter())
+

@@ -1,0 +1,122 @@
+"""Tiny real training runs on generated data: quality, calibration, survival, reproducibility, refusals."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.stats import spearmanr
+
+from features.dataset import Dataset
+from training.snapshots import NotEnoughDataError, plan_snapshots
+from training.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_model_beats_the_baselines_out_of_time(trained):
+    ev = trained.evaluation
+    winner = ev.candidates[ev.winner]
+    for baseline in ("recency", "rfm_logit"):
+        assert winner["log_loss"] <= ev.candidates[baseline]["log_loss"]
+    assert ev.candidates["lightgbm"]["roc_auc"] > ev.candidates["recency"]["roc_auc"] + 0.01
+    # the held-out snapshot is after every training snapshot's label window
+    plan = trained.frame.plan
+    assert all(d + timedelta(days=plan.horizon_days) <= plan.holdout for d in plan.train)
+
+
+def test_probabilities_are_calibrated(trained):
+    assert trained.evaluation.candidates[trained.evaluation.winner]["ece"] < 0.05
+
+
+def test_metrics_are_logged_under_plain_names(trained):
+    flat = trained.evaluation.flat_metrics()
+    for name in ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_top_decile", "baseline_recency_roc_auc",
+                 "baseline_rfm_logit_brier", "survival_concordance", "survival_ibs"):
+        assert np.isfinite(flat[name]), name
+
+
+def test_survival_curves_are_monotone_and_agree_with_the_classifier(trained):
+    holdout = trained.holdout_features
+    scores = trained.model.score(holdout)
+    curve = scores[["p_active_30d", "p_active_60d", "p_active_90d", "p_active_180d"]].to_numpy()
+    assert (np.diff(curve, axis=1) <= 1e-12).all()
+    assert ((curve >= 0) & (curve <= 1)).all()
+    rho = spearmanr(scores["churn_probability"], scores["p_active_90d"]).statistic
+    assert rho < -0.5
+    assert trained.evaluation.survival["survival_concordance"] > 0.65
+
+
+def test_more_days_since_last_purchase_never_lowers_churn_risk_on_average(trained):
+    holdout = trained.holdout_features
+    active = holdout[holdout["recency_days"] < 60].copy()
+    base = trained.model.classifier.predict_proba(active)
+    later = active.copy()
+    later["recency_days"] += 30
+    later["days_since_last_engagement"] = np.minimum(later["recency_days"], later["days_since_last_event"].fillna(1e9))
+    later["recency_gap_ratio"] = later["recency_days"] / later["gap_mean_days"]
+    shifted = trained.model.classifier.predict_proba(later)
+    assert shifted.mean() > base.mean()
+    assert (shifted >= base - 0.02).mean() > 0.9
+
+
+def test_invariant_to_relabelled_customer_ids(trained):
+    holdout = trained.holdout_features.head(200)
+    renamed = holdout.assign(customer_id="x" + holdout["customer_id"])
+    a = trained.model.score(holdout)
+    b = trained.model.score(renamed)
+    np.testing.assert_allclose(a["churn_probability"], b["churn_probability"])
+
+
+def test_value_model_ranks_future_spend(trained):
+    assert trained.evaluation.value["value_spearman"] > 0.3
+
+
+def test_training_is_reproducible(demo_data, test_settings):
+    data, _ = demo_data
+    small = test_settings.model_copy(update={"training": test_settings.training.model_copy(
+        update={"max_training_rows": 6000})})
+    a = train(data, small, run_backtest=False).evaluation.candidates
+    b = train(data, small, run_backtest=False).evaluation.candidates
+    assert a == b
+
+
+def test_short_history_and_transactions_only(demo_data, test_settings):
+    data, _ = demo_data
+    end = datetime(2023, 10, 1)  # 9 months of data, H = 90 days
+    tx = data.transactions.filter(pa.compute.less(data.transactions["timestamp"], pa.scalar(end, pa.timestamp("us"))))
+    short = Dataset(transactions=tx, events=data.events.schema.empty_table(),
+                    customers=data.customers.schema.empty_table())
+    settings = test_settings.model_copy(update={"training": test_settings.training.model_copy(
+        update={"min_labelled_customers": 100, "min_churners": 10})})
+    result = train(short, settings, run_backtest=False)
+    assert len(result.frame.plan.train) >= 2
+    assert result.evaluation.n_holdout > 100
+
+
+def test_too_little_data_is_refused_with_what_is_missing(demo_data, test_settings):
+    data, _ = demo_data
+    few_ids = pa.compute.unique(data.transactions["customer_id"])[:3]
+    tx = data.transactions.filter(pa.compute.is_in(data.transactions["customer_id"], few_ids))
+    tiny = Dataset(tx, data.events.schema.empty_table(), data.customers.schema.empty_table())
+    with pytest.raises(NotEnoughDataError, match="too few labelled customers"):
+        train(tiny, test_settings)
+
+
+def test_too_short_history_is_refused():
+    with pytest.raises(NotEnoughDataError, match="not enough history"):
+        plan_snapshots(datetime(2024, 1, 1), datetime(2024, 5, 1), horizon_days=90, n_snapshots=6, step_days=30)
+
+
+def test_long_history_spreads_snapshots_over_a_year_and_uses_season():
+    plan = plan_snapshots(datetime(2022, 1, 1), datetime(2024, 12, 31), horizon_days=90, n_snapshots=6,
+                          step_days=30)
+    assert plan.uses_season
+    assert (plan.train[-1] - plan.train[0]).days >= 270
+    short = plan_snapshots(datetime(2024, 1, 1), datetime(2024, 10, 1), horizon_days=90, n_snapshots=6,
+                           step_days=30)
+    assert not short.uses_season
+    assert short.holdout == datetime(2024, 7, 3)
+    assert date(2024, 4, 4) >= short.train[-1].date()

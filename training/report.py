@@ -1,0 +1,95 @@
+"""The evaluation report: fetched from an MLflow run, written as Markdown beside its plots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from churnguard.settings import Settings
+from training.evaluation import BASELINES
+
+METRIC_ORDER = ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_top_decile")
+LOWER_IS_BETTER = {"brier", "log_loss", "ece"}
+
+
+def fetch_evaluation(settings: Settings, out_dir: Path, *, run_id: str | None = None,
+                     version: str | None = None) -> tuple[dict, dict[str, Path], str]:
+    """Download a run's evaluation (default: the current challenger's run) into ``out_dir``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from training.tracking import CHALLENGER, configure
+
+    configure(settings)
+    client = MlflowClient()
+    name = settings.mlflow.model_name
+    if run_id is None:
+        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name,
+                                                                                                      CHALLENGER)
+        run_id, label = mv.run_id, f"{name} v{mv.version}"
+    else:
+        label = f"run {run_id}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation", dst_path=str(out_dir)))
+    evaluation = json.loads((local / "evaluation.json").read_text())
+    plots = {p.stem: p for p in sorted((local / "plots").glob("*.png"))}
+    return evaluation, plots, label
+
+
+def comparison_rows(evaluation: dict) -> list[dict]:
+    rows = []
+    for name, metrics in evaluation["candidates"].items():
+        role = "winner" if name == evaluation["winner"] else ("baseline" if name in BASELINES else "candidate")
+        rows.append({"model": name, "role": role, **{m: metrics[m] for m in METRIC_ORDER}})
+    return sorted(rows, key=lambda r: r["log_loss"])
+
+
+def write_report(evaluation: dict, plots: dict[str, Path], out: Path, label: str) -> Path:
+    """report.md next to the plots; paths in it are relative so the folder can be moved or shared."""
+    lines = [f"# churnguard evaluation: {label}", ""]
+    lines += [f"Held-out snapshot **{evaluation['holdout_as_of']}** ({evaluation['n_holdout']:,} labelled customers, "
+              f"churn rate {evaluation['holdout_churn_rate']:.1%}). Training snapshots end one horizon before it.",
+              "", f"**Winner: {evaluation['winner']}** ({evaluation['winner_description']}). {evaluation['selection'].rstrip('.')}.",
+              "", "Selection rule: lowest held-out log loss; within 0.001, higher ROC AUC; then the simpler model.", ""]
+    for w in evaluation.get("warnings", []):
+        lines += [f"> **Warning:** {w}", ""]
+    lines += ["## Classifiers on the held-out snapshot", "",
+              "| model | role | " + " | ".join(METRIC_ORDER) + " |", "|" + "---|" * (len(METRIC_ORDER) + 2)]
+    for r in comparison_rows(evaluation):
+        lines.append(f"| {r['model']} | {r['role']} | " + " | ".join(f"{r[m]:.4f}" for m in METRIC_ORDER) + " |")
+    s = evaluation.get("survival", {})
+    if s:
+        lines += ["", "## Survival model (customers active at the held-out date)", "",
+                  f"Concordance {s['survival_concordance']:.3f}; integrated Brier score (30-90 days) "
+                  f"{s['survival_ibs']:.4f}.", "", "| days | churned: observed (Kaplan-Meier) | predicted |",
+                  "|---|---|---|"]
+        for t in (30, 60, 90):
+            lines.append(f"| {t} | {s[f'survival_churned_by_{t}d_observed']:.3f} | "
+                         f"{s[f'survival_churned_by_{t}d_predicted']:.3f} |")
+    v = evaluation.get("value", {})
+    if v:
+        lines += ["", "## Value model", "", f"Spearman correlation of expected value with the spend in the window "
+                  f"(buyers): {v['value_spearman']:.3f}; predicted / actual total: "
+                  f"{v['value_ratio_predicted_to_actual']:.2f}."]
+    if evaluation.get("backtest"):
+        lines += ["", "## Backtest (rolling origin)", "", "| held-out snapshot | model | n | churn rate | ROC AUC |"
+                  " log loss | Brier | ECE |", "|---|---|---|---|---|---|---|---|"]
+        for b in evaluation["backtest"]:
+            lines.append(f"| {b['origin']} | {b['model']} | {b['n']:,} | {b['churn_rate']:.3f} | {b['roc_auc']:.4f} "
+                         f"| {b['log_loss']:.4f} | {b['brier']:.4f} | {b['ece']:.4f} |")
+    lines += ["", "## Churn rate per snapshot", "", "| snapshot | churn rate | labelled customers |", "|---|---|---|"]
+    for d, rate in evaluation["snapshot_churn_rates"].items():
+        lines.append(f"| {d} | {rate:.3f} | {evaluation['labelled_per_snapshot'].get(d, '')} |")
+    lines += ["", "## Top features of the winner", ""]
+    lines += [f"- {k}: {v:.3f}" for k, v in evaluation.get("top_features", {}).items()]
+    out.mkdir(parents=True, exist_ok=True)
+    lines += ["", "## Plots", ""]
+    for name, path in plots.items():
+        target = out / path.name
+        if path.resolve() != target.resolve():
+            shutil.copyfile(path, target)
+        lines += [f"![{name}]({path.name})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
