@@ -323,9 +323,9 @@ def compare_outputs(left: Path, right: Path) -> dict:
         null_mismatch = int((a_null != b_null).sum())
         both = ~a_null & ~b_null
         diff = np.abs(a[both] - b[both])
-        rel = diff / np.maximum(np.abs(a[both]), 1e-300)
-        max_abs = float(diff.max(initial=0.0))
-        max_rel = float(rel[diff > 1e-9].max(initial=0.0))  # relative only where the absolute diff matters
+        scale = np.abs(a[both])
+        rel = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
+        max_abs, max_rel = float(diff.max(initial=0.0)), float(rel.max(initial=0.0))
         bad = int((~np.isclose(b[both], a[both], rtol=1e-9, atol=1e-9)).sum()) + null_mismatch
         out["columns"][name] = {"max_abs": max_abs, "max_rel": max_rel, "null_mismatch": null_mismatch,
                                 "rows_differing": bad}

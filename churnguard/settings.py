@@ -43,9 +43,6 @@ class ValidationSettings(_Section):
 class FeatureSettings(_Section):
     """Feature engine and the configurable parts of the feature registry."""
 
-    engine: Literal["duckdb", "pyspark"] = Field(
-        "duckdb", description="Ibis backend that computes features. DuckDB is embedded; PySpark needs the 'spark' extra."
-    )
     event_types: tuple[str, ...] = Field(
         DEFAULT_EVENT_TYPES, description="Event types that get their own features; others count as engagement only."
     )

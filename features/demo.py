@@ -283,16 +283,18 @@ class _Bins:
         n_cells = int(np.ceil(span / gap * 1.01)) + 1
         width = span / n_cells
         left = edges[0] + np.arange(n_cells + 2) * width
-        return cls(edges, (np.searchsorted(edges, left, side="right") - 1).astype(np.int32), width)
+        first = np.clip(np.searchsorted(edges, left, side="right") - 1, 0, edges.size - 2)
+        return cls(edges, first.astype(np.int64), width)
 
     def index(self, u: np.ndarray) -> np.ndarray:
         last = self.edges.size - 2
         if self.first is None:
             return np.clip(np.searchsorted(self.edges, u, side="right") - 1, 0, last)
-        cell = np.clip((u - self.edges[0]) / self.width, 0, self.first.size - 1).astype(np.int64)
-        i = np.clip(self.first[cell], 0, last).astype(np.int64)
+        cell = u - self.edges[0]
+        cell /= self.width
+        i = self.first[np.clip(cell, 0, self.first.size - 1, out=cell).astype(np.int64)]
         i -= (u < self.edges[i]) & (i > 0)  # float rounding at a cell border
-        i += (u >= self.edges[np.minimum(i + 1, last + 1)]) & (i < last)
+        i += (u >= self.edges[i + 1]) & (i < last)
         return i
 
 
@@ -316,7 +318,11 @@ class _Calendar:
         """The time at which the cumulative intensity reaches ``u``."""
         h = self.bins.index(u)
         lo = self.cum_season[h]
-        return (h + (u - lo) / (self.cum_season[h + 1] - lo)) / 24.0
+        t = u - lo
+        t /= self.cum_season[h + 1] - lo
+        t += h
+        t /= 24.0
+        return t
 
     @property
     def seconds(self) -> int:
@@ -365,7 +371,9 @@ def _poisson_times(
     c_lo, c_hi = cal.cum(lo), cal.cum(hi)
     n = rng.poisson(np.asarray(rate, dtype=np.float64) * (c_hi - c_lo))
     idx = np.repeat(np.arange(lo.size, dtype=np.int32), n)
-    u = c_lo[idx] + rng.random(idx.size) * (c_hi - c_lo)[idx]
+    u = rng.random(idx.size)
+    u *= (c_hi - c_lo)[idx]
+    u += c_lo[idx]
     return idx, cal.inverse(u)
 
 
@@ -1030,11 +1038,11 @@ def _ids(prefix: str, codes: np.ndarray, count: int, valid: np.ndarray | None = 
         table[:, col] = np.repeat(runs.astype(np.uint8), step)[1 : count + 1]
     data = table.view(f"S{size}").ravel()[codes]
     n = codes.size
-    offsets = np.arange(0, (n + 1) * size, size, dtype=np.int64)
     bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    if offsets[-1] < 2**31:
-        offsets = offsets.astype(np.int32)
+    if n * size < 2**31:
+        offsets = np.arange(0, (n + 1) * size, size, dtype=np.int32)
         return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
+    offsets = np.arange(0, (n + 1) * size, size, dtype=np.int64)
     big = pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
     return big.cast(pa.string())
 
