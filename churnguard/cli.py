@@ -101,7 +101,8 @@ def generate(
     console.print(f"wrote demo data for {summary.n_customers:,} customers to [bold]{out}[/bold]")
     for name, n in summary.rows.items():
         console.print(f"  {name}: {n:,} rows")
-    console.print("  injected messy rows: " + ", ".join(f"{k}: {v:,}" for k, v in summary.messy.items()))
+    for table, kinds in summary.messy.items():
+        console.print(f"  injected messy {table} rows: " + ", ".join(f"{k}: {v:,}" for k, v in kinds.items() if v))
 
 
 @app.command()
@@ -131,6 +132,7 @@ def features(
                                                           "several snapshots.")] = None,
     out: Annotated[Path | None, typer.Option(help="Feature table to write (.parquet or .csv).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="Print the feature registry and exit.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="With --list: print it as a Markdown table.")] = False,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
@@ -141,7 +143,12 @@ def features(
 
     settings = _settings()
     if list_:
-        _print_registry(feature_registry(settings.features.event_types), FEATURE_SET)
+        if markdown:
+            from features.registry import registry_markdown
+
+            typer.echo(registry_markdown(settings.features.event_types), nl=False)
+        else:
+            _print_registry(feature_registry(settings.features.event_types), FEATURE_SET)
         return
     if data is None or not as_of or out is None:
         raise ValueError("--data, --as-of and --out are required (or use --list)")

@@ -6,11 +6,15 @@ TIMESTAMP and TIMESTAMPTZ by DST hours (``../shared/docs/stack-notes.md``).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import duckdb
 
 
 def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    config: dict[str, str | int] = {}
+    # spill to the system temp dir, not a .tmp/ folder in whatever directory the user happens to be in
+    config: dict[str, str | int] = {"temp_directory": str(Path(tempfile.gettempdir()) / "churnguard-duckdb")}
     if threads:
         config["threads"] = threads
     if memory_limit:

@@ -26,6 +26,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -152,6 +153,11 @@ def _top_reasons(rejected: dict[str, int]) -> str:
 def _validate_table(
     con: duckdb.DuckDBPyConnection, raw: RawTable, *, now: datetime | None
 ) -> tuple[pa.Table, pa.Table, TableReport]:
+    """Find the bad rows (few) first, then type the good ones in one order-preserving projection.
+
+    Full-width work (casting, JSON of the raw row, duplicate search over every column) is done only where it
+    is needed: 30M-row inputs validate in seconds, not minutes.
+    """
     data = raw.data
     if data.num_rows == 0:
         if raw.contract.required_file:
@@ -160,25 +166,28 @@ def _validate_table(
     sources = _column_sources(raw)
     data = data.append_column(ROW, pa.array(np.arange(1, data.num_rows + 1, dtype=np.int64)))
     con.register("raw_input", data)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS {_check_sql(raw, sources, data.schema, now)}")
-    con.unregister("raw_input")
-
-    names = raw.contract.column_names
-    kept = con.sql(
-        f"SELECT {', '.join(quote(c) for c in names)} FROM checked WHERE reason IS NULL ORDER BY {ROW}"
-    ).to_arrow_table()
-    kept = kept.cast(raw.contract.arrow_schema)
-    rejected = con.execute(
-        f"SELECT ? AS \"table\", ? AS source_file, {ROW} AS row_number, reason, customer_id_raw AS customer_id, raw "
-        f"FROM checked WHERE reason IS NOT NULL ORDER BY {ROW}",
-        [raw.contract.name, raw.source],
-    ).to_arrow_table().cast(REJECTS_SCHEMA)
-    counts = dict(con.sql("SELECT reason, count(*) FROM checked WHERE reason IS NOT NULL GROUP BY 1").fetchall())
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE dup_rows AS {_duplicates_sql(raw.data.column_names)}")
+        bad = con.sql(_bad_rows_sql(raw, sources, data.schema, now)).to_arrow_table()
+        con.register("bad_rows", bad)
+        rejected = con.execute(_rejects_sql(raw.data.column_names, _customer_key(sources, data.schema)),
+                               [raw.contract.name, raw.source]).to_arrow_table()
+    finally:
+        con.unregister("raw_input")
+        con.unregister("bad_rows")
+    keep = pc.invert(pc.is_in(data[ROW], value_set=bad[ROW]))
+    con.register("good_input", data.filter(keep))
+    try:
+        kept = con.sql(f"SELECT {', '.join(_typed_columns(raw, sources, data.schema))} FROM good_input"
+                       ).to_arrow_table().cast(raw.contract.arrow_schema)
+    finally:
+        con.unregister("good_input")
+    counts = {r["values"]: r["counts"] for r in pc.value_counts(bad["__reason"]).to_pylist()} if bad.num_rows else {}
     used = {src for col_sources in sources.values() for src in col_sources}
     ignored = tuple(c for c in raw.data.column_names if c not in used)
     report = TableReport(raw.contract.name, raw.source, raw.data.num_rows, kept.num_rows, counts, ignored)
     assert report.rows_kept + report.rows_rejected == report.rows_read
-    return kept, rejected, report
+    return kept, rejected.cast(REJECTS_SCHEMA), report
 
 
 def _column_sources(raw: RawTable) -> dict[str, list[str]]:
@@ -206,30 +215,67 @@ def _column_sources(raw: RawTable) -> dict[str, list[str]]:
     return out
 
 
-def _check_sql(raw: RawTable, sources: dict[str, list[str]], schema: pa.Schema, now: datetime | None) -> str:
-    """One SELECT that types every contract column and names the first failed check per row."""
-    typed, raws, reasons = [], [], []
+def _duplicates_sql(columns: list[str]) -> str:
+    """Rows identical to an earlier row. A 64-bit hash finds candidate groups cheaply; the exact comparison over
+    every column runs on the candidates only, so a hash collision can never reject a row."""
+    cols = ", ".join(quote(c) for c in columns)
+    return f"""
+        WITH hashed AS (SELECT {ROW}, hash({cols}) AS h FROM raw_input),
+        repeated AS (SELECT h FROM hashed GROUP BY h HAVING count(*) > 1),
+        candidates AS (SELECT r.* FROM raw_input r JOIN hashed USING ({ROW}) WHERE hashed.h IN (SELECT h FROM repeated))
+        SELECT {ROW} FROM (
+            SELECT {ROW}, row_number() OVER (PARTITION BY {cols} ORDER BY {ROW}) AS copy FROM candidates
+        ) WHERE copy > 1
+    """
+
+
+def _bad_rows_sql(raw: RawTable, sources: dict[str, list[str]], schema: pa.Schema, now: datetime | None) -> str:
+    """Row number and the first failed check of every row that fails one."""
+    checks, reasons = [], []
     for col in raw.contract.columns:
         if col.name not in sources:
-            typed.append(f"CAST(NULL AS {_SQL_TYPE[col.kind]}) AS {quote(col.name)}")
             continue
         raw_sql, typed_sql = _column_sql(col, sources[col.name], raw.mapping, schema)
-        raws.append(f"{raw_sql} AS {quote(col.name + '_raw')}")
-        typed.append(f"{typed_sql} AS {quote(col.name)}")
+        checks.append(f"{raw_sql} AS {quote(col.name + '_raw')}, {typed_sql} AS {quote(col.name)}")
         reasons.extend(_reasons(col, now))
-    all_source = ", ".join(quote(c) for c in raw.data.column_names)
-    reasons.append("WHEN __copy > 1 THEN 'exact duplicate'")
+    reasons.append(f"WHEN {ROW} IN (SELECT {ROW} FROM dup_rows) THEN 'exact duplicate'")
+    window = ""
     if raw.contract is CUSTOMERS:
-        reasons += _customer_reasons()
-    as_json = ", ".join(f"{_sql_string(c)}: {quote(c)}" for c in raw.data.column_names)
+        reasons.append("WHEN churn_date < signup_date THEN 'churn_date before signup_date'")
+        window = f", row_number() OVER (PARTITION BY {_customer_key(sources, schema)} ORDER BY {ROW}) AS id_copy"
+        reasons.append("WHEN id_copy > 1 THEN 'duplicate customer_id'")
     return f"""
-        WITH typed AS (
-            SELECT {ROW}, {', '.join(typed)}, {', '.join(raws)}, to_json({{{as_json}}}) AS raw,
-                   row_number() OVER (PARTITION BY {all_source} ORDER BY {ROW}) AS __copy
-            FROM raw_input
-        )
-        SELECT *, CASE {' '.join(reasons)} END AS reason FROM typed
+        SELECT {ROW}, __reason FROM (
+            SELECT {ROW}, CASE {' '.join(reasons)} END AS __reason FROM (
+                SELECT {ROW}, {', '.join(checks)}{window} FROM raw_input
+            )
+        ) WHERE __reason IS NOT NULL ORDER BY {ROW}
     """
+
+
+def _customer_key(sources: dict[str, list[str]], schema: pa.Schema) -> str:
+    (src,) = sources["customer_id"]
+    return _as_text(src, schema.field(src).type)
+
+
+def _rejects_sql(columns: list[str], customer_key: str) -> str:
+    """The rejected rows with file, row number, reason, customer id (as text) and the whole raw row as JSON."""
+    as_json = ", ".join(f"{_sql_string(c)}: {quote(c)}" for c in columns)
+    return f"""
+        SELECT ? AS "table", ? AS source_file, {ROW} AS row_number, __reason AS reason,
+               {customer_key} AS customer_id, to_json({{{as_json}}}) AS raw
+        FROM bad_rows JOIN raw_input USING ({ROW}) ORDER BY {ROW}
+    """
+
+
+def _typed_columns(raw: RawTable, sources: dict[str, list[str]], schema: pa.Schema) -> list[str]:
+    out = []
+    for col in raw.contract.columns:
+        if col.name not in sources:
+            out.append(f"CAST(NULL AS {_SQL_TYPE[col.kind]}) AS {quote(col.name)}")
+        else:
+            out.append(f"{_column_sql(col, sources[col.name], raw.mapping, schema)[1]} AS {quote(col.name)}")
+    return out
 
 
 _SQL_TYPE = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "float64": "DOUBLE"}
@@ -296,13 +342,6 @@ def _reasons(col: Column, now: datetime | None) -> list[str]:
         out.append(f"WHEN {raw} IS NOT NULL AND {name} IS NULL THEN 'non-numeric {col.name}'")
         out.append(f"WHEN {name} IS NOT NULL AND NOT isfinite({name}) THEN 'non-finite {col.name}'")
     return out
-
-
-def _customer_reasons() -> list[str]:
-    return [
-        "WHEN churn_date < signup_date THEN 'churn_date before signup_date'",
-        f"WHEN row_number() OVER (PARTITION BY customer_id ORDER BY {ROW}) > 1 THEN 'duplicate customer_id'",
-    ]
 
 
 def _sql_string(s: str) -> str:

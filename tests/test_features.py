@@ -224,3 +224,12 @@ def test_duplicate_entities_are_refused():
     data = dataset(TRANSACTIONS, EVENTS, CUSTOMERS)
     with pytest.raises(ValueError, match="once"):
         build_features(data, pa.table({"customer_id": ["A", "A"], "as_of": [AS_OF, AS_OF]}))
+
+
+def test_feature_docs_are_generated_from_the_registry():
+    from pathlib import Path
+
+    from features.registry import registry_markdown
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "features.md"
+    assert docs.read_text() == registry_markdown(), "regenerate: uv run churn features --list --markdown > docs/features.md"
