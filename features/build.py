@@ -104,6 +104,8 @@ def feature_query(event_types: tuple[str, ...]) -> ir.Table:
     wide = ent
     for source, table in sources.items():
         aggregates = {s.name: s.expr(table) for s in specs if s.source == source}
+        if not aggregates:
+            continue
         agg = table.group_by(list(KEYS)).aggregate(**aggregates)
         joined = wide.left_join(agg, list(KEYS))
         wide = joined.select(*[wide[c] for c in wide.columns], *[agg[c] for c in aggregates])
@@ -135,19 +137,33 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
     keys = list(KEYS)
     lines = _before(tx, ent)
     purchases = lines.filter(lines.amount > 0)
-    purchases = purchases.mutate(order_key=ibis.coalesce(purchases.order_id, purchases.timestamp.cast("string")))
-    orders = purchases.group_by([*keys, "order_key"]).aggregate(value=purchases.amount.sum(), age=purchases.age.max())
+    # an order: lines sharing an order id; without an id, lines sharing a time stamp
+    by_order = [*keys, "order_id", ibis.ifelse(purchases.order_id.isnull(), purchases.timestamp, None).name("at")]
+    orders = purchases.group_by(by_order).aggregate(value=purchases.amount.sum(), age=purchases.age.max())
     day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
     days = purchases.mutate(day=day_index).group_by([*keys, "day"]).aggregate(age=purchases.age.min())
     days = days.mutate(gap=(days.day - days.day.lag().over(group_by=keys, order_by=days.day)).cast("float64"))
 
+    events = _before(ev, ent)
+    # counts as doubles: DuckDB sums BIGINT into HUGEINT, which Ibis would not cast back (exact below 2**53)
+    event_types = events.group_by([*keys, "event_type"]).aggregate(
+        n_30=events.count(where=events.age < 30).cast("float64"),
+        n_90=events.count(where=events.age < 90).cast("float64"),
+        n_prev_30=events.count(where=(events.age >= 30) & (events.age < 60)).cast("float64"),
+        last_age=events.age.min(),
+        first_age=events.age.max(),
+    )
+
     customers = cu.join(ent, "customer_id")
     customers = customers.mutate(
         signup_age=ibis.ifelse(customers.signup_date < customers.as_of, days_between(customers.signup_date,
-                                                                                      customers.as_of), None),
+                                                                                     customers.as_of), None),
         cancelled=ibis.ifelse(customers.churn_date < customers.as_of, 1, 0),
     )
-    return {"orders": orders, "lines": lines, "days": days, "events": _before(ev, ent), "customers": customers}
+    sources = {"orders": orders, "lines": lines, "days": days, "event_types": event_types, "customers": customers}
+    for column in ("product_id", "category", "channel"):
+        sources[f"distinct_{column}"] = purchases.select(*keys, column).distinct()
+    return sources
 
 
 def _before(table: ir.Table, ent: ir.Table) -> ir.Table:

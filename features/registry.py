@@ -10,10 +10,14 @@ Sources, per (customer_id, as_of):
 * ``orders``  one row per order: positive transaction lines grouped by ``order_id`` (or by time stamp when the
   data has no order ids); ``value`` = order total, ``age`` = age of its first line.
 * ``lines``   every transaction line (purchases and refunds).
+* ``distinct_<column>`` one row per distinct value of ``product_id`` / ``category`` / ``channel`` among purchases.
 * ``days``    one row per distinct purchase day, with ``gap`` = days since the previous purchase day.
-* ``events``  engagement events.
+* ``event_types`` one row per event type seen: counts per window and the ages of the first and last event.
 * ``customers`` the customer's static record (sign-up, cancel date *before* as_of only).
 * ``derived`` combinations of the features above (``expr`` receives the table of all earlier features).
+
+The sources pre-aggregate where that makes the query cheap (per-type event counts instead of 25 filtered counts
+over every event; distinct values instead of COUNT(DISTINCT)): 1M customers with 31M rows take seconds.
 
 Counts and sums of a customer with no rows in a source are 0; "days since" and ratios are null (LightGBM and the
 survival preprocessing handle nulls explicitly).
@@ -34,7 +38,8 @@ from churnguard.settings import DEFAULT_EVENT_TYPES
 FEATURE_SET = "rfm_engagement_v1"
 WINDOWS = (30, 90, 180, 365)
 
-Source = Literal["orders", "lines", "days", "events", "customers", "derived"]
+Source = Literal["orders", "lines", "days", "event_types", "customers", "derived", "distinct_product_id",
+                 "distinct_category", "distinct_channel"]
 Dtype = Literal["int64", "float64"]
 
 
@@ -86,16 +91,18 @@ def _windows() -> list[FeatureSpec]:
 
 
 def _lines() -> list[FeatureSpec]:
+    def breadth(column: str, what: str) -> FeatureSpec:
+        return FeatureSpec(f"{column.removesuffix('_id')}_breadth", "int64", f"Distinct {what} bought.",
+                           f"distinct_{column}", lambda d, c=column: d[c].count(), fill=0, group="behaviour")
+
     return [
         FeatureSpec("refund_total", "float64", "Money refunded (absolute value of negative lines).", "lines",
                     lambda t: -t.amount.sum(where=t.amount < 0), fill=0.0, group="behaviour"),
         _count("refund_lines", "Refund / cancellation lines.", "lines", lambda t: t.amount < 0, group="behaviour"),
-        FeatureSpec("product_breadth", "int64", "Distinct products bought.", "lines",
-                    lambda t: t.product_id.nunique(where=t.amount > 0), fill=0, group="behaviour"),
-        FeatureSpec("category_breadth", "int64", "Distinct categories bought.", "lines",
-                    lambda t: t.category.nunique(where=t.amount > 0), fill=0, group="behaviour"),
-        FeatureSpec("channel_breadth", "int64", "Distinct sales channels used.", "lines",
-                    lambda t: t.channel.nunique(where=t.amount > 0), fill=0, group="behaviour"),
+        breadth("product_id", "products"),
+        breadth("category", "categories"),
+        FeatureSpec("channel_breadth", "int64", "Distinct sales channels used.", "distinct_channel",
+                    lambda d: d.channel.count(), fill=0, group="behaviour"),
     ]
 
 
@@ -113,29 +120,35 @@ def _days() -> list[FeatureSpec]:
 
 
 def _events(event_types: tuple[str, ...]) -> list[FeatureSpec]:
+    """Over ``event_types``: one row per (customer, as_of, event type) with counts per window (``n_30``: last 30
+    days, ``n_prev_30``: 30-60 days, ``n_90``) and the ages of the type's last and first event."""
+
+    def total(name: str, column: str, desc: str) -> FeatureSpec:
+        return FeatureSpec(name, "int64", desc, "event_types", lambda e, c=column: e[c].sum(), fill=0,
+                           group="engagement")
+
     specs = [
-        _count("events_30d", "Engagement events of any type in the last 30 days.", "events", lambda e: e.age < 30,
-               group="engagement"),
-        _count("events_90d", "Engagement events of any type in the last 90 days.", "events", lambda e: e.age < 90,
-               group="engagement"),
-        _count("events_prev_30d", "Events 30-60 days before as_of.", "events",
-               lambda e: (e.age >= 30) & (e.age < 60), group="engagement"),
-        FeatureSpec("days_since_last_event", "float64", "Days since the last engagement event.", "events",
-                    lambda e: e.age.min(), group="engagement"),
-        FeatureSpec("days_since_first_event", "float64", "Days since the first engagement event.", "events",
-                    lambda e: e.age.max(), group="engagement"),
+        total("events_30d", "n_30", "Engagement events of any type in the last 30 days."),
+        total("events_90d", "n_90", "Engagement events of any type in the last 90 days."),
+        total("events_prev_30d", "n_prev_30", "Events 30-60 days before as_of."),
+        FeatureSpec("days_since_last_event", "float64", "Days since the last engagement event.", "event_types",
+                    lambda e: e.last_age.min(), group="engagement"),
+        FeatureSpec("days_since_first_event", "float64", "Days since the first engagement event.", "event_types",
+                    lambda e: e.first_age.max(), group="engagement"),
     ]
     for et in event_types:
-        is_type = lambda e, et=et: e.event_type == et  # noqa: E731
+        def of_type(column: str, et: str = et):
+            return lambda e: e[column].sum(where=e.event_type == et)
+
         specs += [
-            _count(f"{et}_30d", f"'{et}' events in the last 30 days.", "events",
-                   lambda e, f=is_type: f(e) & (e.age < 30), group="engagement"),
-            _count(f"{et}_90d", f"'{et}' events in the last 90 days.", "events",
-                   lambda e, f=is_type: f(e) & (e.age < 90), group="engagement"),
-            _count(f"{et}_prev_30d", f"'{et}' events 30-60 days before as_of.", "events",
-                   lambda e, f=is_type: f(e) & (e.age >= 30) & (e.age < 60), group="engagement"),
-            FeatureSpec(f"{et}_days_since_last", "float64", f"Days since the last '{et}' event.", "events",
-                        lambda e, f=is_type: e.age.min(where=f(e)), group="engagement"),
+            FeatureSpec(f"{et}_30d", "int64", f"'{et}' events in the last 30 days.", "event_types", of_type("n_30"),
+                        fill=0, group="engagement"),
+            FeatureSpec(f"{et}_90d", "int64", f"'{et}' events in the last 90 days.", "event_types", of_type("n_90"),
+                        fill=0, group="engagement"),
+            FeatureSpec(f"{et}_prev_30d", "int64", f"'{et}' events 30-60 days before as_of.", "event_types",
+                        of_type("n_prev_30"), fill=0, group="engagement"),
+            FeatureSpec(f"{et}_days_since_last", "float64", f"Days since the last '{et}' event.", "event_types",
+                        lambda e, et=et: e.last_age.min(where=e.event_type == et), group="engagement"),
         ]
     return specs
 

@@ -24,6 +24,8 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 RFM_FEATURES = ["recency_days", "frequency", "monetary_total"]
 TARGET = "churned"
+PROB_FLOOR = 1e-3
+TUNING_ROWS = 100_000  # tree-size selection runs on a sample of this many fit rows
 
 
 def signed_log1p(x):
@@ -41,7 +43,7 @@ class Calibrator:
             losses = []
             for a, b in folds.split(raw.reshape(-1, 1), y):
                 model = self._fit_one(method, raw[a], y[a])
-                losses.append(log_loss(y[b], np.clip(self._apply(method, model, raw[b]), 1e-6, 1 - 1e-6),
+                losses.append(log_loss(y[b], np.clip(self._apply(method, model, raw[b]), PROB_FLOOR, 1 - PROB_FLOOR),
                                        labels=[0, 1]))
             self.cv_log_loss_[method] = float(np.mean(losses))
         self.method_ = min(self.cv_log_loss_, key=self.cv_log_loss_.get)
@@ -49,7 +51,9 @@ class Calibrator:
         return self
 
     def transform(self, raw: np.ndarray) -> np.ndarray:
-        return self._apply(self.method_, self.model_, raw)
+        """Calibrated probabilities, kept inside [0.001, 0.999]: isotonic steps can reach exactly 0 or 1, and
+        nobody is certain to stay or to leave."""
+        return np.clip(self._apply(self.method_, self.model_, raw), PROB_FLOOR, 1 - PROB_FLOOR)
 
     @staticmethod
     def _fit_one(method: str, raw: np.ndarray, y: np.ndarray):
@@ -77,31 +81,44 @@ class LightGBMCandidate:
 
     def __init__(self, features: list[str], *, n_estimators: int = 600, learning_rate: float = 0.05,
                  num_leaves: int = 31, min_child_samples: int = 50, early_stopping_rounds: int = 50,
-                 seed: int = 42, n_jobs: int | None = None) -> None:
+                 tune_complexity: bool = True, seed: int = 42, n_jobs: int | None = None) -> None:
         self.features = features
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
         self.early_stopping_rounds = early_stopping_rounds
+        self.tune_complexity = tune_complexity
         self.seed = seed
         self.n_jobs = n_jobs
 
     def fit(self, fit: pd.DataFrame, val: pd.DataFrame) -> LightGBMCandidate:
-        self.model_ = lgb.LGBMClassifier(
-            n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=self.num_leaves,
-            min_child_samples=self.min_child_samples, subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
-            reg_lambda=1.0, random_state=self.seed, n_jobs=self.n_jobs or -1, verbose=-1, deterministic=True,
-            force_row_wise=True,
-        )
-        self.model_.fit(
-            self._x(fit), fit[TARGET].to_numpy(), eval_X=(self._x(val),), eval_y=(val[TARGET].to_numpy(),),
-            eval_metric="binary_logloss", callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
-        )
+        """Pick the tree size on the validation snapshot (small data overfits 31-leaf trees), then fit."""
+        self.num_leaves_, self.min_child_samples_ = self.num_leaves, self.min_child_samples
+        if self.tune_complexity:
+            sample = fit.sample(TUNING_ROWS, random_state=self.seed) if len(fit) > TUNING_ROWS else fit
+            grid = [(max(self.num_leaves // 2, 2), self.min_child_samples * 2), (self.num_leaves, self.min_child_samples),
+                    (self.num_leaves * 2, max(self.min_child_samples // 2, 1))]
+            scores = {g: self._fit_booster(sample, val, *g).best_score_["valid_0"]["binary_logloss"] for g in grid}
+            self.num_leaves_, self.min_child_samples_ = min(scores, key=scores.get)
+            self.tuning_log_loss_ = {f"{leaves} leaves / {mcs} min child": v for (leaves, mcs), v in scores.items()}
+        self.model_ = self._fit_booster(fit, val, self.num_leaves_, self.min_child_samples_)
         self.best_iteration_ = int(self.model_.best_iteration_ or self.n_estimators)
         self.booster_ = self.model_.booster_
         self.calibrator_ = Calibrator().fit(self._raw(val), val[TARGET].to_numpy(), self.seed)
         return self
+
+    def _fit_booster(self, fit: pd.DataFrame, val: pd.DataFrame, num_leaves: int, min_child_samples: int):
+        model = lgb.LGBMClassifier(
+            n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=num_leaves,
+            min_child_samples=min_child_samples, subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
+            reg_lambda=1.0, random_state=self.seed, n_jobs=self.n_jobs or -1, verbose=-1, deterministic=True,
+            force_row_wise=True,
+        )
+        return model.fit(
+            self._x(fit), fit[TARGET].to_numpy(), eval_X=(self._x(val),), eval_y=(val[TARGET].to_numpy(),),
+            eval_metric="binary_logloss", callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
 
     def _x(self, df: pd.DataFrame) -> np.ndarray:
         return df[self.features].to_numpy(dtype="float64", na_value=np.nan)
@@ -123,7 +140,8 @@ class LightGBMCandidate:
 
     @property
     def description(self) -> str:
-        return (f"LightGBM, {self.best_iteration_} trees (early-stopped), {len(self.features)} features, "
+        return (f"LightGBM, {self.best_iteration_} trees of {self.num_leaves_} leaves (early-stopped), "
+                f"{len(self.features)} features, "
                 f"{self.calibrator_.method_} calibration")
 
 

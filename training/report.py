@@ -51,7 +51,7 @@ def write_report(evaluation: dict, plots: dict[str, Path], out: Path, label: str
     lines += [f"Held-out snapshot **{evaluation['holdout_as_of']}** ({evaluation['n_holdout']:,} labelled customers, "
               f"churn rate {evaluation['holdout_churn_rate']:.1%}). Training snapshots end one horizon before it.",
               "", f"**Winner: {evaluation['winner']}** ({evaluation['winner_description']}). {evaluation['selection'].rstrip('.')}.",
-              "", "Selection rule: lowest held-out log loss; within 0.001, higher ROC AUC; then the simpler model.", ""]
+              "", "Selection rule: lowest held-out log loss; on an exact tie, higher ROC AUC, then the simpler model.", ""]
     for w in evaluation.get("warnings", []):
         lines += [f"> **Warning:** {w}", ""]
     lines += ["## Classifiers on the held-out snapshot", "",
