@@ -135,8 +135,7 @@ def _line_features(lines: pd.DataFrame, purchases: pd.DataFrame) -> pd.DataFrame
     by_refund = refunds.groupby("customer_id", sort=False)["amount"]
     out = pd.DataFrame({"refund_total": -by_refund.sum(), "refund_lines": by_refund.size()})
     breadth = purchases.groupby("customer_id", sort=False).agg(
-        product_breadth=("product_id", "nunique"),  # nunique ignores nulls
-        category_breadth=("category", "nunique"),
+        category_breadth=("category", "nunique"),  # nunique ignores nulls
         channel_breadth=("channel", "nunique"),
     )
     return out.join(breadth, how="outer")

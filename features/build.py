@@ -31,8 +31,10 @@ from features.duck import connect
 from features.registry import FeatureSpec, feature_registry
 
 KEYS = ("customer_id", "as_of")
+POSITION = "position"  # entity row number, carried through the query so results come back in entity order
 ROUND_DECIMALS = 9
 ENTITY_SCHEMA = pa.schema([("customer_id", pa.string()), ("as_of", pa.timestamp("us"))])
+_QUERY_ENTITY_SCHEMA = pa.schema([*ENTITY_SCHEMA, pa.field(POSITION, pa.int64())])
 TABLE_NAMES = {"transactions": "cg_transactions", "events": "cg_events", "customers": "cg_customers",
                 "entities": "cg_entities"}
 
@@ -46,19 +48,22 @@ def build_features(
 ) -> pa.Table:
     """Features for each (customer_id, as_of) entity: ``customer_id``, ``as_of`` and one column per feature.
 
-    Rows come back in the order of ``entities``. Snapshots are computed one ``as_of`` at a time, which keeps
-    memory flat for many snapshots of many customers.
+    Rows come back in the order of ``entities``. The query runs once per distinct ``as_of`` (it groups by customer
+    only, which is cheaper than grouping by customer and date), and that keeps memory flat for many snapshots.
     """
     entities = check_entities(entities)
     engine = engine or default_engine()
     sql = compiled_sql(tuple(event_types))
+    indexed = entities.append_column(POSITION, pa.array(np.arange(entities.num_rows, dtype=np.int64)))
     parts = []
-    as_ofs = pc.unique(entities["as_of"]).to_pylist()
-    for as_of in sorted(as_ofs):
-        subset = entities.filter(pc.equal(entities["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
+    for as_of in sorted(pc.unique(entities["as_of"]).to_pylist()):
+        subset = indexed.filter(pc.equal(indexed["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
         parts.append(engine.run(sql, data, subset))
-    out = pa.concat_tables(parts) if parts else _empty_features(event_types)
-    return _in_entity_order(out, entities)
+    if not parts:
+        return _empty_features(event_types)
+    out = pa.concat_tables(parts)
+    order = np.argsort(out[POSITION].to_numpy(), kind="stable")
+    return out.take(pa.array(order)).drop_columns([POSITION])
 
 
 def feature_names(event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES) -> list[str]:
@@ -97,23 +102,28 @@ def compiled_sql(event_types: tuple[str, ...], dialect: str = "duckdb") -> str:
 
 
 def feature_query(event_types: tuple[str, ...]) -> ir.Table:
-    """The whole feature computation as one Ibis expression over unbound contract tables."""
+    """The whole feature computation as one Ibis expression over unbound contract tables.
+
+    The entity table holds customers at a single as_of (``build_features`` runs it once per date), so sources
+    aggregate per customer.
+    """
     specs = feature_registry(event_types)
-    tx, ev, cu, ent = contract_tables()
+    tx, ev, cu, _ = contract_tables()
+    ent = ibis.table(ibis.Schema.from_pyarrow(_QUERY_ENTITY_SCHEMA), name=TABLE_NAMES["entities"])
     sources = _sources(tx, ev, cu, ent)
     wide = ent
     for source, table in sources.items():
         aggregates = {s.name: s.expr(table) for s in specs if s.source == source}
         if not aggregates:
             continue
-        agg = table.group_by(list(KEYS)).aggregate(**aggregates)
-        joined = wide.left_join(agg, list(KEYS))
+        agg = table.group_by("customer_id").aggregate(**aggregates)
+        joined = wide.left_join(agg, "customer_id")
         wide = joined.select(*[wide[c] for c in wide.columns], *[agg[c] for c in aggregates])
     wide = wide.mutate(**{s.name: wide[s.name].fill_null(s.fill) for s in specs if s.fill is not None and
                           s.source != "derived"})
     for spec in (s for s in specs if s.source == "derived"):
         wide = wide.mutate(**{spec.name: spec.expr(wide)})
-    return wide.select(*KEYS, *[_final(wide[s.name], s) for s in specs])
+    return wide.select(*KEYS, *[_final(wide[s.name], s) for s in specs], POSITION)
 
 
 def _final(value: ir.Value, spec: FeatureSpec) -> ir.Value:
@@ -134,19 +144,24 @@ def contract_tables() -> tuple[ir.Table, ir.Table, ir.Table, ir.Table]:
 
 
 def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[str, ir.Table]:
-    keys = list(KEYS)
+    """The per-customer sources the registry aggregates (see ``features/registry.py``)."""
     lines = _before(tx, ent)
     purchases = lines.filter(lines.amount > 0)
     # an order: lines sharing an order id; without an id, lines sharing a time stamp
-    by_order = [*keys, "order_id", ibis.ifelse(purchases.order_id.isnull(), purchases.timestamp, None).name("at")]
+    by_order = ["customer_id", "order_id",
+                ibis.ifelse(purchases.order_id.isnull(), purchases.timestamp, None).name("at")]
     orders = purchases.group_by(by_order).aggregate(value=purchases.amount.sum(), age=purchases.age.max())
     day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
-    days = purchases.mutate(day=day_index).group_by([*keys, "day"]).aggregate(age=purchases.age.min())
-    days = days.mutate(gap=(days.day - days.day.lag().over(group_by=keys, order_by=days.day)).cast("float64"))
+    days = purchases.mutate(day=day_index).group_by(["customer_id", "day"]).aggregate(age=purchases.age.min())
+    days = days.mutate(gap=(days.day - days.day.lag().over(group_by="customer_id", order_by=days.day)).cast("float64"))
+    distinct_values = ibis.union(*[
+        purchases.select("customer_id", kind=ibis.literal(column), value=purchases[column])
+        for column in ("category", "channel")
+    ], distinct=True)
 
     events = _before(ev, ent)
     # counts as doubles: DuckDB sums BIGINT into HUGEINT, which Ibis would not cast back (exact below 2**53)
-    event_types = events.group_by([*keys, "event_type"]).aggregate(
+    event_types = events.group_by(["customer_id", "event_type"]).aggregate(
         n_30=events.count(where=events.age < 30).cast("float64"),
         n_90=events.count(where=events.age < 90).cast("float64"),
         n_prev_30=events.count(where=(events.age >= 30) & (events.age < 60)).cast("float64"),
@@ -160,15 +175,13 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
                                                                                      customers.as_of), None),
         cancelled=ibis.ifelse(customers.churn_date < customers.as_of, 1, 0),
     )
-    sources = {"orders": orders, "lines": lines, "days": days, "event_types": event_types, "customers": customers}
-    for column in ("product_id", "category", "channel"):
-        sources[f"distinct_{column}"] = purchases.select(*keys, column).distinct()
-    return sources
+    return {"orders": orders, "lines": lines, "days": days, "distinct_values": distinct_values,
+            "event_types": event_types, "customers": customers}
 
 
 def _before(table: ir.Table, ent: ir.Table) -> ir.Table:
     """Rows strictly before each entity's as_of, with ``age`` in days. The point-in-time cut lives here only."""
-    joined = table.join(ent, "customer_id")
+    joined = table.join(ent.select("customer_id", "as_of"), "customer_id")
     joined = joined.filter(joined.timestamp < joined.as_of)
     return joined.mutate(age=days_between(joined.timestamp, joined.as_of))
 
@@ -227,12 +240,6 @@ def check_entities(entities: pa.Table) -> pa.Table:
     if entities.group_by(list(KEYS)).aggregate([]).num_rows != entities.num_rows:
         raise ValueError("entities: each (customer_id, as_of) pair must appear once")
     return entities
-
-
-def _in_entity_order(features: pa.Table, entities: pa.Table) -> pa.Table:
-    indexed = entities.append_column("__position", pa.array(np.arange(entities.num_rows, dtype=np.int64)))
-    ordered = features.join(indexed, list(KEYS), join_type="inner").sort_by("__position")
-    return ordered.drop_columns(["__position"]).select(features.column_names)
 
 
 def _empty_features(event_types: tuple[str, ...]) -> pa.Table:

@@ -10,7 +10,8 @@ Sources, per (customer_id, as_of):
 * ``orders``  one row per order: positive transaction lines grouped by ``order_id`` (or by time stamp when the
   data has no order ids); ``value`` = order total, ``age`` = age of its first line.
 * ``lines``   every transaction line (purchases and refunds).
-* ``distinct_<column>`` one row per distinct value of ``product_id`` / ``category`` / ``channel`` among purchases.
+* ``distinct_values`` one row per distinct (``kind``, ``value``) among purchases, kind being ``category`` or
+  ``channel``. (No product breadth: distinct customer x product pairs cost more than the rest of the query.)
 * ``days``    one row per distinct purchase day, with ``gap`` = days since the previous purchase day.
 * ``event_types`` one row per event type seen: counts per window and the ages of the first and last event.
 * ``customers`` the customer's static record (sign-up, cancel date *before* as_of only).
@@ -38,8 +39,7 @@ from churnguard.settings import DEFAULT_EVENT_TYPES
 FEATURE_SET = "rfm_engagement_v1"
 WINDOWS = (30, 90, 180, 365)
 
-Source = Literal["orders", "lines", "days", "event_types", "customers", "derived", "distinct_product_id",
-                 "distinct_category", "distinct_channel"]
+Source = Literal["orders", "lines", "days", "event_types", "customers", "derived", "distinct_values"]
 Dtype = Literal["int64", "float64"]
 
 
@@ -93,16 +93,15 @@ def _windows() -> list[FeatureSpec]:
 def _lines() -> list[FeatureSpec]:
     def breadth(column: str, what: str) -> FeatureSpec:
         return FeatureSpec(f"{column.removesuffix('_id')}_breadth", "int64", f"Distinct {what} bought.",
-                           f"distinct_{column}", lambda d, c=column: d[c].count(), fill=0, group="behaviour")
+                           "distinct_values", lambda d, c=column: d.count(where=(d.kind == c) & d.value.notnull()),
+                           fill=0, group="behaviour")
 
     return [
         FeatureSpec("refund_total", "float64", "Money refunded (absolute value of negative lines).", "lines",
                     lambda t: -t.amount.sum(where=t.amount < 0), fill=0.0, group="behaviour"),
         _count("refund_lines", "Refund / cancellation lines.", "lines", lambda t: t.amount < 0, group="behaviour"),
-        breadth("product_id", "products"),
         breadth("category", "categories"),
-        FeatureSpec("channel_breadth", "int64", "Distinct sales channels used.", "distinct_channel",
-                    lambda d: d.channel.count(), fill=0, group="behaviour"),
+        breadth("channel", "sales channels"),
     ]
 
 

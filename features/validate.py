@@ -153,10 +153,10 @@ def _top_reasons(rejected: dict[str, int]) -> str:
 def _validate_table(
     con: duckdb.DuckDBPyConnection, raw: RawTable, *, now: datetime | None
 ) -> tuple[pa.Table, pa.Table, TableReport]:
-    """Find the bad rows (few) first, then type the good ones in one order-preserving projection.
+    """Find the bad rows (few) first, then type the good ones in one projection, sorted by customer and time.
 
     Full-width work (casting, JSON of the raw row, duplicate search over every column) is done only where it
-    is needed: 30M-row inputs validate in seconds, not minutes.
+    is needed.
     """
     data = raw.data
     if data.num_rows == 0:
@@ -172,16 +172,16 @@ def _validate_table(
         con.register("bad_rows", bad)
         rejected = con.execute(_rejects_sql(raw.data.column_names, _customer_key(sources, data.schema)),
                                [raw.contract.name, raw.source]).to_arrow_table()
+        # clean rows are stored sorted by customer and time: feature queries on a chunk of customers then read
+        # only that chunk's row groups (DuckDB prunes the scan with the join's min/max filter)
+        order = ("customer_id" if raw.contract is CUSTOMERS else "customer_id, timestamp") + f", {ROW}"
+        kept = con.sql(
+            f"SELECT {', '.join(_typed_columns(raw, sources, data.schema))} FROM raw_input "
+            f"WHERE {ROW} NOT IN (SELECT {ROW} FROM bad_rows) ORDER BY {order}"
+        ).to_arrow_table().cast(raw.contract.arrow_schema)
     finally:
         con.unregister("raw_input")
         con.unregister("bad_rows")
-    keep = pc.invert(pc.is_in(data[ROW], value_set=bad[ROW]))
-    con.register("good_input", data.filter(keep))
-    try:
-        kept = con.sql(f"SELECT {', '.join(_typed_columns(raw, sources, data.schema))} FROM good_input"
-                       ).to_arrow_table().cast(raw.contract.arrow_schema)
-    finally:
-        con.unregister("good_input")
     counts = {r["values"]: r["counts"] for r in pc.value_counts(bad["__reason"]).to_pylist()} if bad.num_rows else {}
     used = {src for col_sources in sources.values() for src in col_sources}
     ignored = tuple(c for c in raw.data.column_names if c not in used)

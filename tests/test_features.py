@@ -67,7 +67,7 @@ def test_exact_values_customer_a(features):
         "orders_365d": 3, "spend_365d": 210.0,
         "orders_prev_90d": 1, "spend_prev_90d": 100.0,
         "refund_total": 20.0, "refund_lines": 1,
-        "product_breadth": 3, "category_breadth": 2, "channel_breadth": 2,
+        "category_breadth": 2, "channel_breadth": 2,
         "purchase_days": 3,
         "gap_mean_days": 76.0,
         "gap_std_days": 32 / math.sqrt(2),
