@@ -254,7 +254,8 @@ def stage_batch(impl: str, clean: Path, dates: list[date], features_path: Path, 
     import pyarrow.parquet as pq
 
     from churnguard.settings import DEFAULT_EVENT_TYPES
-    from features.build import FeatureEngine, build_features, compiled_sql, entities_at
+    from features.build import build_features, compiled_sql, entities_at
+    from features.engines import DuckDBEngine as FeatureEngine
 
     out: dict = {"impl": impl, "as_of": [str(d) for d in dates]}
     t = time.perf_counter()
@@ -364,7 +365,8 @@ def stage_single(calls: int) -> dict:
     import numpy as np
 
     from benchmarks.pandas_reference import pandas_features
-    from features.build import FeatureEngine, as_entities, build_features
+    from features.build import as_entities, build_features
+    from features.engines import DuckDBEngine as FeatureEngine
     from features.dataset import Dataset
 
     as_of = datetime(2025, 1, 1)

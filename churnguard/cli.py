@@ -329,14 +329,15 @@ def serve(
     import os
     import subprocess
 
-    from training.tracking import resolve_version
+    from serving.bento import import_champion
 
     settings = _settings()
-    uri = model or settings.model_uri
-    console.print(f"serving {resolve_version(settings, uri)} on http://localhost:{port or settings.serving.port} "
-                  f"(docs at /, health at /readyz)")
-    env = {**os.environ, "CHURN_SCORING__MODEL_URI": uri, "MLFLOW_TRACKING_URI": settings.tracking_uri,
+    with console.status("syncing the champion into BentoML's model store..."):
+        tag = import_champion(settings, model)
+    console.print(f"serving {tag} on http://localhost:{port or settings.serving.port} (docs at /, health at /readyz)")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri,
            "CHURN_DATA_DIR": str(settings.data_dir.resolve())}
+    env.pop("CHURN_SCORING__MODEL_URI", None)  # serve what is in the store: the synced champion
     cmd = ["bentoml", "serve", "serving.service:ChurnService", "--port", str(port or settings.serving.port)]
     raise typer.Exit(subprocess.call(cmd, env=env))
 

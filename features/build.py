@@ -13,7 +13,6 @@ configuration.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from functools import lru_cache
@@ -28,6 +27,7 @@ from churnguard.settings import DEFAULT_EVENT_TYPES
 from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS
 from features.dataset import Dataset
 from features.duck import connect
+from features.engines import TABLE_NAMES, DuckDBEngine, Engine, default_engine
 from features.registry import FeatureSpec, feature_registry
 
 KEYS = ("customer_id", "as_of")
@@ -35,8 +35,6 @@ POSITION = "position"  # entity row number, carried through the query so results
 ROUND_DECIMALS = 9
 ENTITY_SCHEMA = pa.schema([("customer_id", pa.string()), ("as_of", pa.timestamp("us"))])
 _QUERY_ENTITY_SCHEMA = pa.schema([*ENTITY_SCHEMA, pa.field(POSITION, pa.int64())])
-TABLE_NAMES = {"transactions": "cg_transactions", "events": "cg_events", "customers": "cg_customers",
-                "entities": "cg_entities"}
 
 
 def build_features(
@@ -44,7 +42,7 @@ def build_features(
     entities: pa.Table,
     *,
     event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES,
-    engine: FeatureEngine | None = None,
+    engine: Engine | None = None,
 ) -> pa.Table:
     """Features for each (customer_id, as_of) entity: ``customer_id``, ``as_of`` and one column per feature.
 
@@ -52,13 +50,14 @@ def build_features(
     only, which is cheaper than grouping by customer and date), and that keeps memory flat for many snapshots.
     """
     entities = check_entities(entities)
-    engine = engine or default_engine()
-    sql = compiled_sql(tuple(event_types))
+    engine = (engine or default_engine()).for_size(data.transactions.num_rows + data.events.num_rows)
+    sql = compiled_sql(tuple(event_types), engine.dialect)
+    schema = _result_schema(tuple(event_types))
     indexed = entities.append_column(POSITION, pa.array(np.arange(entities.num_rows, dtype=np.int64)))
     parts = []
     for as_of in sorted(pc.unique(entities["as_of"]).to_pylist()):
         subset = indexed.filter(pc.equal(indexed["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
-        parts.append(engine.run(sql, data, subset))
+        parts.append(engine.run(sql, data, subset, schema))
     if not parts:
         return _empty_features(event_types)
     out = pa.concat_tables(parts)
@@ -154,10 +153,6 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
     day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
     days = purchases.mutate(day=day_index).group_by(["customer_id", "day"]).aggregate(age=purchases.age.min())
     days = days.mutate(gap=(days.day - days.day.lag().over(group_by="customer_id", order_by=days.day)).cast("float64"))
-    distinct_values = ibis.union(*[
-        purchases.select("customer_id", kind=ibis.literal(column), value=purchases[column])
-        for column in ("category", "channel")
-    ], distinct=True)
 
     events = _before(ev, ent)
     # counts as doubles: DuckDB sums BIGINT into HUGEINT, which Ibis would not cast back (exact below 2**53)
@@ -175,8 +170,7 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
                                                                                      customers.as_of), None),
         cancelled=ibis.ifelse(customers.churn_date < customers.as_of, 1, 0),
     )
-    return {"orders": orders, "lines": lines, "days": days, "distinct_values": distinct_values,
-            "event_types": event_types, "customers": customers}
+    return {"orders": orders, "lines": lines, "days": days, "event_types": event_types, "customers": customers}
 
 
 def _before(table: ir.Table, ent: ir.Table) -> ir.Table:
@@ -191,38 +185,6 @@ def days_between(start: ir.TimestampValue, end: ir.TimestampValue) -> ir.Floatin
 
 
 # --------------------------------------------------------------------------------------------- running
-
-
-class FeatureEngine:
-    """Runs the compiled feature SQL on embedded DuckDB; one connection per thread (the API serves concurrently)."""
-
-    def __init__(self, threads: int | None = None, memory_limit: str | None = None) -> None:
-        self.threads = threads
-        self.memory_limit = memory_limit
-        self._local = threading.local()
-
-    def _connection(self):
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = self._local.con = connect(self.threads, self.memory_limit)
-        return con
-
-    def run(self, sql: str, data: Dataset, entities: pa.Table) -> pa.Table:
-        """Run SQL compiled from :func:`contract_tables` over a dataset and an entity table."""
-        con = self._connection()
-        for name, table in (("transactions", data.transactions), ("events", data.events),
-                            ("customers", data.customers), ("entities", entities)):
-            con.register(TABLE_NAMES[name], table)
-        try:
-            return con.sql(sql).to_arrow_table()
-        finally:
-            for name in TABLE_NAMES.values():
-                con.unregister(name)
-
-
-@lru_cache(maxsize=1)
-def default_engine() -> FeatureEngine:
-    return FeatureEngine()
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -242,10 +204,19 @@ def check_entities(entities: pa.Table) -> pa.Table:
     return entities
 
 
+def feature_schema(event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES) -> pa.Schema:
+    """customer_id, as_of and every registry feature with its dtype: what ``build_features`` returns."""
+    fields = [pa.field(s.name, pa.int64() if s.dtype == "int64" else pa.float64()) for s in feature_registry(event_types)]
+    return pa.schema([*ENTITY_SCHEMA, *fields])
+
+
+@lru_cache(maxsize=16)
+def _result_schema(event_types: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([*feature_schema(event_types), pa.field(POSITION, pa.int64())])
+
+
 def _empty_features(event_types: tuple[str, ...]) -> pa.Table:
-    fields = [pa.field(n, pa.int64() if s.dtype == "int64" else pa.float64())
-              for n, s in ((s.name, s) for s in feature_registry(event_types))]
-    return pa.schema([*ENTITY_SCHEMA, *fields]).empty_table()
+    return feature_schema(event_types).empty_table()
 
 
 def _as_timestamp(d: date | datetime) -> datetime:

@@ -4,7 +4,8 @@ Each input table is a pydantic model. The same models type the API's request bod
 and batch validation (``features/validate.py``) derives its SQL checks and the clean Arrow schema from them, so
 the API and the batch reader cannot disagree on what a valid transaction is.
 
-Time stamps are naive UTC. Amounts are in the business's currency; refunds and cancellations are valid rows
+Time stamps are naive UTC, kept to the second (finer parts are dropped: churn is measured in days, and every
+feature engine then sees identical values). Amounts are in the business's currency; refunds and cancellations are valid rows
 with a negative amount (they are a churn signal, not noise).
 """
 
@@ -23,12 +24,12 @@ OptionalText = Annotated[str, StringConstraints(strip_whitespace=True, max_lengt
 
 
 def _naive_utc(ts: datetime) -> datetime:
-    """Aware time stamps are converted to UTC; naive ones are taken as UTC already."""
+    """Aware time stamps are converted to UTC; naive ones are taken as UTC already; kept to the second."""
     if ts.tzinfo is not None:
         from datetime import UTC
 
         ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return ts
+    return ts.replace(microsecond=0)
 
 
 def _finite(x: float) -> float:

@@ -114,13 +114,15 @@ class Dataset:
 
 def _to_contract(contract: TableContract, data: Iterable[dict] | pa.Table) -> pa.Table:
     schema = contract.arrow_schema
-    if isinstance(data, pa.Table):
-        columns = [
-            data[name].cast(f.type) if name in data.column_names else pa.nulls(data.num_rows, f.type)
-            for name, f in zip(schema.names, schema, strict=True)
-        ]
-        return pa.Table.from_arrays(columns, schema=schema)
-    rows = list(data)
-    if not rows:
-        return schema.empty_table()
-    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+    if not isinstance(data, pa.Table):
+        rows = list(data)
+        if not rows:
+            return schema.empty_table()
+        data = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+    columns = []
+    for f in schema:
+        column = data[f.name].cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
+        if pa.types.is_timestamp(f.type):  # the contract keeps time stamps to the second
+            column = pc.floor_temporal(column, unit="second")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)

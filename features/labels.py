@@ -27,7 +27,8 @@ import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.build import KEYS, FeatureEngine, check_entities, contract_tables, days_between, default_engine
+from features.build import KEYS, check_entities, contract_tables, days_between
+from features.engines import DuckDBEngine, default_engine
 from features.dataset import Dataset
 
 LABEL_SCHEMA = pa.schema(
@@ -66,7 +67,7 @@ def build_labels(
     *,
     horizon_days: int,
     data_end: datetime | None = None,
-    engine: FeatureEngine | None = None,
+    engine: DuckDBEngine | None = None,
 ) -> pa.Table:
     """Labels for the labelled subset of ``entities`` (see module docstring), in no particular order."""
     entities = check_entities(entities)

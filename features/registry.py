@@ -10,15 +10,14 @@ Sources, per (customer_id, as_of):
 * ``orders``  one row per order: positive transaction lines grouped by ``order_id`` (or by time stamp when the
   data has no order ids); ``value`` = order total, ``age`` = age of its first line.
 * ``lines``   every transaction line (purchases and refunds).
-* ``distinct_values`` one row per distinct (``kind``, ``value``) among purchases, kind being ``category`` or
-  ``channel``. (No product breadth: distinct customer x product pairs cost more than the rest of the query.)
 * ``days``    one row per distinct purchase day, with ``gap`` = days since the previous purchase day.
 * ``event_types`` one row per event type seen: counts per window and the ages of the first and last event.
 * ``customers`` the customer's static record (sign-up, cancel date *before* as_of only).
 * ``derived`` combinations of the features above (``expr`` receives the table of all earlier features).
 
 The sources pre-aggregate where that makes the query cheap (per-type event counts instead of 25 filtered counts
-over every event; distinct values instead of COUNT(DISTINCT)): 1M customers with 31M rows take seconds.
+over every event). There is no product breadth: distinct customer x product pairs cost more than the rest of the
+query together.
 
 Counts and sums of a customer with no rows in a source are 0; "days since" and ratios are null (LightGBM and the
 survival preprocessing handle nulls explicitly).
@@ -39,7 +38,7 @@ from churnguard.settings import DEFAULT_EVENT_TYPES
 FEATURE_SET = "rfm_engagement_v1"
 WINDOWS = (30, 90, 180, 365)
 
-Source = Literal["orders", "lines", "days", "event_types", "customers", "derived", "distinct_values"]
+Source = Literal["orders", "lines", "days", "event_types", "customers", "derived"]
 Dtype = Literal["int64", "float64"]
 
 
@@ -93,8 +92,7 @@ def _windows() -> list[FeatureSpec]:
 def _lines() -> list[FeatureSpec]:
     def breadth(column: str, what: str) -> FeatureSpec:
         return FeatureSpec(f"{column.removesuffix('_id')}_breadth", "int64", f"Distinct {what} bought.",
-                           "distinct_values", lambda d, c=column: d.count(where=(d.kind == c) & d.value.notnull()),
-                           fill=0, group="behaviour")
+                           "lines", lambda t, c=column: t[c].nunique(where=t.amount > 0), fill=0, group="behaviour")
 
     return [
         FeatureSpec("refund_total", "float64", "Money refunded (absolute value of negative lines).", "lines",
@@ -165,6 +163,20 @@ def _safe_div(a: ir.NumericValue, b: ir.NumericValue) -> ir.NumericValue:
     return ibis.ifelse(b > 0, a / b, ibis.null("float64"))
 
 
+_NONE = 1e18  # stands in for "no value" inside max/min: engines disagree on GREATEST/LEAST with NULL arguments
+
+
+def _max_known(*ages: ir.NumericValue) -> ir.NumericValue:
+    """The largest non-null age (null if all are null), identical on DuckDB, SQLite and Spark."""
+    largest = ibis.greatest(*[ibis.coalesce(a, -_NONE) for a in ages])
+    return ibis.ifelse(largest <= -_NONE, ibis.null("float64"), largest)
+
+
+def _min_known(*ages: ir.NumericValue) -> ir.NumericValue:
+    smallest = ibis.least(*[ibis.coalesce(a, _NONE) for a in ages])
+    return ibis.ifelse(smallest >= _NONE, ibis.null("float64"), smallest)
+
+
 def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
     specs = [
         FeatureSpec("orders_trend_90d", "float64", "orders_90d - orders_prev_90d: buying more or less than before.",
@@ -178,12 +190,12 @@ def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
                     lambda w: _safe_div(w.recency_days, w.gap_mean_days)),
         FeatureSpec("tenure_days", "float64", "Days since the first known activity (order, event or sign-up).",
                     "derived",
-                    lambda w: ibis.greatest(w.first_purchase_days, w.days_since_first_event, w.days_since_signup)),
+                    lambda w: _max_known(w.first_purchase_days, w.days_since_first_event, w.days_since_signup)),
         FeatureSpec("orders_per_month", "float64", "frequency per 30 days of tenure (tenure of at least 30 days).",
                     "derived",
-                    lambda w: w.frequency / ibis.greatest(w.tenure_days, 30.0) * 30.0),
+                    lambda w: w.frequency / ibis.greatest(ibis.coalesce(w.tenure_days, 0.0), 30.0) * 30.0),
         FeatureSpec("days_since_last_engagement", "float64", "Days since the last order or event, whichever is later.",
-                    "derived", lambda w: ibis.least(w.recency_days, w.days_since_last_event), group="engagement"),
+                    "derived", lambda w: _min_known(w.recency_days, w.days_since_last_event), group="engagement"),
         FeatureSpec("events_trend_30d", "float64", "events_30d - events_prev_30d.", "derived",
                     lambda w: (w.events_30d - w.events_prev_30d).cast("float64"), group="engagement"),
     ]

@@ -319,14 +319,16 @@ def _as_double(src: str, arrow_type: pa.DataType) -> str:
 
 
 def _as_timestamp(src: str, arrow_type: pa.DataType, fmt: str | None) -> str:
+    """Naive UTC, truncated to the second (see the contract)."""
     q = quote(src)
     if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
         # aware -> UTC wall time (session zone is UTC); naive and dates stay as they are
-        return f"CAST({q} AS TIMESTAMP)"
-    text = f"TRIM(CAST({q} AS VARCHAR))"
-    if fmt:
-        return f"TRY_STRPTIME({text}, {_sql_string(fmt)})"
-    return f"CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP)"
+        parsed = f"CAST({q} AS TIMESTAMP)"
+    elif fmt:
+        parsed = f"TRY_STRPTIME(TRIM(CAST({q} AS VARCHAR)), {_sql_string(fmt)})"
+    else:
+        parsed = f"CAST(TRY_CAST(TRIM(CAST({q} AS VARCHAR)) AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"date_trunc('second', {parsed})"
 
 
 def _reasons(col: Column, now: datetime | None) -> list[str]:

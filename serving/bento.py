@@ -1,7 +1,8 @@
 """Packing the scoring API: the champion goes into BentoML's model store, then ``bentoml build`` packs it.
 
-``serving/service.py`` refers to ``churnguard:latest`` in the model store; a bento built afterwards contains that
-model, so ``bentoml containerize`` gives an image that needs no MLflow server. Builds never lock packages over the
+``serving/service.py`` serves ``churnguard:latest`` from the model store (``churn serve`` puts the champion there
+first); a bento built afterwards contains that model, so ``bentoml containerize`` gives an image that needs no
+MLflow server. Builds never lock packages over the
 network (``lock_packages: false`` in bentofile.yaml; ``serving/requirements.txt`` holds the pins).
 """
 
@@ -12,17 +13,28 @@ from pathlib import Path
 from churnguard.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BENTO_MODEL = "churnguard:latest"  # what serving/service.py loads
 
 
 def import_champion(settings: Settings, model_uri: str | None = None) -> str:
-    """Copy the MLflow model into BentoML's store as churnguard:<new version>; returns the BentoML tag."""
+    """Make ``churnguard:latest`` in BentoML's store the given registry model (default: the champion).
+
+    Imports only when the latest stored model is a different registry version; returns the BentoML tag.
+    """
     import bentoml
+    from bentoml.exceptions import NotFound
 
     from training.tracking import configure, resolve_version
 
     configure(settings)
     uri = model_uri or settings.model_uri
     version = resolve_version(settings, uri)
+    try:
+        latest = bentoml.models.get(BENTO_MODEL)
+        if latest.info.labels.get("registry_version") == version:
+            return str(latest.tag)
+    except NotFound:
+        pass
     source = f"models:/{version}" if uri.startswith("models:/") else uri
     model = bentoml.mlflow.import_model("churnguard", source, labels={"registry_version": version},
                                         metadata={"mlflow_uri": source})

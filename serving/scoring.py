@@ -19,7 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.build import FeatureEngine, build_features, entities_at
+from features.build import build_features, entities_at
+from features.engines import Engine
 from features.dataset import Dataset
 from serving.policy import Policy, select_outreach
 from training.model import SCORE_COLUMNS, ChurnModel
@@ -37,7 +38,7 @@ class Scored:
 
 
 def score_dataset(data: Dataset, entities: pa.Table, model: ChurnModel, policy: Policy, *,
-                  engine: FeatureEngine | None = None, reasons: bool = False) -> Scored:
+                  engine: Engine | None = None, reasons: bool = False) -> Scored:
     features = build_features(data, entities, event_types=model.event_types, engine=engine).to_pandas()
     prospect = features["frequency"].to_numpy() < 1
     rejected = pd.DataFrame({"customer_id": features.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
@@ -73,7 +74,7 @@ def score_batch(
     control_share: float = 0.1,
     reasons: str = "outreach",
     seed: int = 42,
-    engine: FeatureEngine | None = None,
+    engine: Engine | None = None,
     progress: Callable[[int, str | None], None] | None = None,
 ) -> BatchResult:
     """Score every customer known before ``as_of``, in chunks, then pick the outreach list and explain it."""
@@ -103,7 +104,7 @@ def score_batch(
 
 
 def _explain(data: Dataset, model: ChurnModel, scores: pd.DataFrame, outreach: pd.DataFrame, as_of: datetime,
-             engine: FeatureEngine | None) -> None:
+             engine: Engine | None) -> None:
     """top_reasons for the outreach customers only: TreeSHAP costs ~1 ms per customer, everybody would be minutes."""
     ids = outreach["customer_id"].astype(str).tolist()
     entities = pa.table({"customer_id": pa.array(ids, pa.string()),

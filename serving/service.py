@@ -1,8 +1,8 @@
 """The scoring API (BentoML): the champion model behind ``POST /score``, ``POST /score_features`` and ``GET /model``.
 
-The model is resolved once at start-up: ``CHURN_SCORING__MODEL_URI`` (``churn serve`` sets it to
-``models:/churnguard@champion``) loads it from the MLflow registry; without it, inside a built bento, the model
-packed into the bento is used. Features come from the same ``build_features`` as batch scoring, through
+The model is resolved once at start-up: ``churnguard:latest`` from BentoML's model store, which ``churn serve``
+syncs to the registry's champion first (and which a built bento carries). ``CHURN_SCORING__MODEL_URI`` loads a
+model straight from the MLflow registry instead (used by the tests and for debugging). Features come from the same ``build_features`` as batch scoring, through
 ``serving.scoring.score_dataset``; only the DuckDB engine is a single-threaded one, which is fastest for a few
 customers.
 
@@ -26,14 +26,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from churnguard.settings import load_settings, now_utc
-from features.build import FeatureEngine, as_entities
+from features.build import as_entities
+from features.engines import SQLiteEngine
 from features.dataset import Dataset
+from serving.bento import BENTO_MODEL
 from serving.policy import load_policy
 from serving.schemas import Customers, FeatureRows, ModelCard, ScoreResponse, client_error, unique_ids
 from serving.scoring import SCORECARD_COLUMNS, Scored, score_dataset
 from training.scorecard import NOT_SCORABLE
 
-BENTO_MODEL = "churnguard:latest"
 OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/docs", "/favicon.ico")
 _state: dict[str, Any] = {}
 
@@ -47,7 +48,7 @@ class ChurnService:
         self.settings = load_settings()
         self.model = self._load_model()
         self.policy = load_policy(self.settings.scoring.policy_file)
-        self.engine = FeatureEngine(threads=1)
+        self.engine = SQLiteEngine()
         _state["card"] = self.model.card()
         self._warm_up()
 

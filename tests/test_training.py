@@ -120,3 +120,15 @@ def test_long_history_spreads_snapshots_over_a_year_and_uses_season():
     assert not short.uses_season
     assert short.holdout == datetime(2024, 7, 3)
     assert date(2024, 4, 4) >= short.train[-1].date()
+
+
+def test_survival_fast_preprocessing_equals_the_sklearn_pipeline(trained):
+    survival = trained.model.survival
+    rows = trained.holdout_features.head(500)
+    np.testing.assert_allclose(survival.transform(rows), survival._transform(rows).to_numpy(), rtol=1e-12, atol=1e-12)
+    from lifelines import WeibullAFTFitter  # noqa: F401  (the closed form below is lifelines' model)
+
+    X = survival._transform(rows)
+    expected = survival.fitter_.predict_survival_function(X, times=[30, 90]).T.to_numpy()
+    got = survival.predict(rows)[["p_active_30d", "p_active_90d"]].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9)

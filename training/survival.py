@@ -51,6 +51,10 @@ class SurvivalModel:
             FunctionTransformer(_clip, feature_names_out="one-to-one"),
         )
         X = self._transform(df, fit=True)
+        imputer, scaler = self.preprocess_[1], self.preprocess_[2]
+        self.medians_ = imputer.statistics_
+        self.indicators_ = imputer.indicator_.features_ if imputer.indicator_ is not None else np.array([], int)
+        self.mean_, self.scale_ = scaler.mean_, scaler.scale_
         X["duration_days"] = df["duration_days"].to_numpy()
         X["event"] = df["event"].to_numpy()
         self.fitter_ = WeibullAFTFitter(penalizer=self.penalizer).fit(X, "duration_days", "event")
@@ -62,17 +66,26 @@ class SurvivalModel:
         names = [n.replace("missingindicator_", "missing_") for n in self.preprocess_.get_feature_names_out()]
         return pd.DataFrame(arr, columns=names, index=df.index)
 
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        """The fitted preprocessing as plain numpy (the sklearn pipeline's own checks cost ms per API call)."""
+        x = signed_log1p(df[self.features_].to_numpy(dtype="float64", na_value=np.nan))
+        missing = np.isnan(x)
+        x = np.where(missing, self.medians_, x)
+        x = np.hstack([x, missing[:, self.indicators_].astype("float64")])
+        return _clip((x - self.mean_) / self.scale_)
+
     def predict(self, df: pd.DataFrame, times=TIMES) -> pd.DataFrame:
         """``p_active_<t>d`` for each t and ``median_days_to_churn``, computed from the Weibull parameters.
 
         S(t) = exp(-(t / lambda)^rho), lambda = exp(beta . x), rho = exp(rho_0): the same as lifelines'
         ``predict_survival_function`` but vectorised over customers, so a million rows take a fraction of a second.
         """
-        X = self._transform(df)
+        X = self.transform(df)
         params = self.fitter_.params_
         lam = params["lambda_"]
-        beta = lam.drop("Intercept").reindex(X.columns).fillna(0.0).to_numpy()
-        log_lambda = X.to_numpy() @ beta + lam["Intercept"]
+        names = [n.replace("missingindicator_", "missing_") for n in self.preprocess_.get_feature_names_out()]
+        beta = lam.drop("Intercept").reindex(names).fillna(0.0).to_numpy()
+        log_lambda = X @ beta + lam["Intercept"]
         rho = np.exp(params["rho_"]["Intercept"])
         out = {f"p_active_{t}d": np.exp(-np.exp(rho * (np.log(t) - log_lambda))) for t in times}
         out["median_days_to_churn"] = np.exp(log_lambda) * np.log(2.0) ** (1.0 / rho)

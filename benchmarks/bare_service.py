@@ -1,0 +1,28 @@
+"""The baseline for the API latency benchmark: a BentoML service that only calls the champion's LightGBM booster
+on a ready feature row. Same model, same BentoML, no feature computation, no scorecard."""
+
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+
+from churnguard.settings import load_settings
+
+
+@bentoml.service(name="bare_booster", workers=1)
+class BareBooster:
+    def __init__(self) -> None:
+        from training.tracking import load_model
+
+        model = load_model(load_settings(), "models:/churnguard@champion")
+        classifier = model.classifier
+        if not hasattr(classifier, "booster_"):
+            raise RuntimeError(f"the champion is {classifier.name}, not LightGBM: retrain on demo data")
+        self.booster = classifier.booster_
+        self.iterations = classifier.best_iteration_
+        self.n_features = len(classifier.features)
+
+    @bentoml.api
+    def predict(self, features: list[float | None]) -> float:
+        row = np.array([np.nan if v is None else v for v in features], dtype="float64").reshape(1, -1)
+        return float(self.booster.predict(row, num_iteration=self.iterations)[0])

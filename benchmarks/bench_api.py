@@ -1,0 +1,151 @@
+"""API latency: single-customer POST /score (~50 transactions, ~100 events) against a bare BentoML service that
+only runs the LightGBM booster on a ready feature row, 1,000 sequential keep-alive requests each, same run.
+
+    uv run python benchmarks/bench_api.py [--requests 1000] [--out benchmarks/out]
+
+Both services run with `bentoml serve` in their own processes, with the same champion model (trained here on demo
+data into a private MLflow store). Reported: cold start to /readyz, p50 / p99 / mean latency, and the p50 ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def prepare(out: Path) -> tuple[dict, list[float | None], str]:
+    """Demo data, a trained champion, and one request: a customer with ~50 transactions and ~100 events."""
+    import pyarrow.compute as pc
+
+    from churnguard.settings import Settings
+    from features.build import as_entities, build_features
+    from features.demo import generate
+    from features.validate import load_dataset
+    from training.tracking import log_training
+    from training.train import train
+
+    demo = out / "api_demo"
+    if not (demo / "manifest.json").exists():
+        generate(demo, customers=5000, seed=11, fmt="parquet")
+    data, _ = load_dataset(demo, now=datetime(2026, 1, 1))
+    settings = Settings(data_dir=out / "api_store")
+    if not (settings.data_dir / "mlflow.db").exists():
+        log_training(train(data, settings, run_backtest=False), settings)
+
+    as_of = datetime(2024, 12, 1)
+    tx_counts = pc.value_counts(data.transactions["customer_id"]).to_pylist()
+    customer = min(tx_counts, key=lambda c: abs(c["counts"] - 50))["values"]
+    rows = lambda t, cols: [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()  # noqa: E731
+                             if v is not None} for r in t.filter(pc.equal(t["customer_id"], customer))
+                            .select(cols).to_pylist()]
+    transactions = rows(data.transactions, ["timestamp", "amount", "order_id", "quantity", "product_id",
+                                            "category", "channel"])[:50]
+    events = rows(data.events, ["timestamp", "event_type"])
+    events = (events * (100 // max(len(events), 1) + 1))[:100] if events else []
+    body = {"customers": [{"customer_id": customer, "transactions": transactions, "events": events}],
+            "as_of": as_of.date().isoformat()}
+    feats = build_features(data, as_entities([customer], as_of)).to_pylist()[0]
+    from training.tracking import load_model
+
+    model = load_model(settings)
+    row = [feats[f] for f in model.classifier.features]
+    return body, row, str(settings.data_dir.resolve())
+
+
+def serve(target: str, port: int, data_dir: str, out: Path) -> tuple[subprocess.Popen, float]:
+    """``bentoml serve`` as `churn serve` runs it: the champion synced into a (private) BentoML model store."""
+    env = {**os.environ, "CHURN_DATA_DIR": data_dir, "BENTOML_HOME": str(out / "api_bentoml")}
+    env.pop("CHURN_API_TOKEN", None)
+    env.pop("CHURN_SCORING__MODEL_URI", None)
+    start = time.perf_counter()
+    proc = subprocess.Popen(["bentoml", "serve", target, "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc, time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{target} did not become ready")
+
+
+def measure(url: str, body: dict, n: int) -> dict:
+    with httpx.Client(timeout=10) as client:
+        for _ in range(50):
+            client.post(url, json=body).raise_for_status()
+        latencies = []
+        for _ in range(n):
+            t = time.perf_counter()
+            r = client.post(url, json=body)
+            latencies.append((time.perf_counter() - t) * 1000)
+            r.raise_for_status()
+    a = np.array(latencies)
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()), "max_ms": float(a.max()), "n": n}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    body, row, data_dir = prepare(args.out)
+    os.environ["BENTOML_HOME"] = str(args.out / "api_bentoml")
+    from churnguard.settings import Settings
+    from serving.bento import import_champion
+
+    import_champion(Settings(data_dir=Path(data_dir)))
+    results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+                     "request": {"transactions": len(body["customers"][0]["transactions"]),
+                                 "events": len(body["customers"][0]["events"])}}
+    ours, ours_start = serve("serving.service:ChurnService", 3711, data_dir, args.out)
+    try:
+        results["churnguard /score (with reasons)"] = {**measure("http://127.0.0.1:3711/score", body, args.requests),
+                                                      "cold_start_s": ours_start}
+        results["churnguard /score (reasons=false)"] = measure("http://127.0.0.1:3711/score",
+                                                              {**body, "reasons": False}, args.requests)
+    finally:
+        ours.terminate()
+        ours.wait()
+    bare, bare_start = serve("benchmarks.bare_service:BareBooster", 3712, data_dir, args.out)
+    try:
+        results["bare BentoML + LightGBM booster"] = {**measure("http://127.0.0.1:3712/predict",
+                                                               {"features": row}, args.requests),
+                                                     "cold_start_s": bare_start}
+    finally:
+        bare.terminate()
+        bare.wait()
+    base = results["bare BentoML + LightGBM booster"]["p50_ms"]
+    lines = [f"# API latency ({args.requests:,} sequential requests, keep-alive; "
+             f"{results['request']['transactions']} transactions + {results['request']['events']} events)", "",
+             f"Machine: {os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}.", "",
+             "| service | p50 ms | p99 ms | mean ms | p50 / bare | cold start s |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        if "p50_ms" in r:
+            lines.append(f"| {name} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | "
+                         f"{r['p50_ms'] / base:.1f}x | {r.get('cold_start_s', float('nan')):.1f} |")
+    text = "\n".join(lines) + "\n"
+    (args.out / "api.md").write_text(text)
+    (args.out / "api.json").write_text(json.dumps(results, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
