@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -49,15 +48,20 @@ def prepare(out: Path) -> tuple[dict, list[float | None], str]:
     as_of = datetime(2024, 12, 1)
     tx_counts = pc.value_counts(data.transactions["customer_id"]).to_pylist()
     customer = min(tx_counts, key=lambda c: abs(c["counts"] - 50))["values"]
-    rows = lambda t, cols: [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()  # noqa: E731
-                             if v is not None} for r in t.filter(pc.equal(t["customer_id"], customer))
-                            .select(cols).to_pylist()]
-    transactions = rows(data.transactions, ["timestamp", "amount", "order_id", "quantity", "product_id",
-                                            "category", "channel"])[:50]
+    def rows(t, cols):
+        records = t.filter(pc.equal(t["customer_id"], customer)).select(cols).to_pylist()
+        return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items() if v is not None}
+                for r in records]
+
+    transactions = rows(
+        data.transactions, ["timestamp", "amount", "order_id", "quantity", "product_id", "category", "channel"]
+    )[:50]
     events = rows(data.events, ["timestamp", "event_type"])
     events = (events * (100 // max(len(events), 1) + 1))[:100] if events else []
-    body = {"customers": [{"customer_id": customer, "transactions": transactions, "events": events}],
-            "as_of": as_of.date().isoformat()}
+    body = {
+        "customers": [{"customer_id": customer, "transactions": transactions, "events": events}],
+        "as_of": as_of.date().isoformat(),
+    }
     feats = build_features(data, as_entities([customer], as_of)).to_pylist()[0]
     from training.tracking import load_model
 
@@ -72,8 +76,13 @@ def serve(target: str, port: int, data_dir: str, out: Path) -> tuple[subprocess.
     env.pop("CHURN_API_TOKEN", None)
     env.pop("CHURN_SCORING__MODEL_URI", None)
     start = time.perf_counter()
-    proc = subprocess.Popen(["bentoml", "serve", target, "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["bentoml", "serve", target, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(600):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
@@ -96,8 +105,13 @@ def measure(url: str, body: dict, n: int) -> dict:
             latencies.append((time.perf_counter() - t) * 1000)
             r.raise_for_status()
     a = np.array(latencies)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean()), "max_ms": float(a.max()), "n": n}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "max_ms": float(a.max()),
+        "n": n,
+    }
 
 
 def main() -> None:
@@ -112,35 +126,50 @@ def main() -> None:
     from serving.bento import import_champion
 
     import_champion(Settings(data_dir=Path(data_dir)))
-    results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                     "request": {"transactions": len(body["customers"][0]["transactions"]),
-                                 "events": len(body["customers"][0]["events"])}}
+    results: dict = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "request": {
+            "transactions": len(body["customers"][0]["transactions"]),
+            "events": len(body["customers"][0]["events"]),
+        },
+    }
     ours, ours_start = serve("serving.service:ChurnService", 3711, data_dir, args.out)
     try:
-        results["churnguard /score (with reasons)"] = {**measure("http://127.0.0.1:3711/score", body, args.requests),
-                                                      "cold_start_s": ours_start}
-        results["churnguard /score (reasons=false)"] = measure("http://127.0.0.1:3711/score",
-                                                              {**body, "reasons": False}, args.requests)
+        results["churnguard /score (with reasons)"] = {
+            **measure("http://127.0.0.1:3711/score", body, args.requests),
+            "cold_start_s": ours_start,
+        }
+        results["churnguard /score (reasons=false)"] = measure(
+            "http://127.0.0.1:3711/score", {**body, "reasons": False}, args.requests
+        )
     finally:
         ours.terminate()
         ours.wait()
     bare, bare_start = serve("benchmarks.bare_service:BareBooster", 3712, data_dir, args.out)
     try:
-        results["bare BentoML + LightGBM booster"] = {**measure("http://127.0.0.1:3712/predict",
-                                                               {"features": row}, args.requests),
-                                                     "cold_start_s": bare_start}
+        results["bare BentoML + LightGBM booster"] = {
+            **measure("http://127.0.0.1:3712/predict", {"features": row}, args.requests),
+            "cold_start_s": bare_start,
+        }
     finally:
         bare.terminate()
         bare.wait()
     base = results["bare BentoML + LightGBM booster"]["p50_ms"]
-    lines = [f"# API latency ({args.requests:,} sequential requests, keep-alive; "
-             f"{results['request']['transactions']} transactions + {results['request']['events']} events)", "",
-             f"Machine: {os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}.", "",
-             "| service | p50 ms | p99 ms | mean ms | p50 / bare | cold start s |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# API latency ({args.requests:,} sequential requests, keep-alive; "
+        f"{results['request']['transactions']} transactions + {results['request']['events']} events)",
+        "",
+        f"Machine: {os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}.",
+        "",
+        "| service | p50 ms | p99 ms | mean ms | p50 / bare | cold start s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
         if "p50_ms" in r:
-            lines.append(f"| {name} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | "
-                         f"{r['p50_ms'] / base:.1f}x | {r.get('cold_start_s', float('nan')):.1f} |")
+            lines.append(
+                f"| {name} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | "
+                f"{r['p50_ms'] / base:.1f}x | {r.get('cold_start_s', float('nan')):.1f} |"
+            )
     text = "\n".join(lines) + "\n"
     (args.out / "api.md").write_text(text)
     (args.out / "api.json").write_text(json.dumps(results, indent=2))

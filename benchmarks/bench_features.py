@@ -37,8 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 GIB = 1024**3
-TARGETS = {"cg_1_seconds": 8.0, "cg_1_peak_gib": 2.0, "cg_n_seconds": 30.0, "speedup": 5.0,
-           "single_p99_ms": 15.0}
+TARGETS = {"cg_1_seconds": 8.0, "cg_1_peak_gib": 2.0, "cg_n_seconds": 30.0, "speedup": 5.0, "single_p99_ms": 15.0}
 
 
 # --------------------------------------------------------------------------------------------- parent
@@ -59,17 +58,22 @@ def main(argv: list[str] | None = None) -> None:
     manifest = json.loads((data_dir / "manifest.json").read_text())
     end = date.fromisoformat(manifest["end"])
     dates = [_add_months(end, -k) for k in range(args.snapshots - 1, -1, -1)]
-    pd_dates = dates[-args.pandas_snapshots:] if args.pandas_snapshots else dates
+    pd_dates = dates[-args.pandas_snapshots :] if args.pandas_snapshots else dates
     now = datetime(end.year, end.month, end.day)
-    print(f"data: {data_dir} ({manifest['files']['transactions']['rows']:,} transaction rows, "
-          f"{manifest['files']['events']['rows']:,} events, {manifest['customers']:,} customers)", flush=True)
+    print(
+        f"data: {data_dir} ({manifest['files']['transactions']['rows']:,} transaction rows, "
+        f"{manifest['files']['events']['rows']:,} events, {manifest['customers']:,} customers)",
+        flush=True,
+    )
 
     clean = work / "clean"
     if "load" in stages or not (clean / "transactions.arrow").exists():
         print("[load] features.validate.load_dataset ...", flush=True)
         results_load = _child(args, "load", data=data_dir, now=now, clean=clean, result=work / "load.json")
-        print(f"[load] {results_load['load_s']:.1f} s, "
-              f"peak RSS {results_load['peak_rss_bytes'] / GIB:.2f} GiB", flush=True)
+        print(
+            f"[load] {results_load['load_s']:.1f} s, peak RSS {results_load['peak_rss_bytes'] / GIB:.2f} GiB",
+            flush=True,
+        )
     else:
         results_load = json.loads((work / "load.json").read_text())
         results_load["cached"] = True
@@ -85,29 +89,49 @@ def main(argv: list[str] | None = None) -> None:
         if name not in stages:
             continue
         print(f"[{name}] {impl} at {len(stage_dates)} as_of ...", flush=True)
-        results[name] = _child(args, name, impl=impl, clean=clean, dates=stage_dates,
-                               result=work / f"{name}.json", features=work / f"{name}.parquet")
+        results[name] = _child(
+            args,
+            name,
+            impl=impl,
+            clean=clean,
+            dates=stage_dates,
+            result=work / f"{name}.json",
+            features=work / f"{name}.parquet",
+        )
         r = results[name]
-        print(f"[{name}] {r['entities']:,} entities: features {r['features_s']:.2f} s, "
-              f"peak RSS {r['peak_rss_bytes'] / GIB:.2f} GiB", flush=True)
+        print(
+            f"[{name}] {r['entities']:,} entities: features {r['features_s']:.2f} s, "
+            f"peak RSS {r['peak_rss_bytes'] / GIB:.2f} GiB",
+            flush=True,
+        )
 
     checks = {}
     for cg, pd_ in (("cg_1", "pd_1"), ("cg_n", "pd_n")):
         if cg in results and pd_ in results:
             print(f"[compare] {cg} vs {pd_} ...", flush=True)
-            checks[f"{cg} vs {pd_}"] = _child(args, "compare", left=work / f"{cg}.parquet",
-                                              right=work / f"{pd_}.parquet", result=work / f"cmp_{cg}.json")
+            checks[f"{cg} vs {pd_}"] = _child(
+                args,
+                "compare",
+                left=work / f"{cg}.parquet",
+                right=work / f"{pd_}.parquet",
+                result=work / f"cmp_{cg}.json",
+            )
     if "single" in stages:
         print("[single] one customer, sequential calls ...", flush=True)
         results["single"] = _child(args, "single", result=work / "single.json")
 
     report = {
         "machine": machine_info(),
-        "config": {"customers": args.customers, "seed": args.seed, "snapshots": args.snapshots,
-                   "pandas_snapshots": args.pandas_snapshots or args.snapshots,
-                   "as_of_dates": [str(d) for d in dates], "data_dir": str(data_dir),
-                   "data_rows": {k: v["rows"] for k, v in manifest["files"].items()},
-                   "generation_s": generation},
+        "config": {
+            "customers": args.customers,
+            "seed": args.seed,
+            "snapshots": args.snapshots,
+            "pandas_snapshots": args.pandas_snapshots or args.snapshots,
+            "as_of_dates": [str(d) for d in dates],
+            "data_dir": str(data_dir),
+            "data_rows": {k: v["rows"] for k, v in manifest["files"].items()},
+            "generation_s": generation,
+        },
         "load": results_load,
         "stages": results,
         "speedup": _speedups(results, args.snapshots),
@@ -122,18 +146,26 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--customers", type=int, default=1_000_000)
     p.add_argument("--snapshots", type=int, default=6, help="monthly as_of dates of the multi-as_of stages")
-    p.add_argument("--pandas-snapshots", type=int, default=0,
-                   help="run pandas on only the last k dates and extrapolate (default: all, measured)")
+    p.add_argument(
+        "--pandas-snapshots",
+        type=int,
+        default=0,
+        help="run pandas on only the last k dates and extrapolate (default: all, measured)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--calls", type=int, default=1000, help="sequential calls of the single-customer stage")
     p.add_argument("--threads", type=int, default=0, help="DuckDB threads, batch stages (default: all)")
-    p.add_argument("--stages", default="load,cg_1,cg_n,pd_1,pd_n,single",
-                   help="comma-separated subset (without 'load' the cached validated data is reused)")
+    p.add_argument(
+        "--stages",
+        default="load,cg_1,cg_n,pd_1,pd_n,single",
+        help="comma-separated subset (without 'load' the cached validated data is reused)",
+    )
     p.add_argument("--regenerate", action="store_true", help="ignore cached demo data")
     # internal: run one stage in this (child) process
     p.add_argument("--stage", help=argparse.SUPPRESS)
@@ -151,9 +183,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _child(args: argparse.Namespace, stage: str, *, result: Path, **options) -> dict:
     """Run one stage in a fresh interpreter; return its JSON result (plus the parent-side wall time)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--result", str(result),
-           "--customers", str(args.customers), "--seed", str(args.seed), "--calls", str(args.calls),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--stage",
+        stage,
+        "--result",
+        str(result),
+        "--customers",
+        str(args.customers),
+        "--seed",
+        str(args.seed),
+        "--calls",
+        str(args.calls),
+        "--threads",
+        str(args.threads),
+    ]
     for key, value in options.items():
         if key == "dates":
             value = ",".join(str(d) for d in value)
@@ -213,8 +258,7 @@ def stage_generate(data_dir: Path, customers: int, seed: int) -> dict:
     from features.demo import generate
 
     started = time.perf_counter()
-    generate(data_dir, customers=customers, seed=seed, fmt="parquet",
-             progress=lambda m: print(f"  {m}", flush=True))
+    generate(data_dir, customers=customers, seed=seed, fmt="parquet", progress=lambda m: print(f"  {m}", flush=True))
     return {"generate_s": time.perf_counter() - started, "peak_rss_bytes": _maxrss()}
 
 
@@ -226,10 +270,17 @@ def stage_load(data_dir: Path, now: datetime, clean: Path) -> dict:
 
     t = time.perf_counter()
     data, rejects = load_dataset(data_dir, now=now)
-    out: dict = {"load_s": time.perf_counter() - t, "peak_rss_bytes": _maxrss(),
-                 "rows": {"transactions": data.transactions.num_rows, "events": data.events.num_rows,
-                          "customers": data.customers.num_rows, "rejected": rejects.num_rows},
-                 "dataset_bytes": sum(t.nbytes for t in (data.transactions, data.events, data.customers))}
+    out: dict = {
+        "load_s": time.perf_counter() - t,
+        "peak_rss_bytes": _maxrss(),
+        "rows": {
+            "transactions": data.transactions.num_rows,
+            "events": data.events.num_rows,
+            "customers": data.customers.num_rows,
+            "rejected": rejects.num_rows,
+        },
+        "dataset_bytes": sum(t.nbytes for t in (data.transactions, data.events, data.customers)),
+    }
     clean.mkdir(parents=True, exist_ok=True)
     for name in ("transactions", "events", "customers"):
         table = getattr(data, name)
@@ -315,8 +366,7 @@ def compare_outputs(left: Path, right: Path) -> dict:
     pairs = li.join(ri, keys, join_type="inner").sort_by("__r")
     lpos, rpos = pairs["__l"].to_numpy(), pairs["__r"].to_numpy()
     names = [n for n in pq.read_schema(left).names if n not in keys]
-    out: dict = {"rows_left": lk.num_rows, "rows_right": rk.num_rows, "rows_matched": len(lpos),
-                 "columns": {}}
+    out: dict = {"rows_left": lk.num_rows, "rows_right": rk.num_rows, "rows_matched": len(lpos), "columns": {}}
     worst_abs, worst_rel, mismatches = 0.0, 0.0, 0
     for name in names:
         a = pq.read_table(left, columns=[name])[name].to_numpy(zero_copy_only=False)[lpos].astype("float64")
@@ -329,11 +379,19 @@ def compare_outputs(left: Path, right: Path) -> dict:
         rel = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)
         max_abs, max_rel = float(diff.max(initial=0.0)), float(rel.max(initial=0.0))
         bad = int((~np.isclose(b[both], a[both], rtol=1e-9, atol=1e-9)).sum()) + null_mismatch
-        out["columns"][name] = {"max_abs": max_abs, "max_rel": max_rel, "null_mismatch": null_mismatch,
-                                "rows_differing": bad}
+        out["columns"][name] = {
+            "max_abs": max_abs,
+            "max_rel": max_rel,
+            "null_mismatch": null_mismatch,
+            "rows_differing": bad,
+        }
         worst_abs, worst_rel, mismatches = max(worst_abs, max_abs), max(worst_rel, max_rel), mismatches + bad
-    out.update(max_abs=worst_abs, max_rel=worst_rel, rows_differing=mismatches,
-               equal=mismatches == 0 and len(lpos) == rk.num_rows)
+    out.update(
+        max_abs=worst_abs,
+        max_rel=worst_rel,
+        rows_differing=mismatches,
+        equal=mismatches == 0 and len(lpos) == rk.num_rows,
+    )
     return out
 
 
@@ -349,14 +407,23 @@ def single_customer_records(as_of: datetime, seed: int = 7) -> tuple[list[dict],
         when = as_of - timedelta(days=rng.uniform(0, 700), seconds=rng.randint(0, 86_399))
         order = f"o{len(txs)}"
         for _ in range(min(rng.randint(1, 4), 50 - len(txs))):
-            txs.append({"customer_id": cid, "timestamp": when, "amount": round(rng.uniform(5, 120), 2),
-                        "order_id": order, "product_id": f"p{rng.randint(1, 300)}",
-                        "category": rng.choice(["home", "toys", "books"]),
-                        "channel": rng.choice(["web", "app"])})
+            txs.append(
+                {
+                    "customer_id": cid,
+                    "timestamp": when,
+                    "amount": round(rng.uniform(5, 120), 2),
+                    "order_id": order,
+                    "product_id": f"p{rng.randint(1, 300)}",
+                    "category": rng.choice(["home", "toys", "books"]),
+                    "channel": rng.choice(["web", "app"]),
+                }
+            )
     txs[-1] = dict(txs[-1], amount=-txs[-1]["amount"])  # a refund
     types = ["session", "email_open", "email_click", "support_ticket", "app_login"]
-    evs = [{"customer_id": cid, "event_type": rng.choice(types),
-            "timestamp": as_of - timedelta(days=rng.uniform(0, 365))} for _ in range(100)]
+    evs = [
+        {"customer_id": cid, "event_type": rng.choice(types), "timestamp": as_of - timedelta(days=rng.uniform(0, 365))}
+        for _ in range(100)
+    ]
     cus = [{"customer_id": cid, "signup_date": as_of - timedelta(days=720), "churn_date": None}]
     return txs, evs, cus
 
@@ -390,8 +457,12 @@ def stage_single(calls: int) -> dict:
         return pandas_features(data, entities_pd)
 
     out: dict = {"transactions": len(txs), "events": len(evs), "calls": calls}
-    for name, fn in (("churnguard", churnguard), ("churnguard_incl_from_records", churnguard_from_records),
-                     ("churnguard_duckdb", churnguard_duckdb), ("pandas", pandas)):
+    for name, fn in (
+        ("churnguard", churnguard),
+        ("churnguard_incl_from_records", churnguard_from_records),
+        ("churnguard_duckdb", churnguard_duckdb),
+        ("pandas", pandas),
+    ):
         for _ in range(max(20, calls // 20)):  # warm-up
             fn()
         ms = np.empty(calls)
@@ -399,8 +470,12 @@ def stage_single(calls: int) -> dict:
             t = time.perf_counter()
             fn()
             ms[i] = (time.perf_counter() - t) * 1000
-        out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-                     "mean_ms": float(ms.mean()), "max_ms": float(ms.max())}
+        out[name] = {
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()),
+            "max_ms": float(ms.max()),
+        }
     a = churnguard().to_pandas()
     b = pandas()
     diffs = []
@@ -438,9 +513,14 @@ def machine_info() -> dict:
     import duckdb
     import pandas as pd
 
-    info = {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "duckdb": duckdb.__version__, "pandas": pd.__version__}
+    info = {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "duckdb": duckdb.__version__,
+        "pandas": pd.__version__,
+    }
     try:
         meminfo = Path("/proc/meminfo").read_text().splitlines()
         total_kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
@@ -485,13 +565,20 @@ def to_markdown(r: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     ld = r["load"]
-    lines.insert(-2, f"Load + validate (`load_dataset`, own process): **{ld['load_s']:.1f} s**, peak RSS "
-                     f"{ld['peak_rss_bytes'] / GIB:.2f} GiB; clean dataset "
-                     f"{ld['dataset_bytes'] / GIB:.2f} GiB in Arrow, {ld['rows']['rejected']:,} rows rejected"
-                     + (" (cached from an earlier run)." if ld.get("cached") else "."))
+    lines.insert(
+        -2,
+        f"Load + validate (`load_dataset`, own process): **{ld['load_s']:.1f} s**, peak RSS "
+        f"{ld['peak_rss_bytes'] / GIB:.2f} GiB; clean dataset "
+        f"{ld['dataset_bytes'] / GIB:.2f} GiB in Arrow, {ld['rows']['rejected']:,} rows rejected"
+        + (" (cached from an earlier run)." if ld.get("cached") else "."),
+    )
     lines.insert(-2, "")
-    labels = {"cg_1": "churnguard, 1 as_of", "cg_n": f"churnguard, {cfg['snapshots']} as_of",
-              "pd_1": "pandas, 1 as_of", "pd_n": f"pandas, {cfg['snapshots']} as_of"}
+    labels = {
+        "cg_1": "churnguard, 1 as_of",
+        "cg_n": f"churnguard, {cfg['snapshots']} as_of",
+        "pd_1": "pandas, 1 as_of",
+        "pd_n": f"pandas, {cfg['snapshots']} as_of",
+    }
     for key, label in labels.items():
         if key not in st:
             continue
@@ -499,8 +586,7 @@ def to_markdown(r: dict) -> str:
         target, ok = "", ""
         if key == "cg_1":
             target = f"< {TARGETS['cg_1_seconds']:.0f} s, < {TARGETS['cg_1_peak_gib']:.0f} GiB"
-            ok = _ok(s["features_s"] < TARGETS["cg_1_seconds"]
-                     and s["peak_rss_bytes"] / GIB < TARGETS["cg_1_peak_gib"])
+            ok = _ok(s["features_s"] < TARGETS["cg_1_seconds"] and s["peak_rss_bytes"] / GIB < TARGETS["cg_1_peak_gib"])
         elif key == "cg_n":
             target = f"< {TARGETS['cg_n_seconds']:.0f} s"
             ok = _ok(s["features_s"] < TARGETS["cg_n_seconds"])
@@ -510,25 +596,32 @@ def to_markdown(r: dict) -> str:
             feat = f"{feat} ({len(s['as_of'])} as_of measured; **~{est:.0f} extrapolated**)"
             label += f" (measured {len(s['as_of'])})"
         load = "-".join(f"{x:.1f}" for x in s.get("loadavg_1min", []))
-        lines.append(f"| {label} | {len(s['as_of'])} | {s['entities']:,} | {feat} | "
-                     f"{s['features_cpu_s']:.1f} | "
-                     f"{s['peak_rss_bytes'] / GIB:.2f} | {s['rss_before_features_bytes'] / GIB:.2f} | "
-                     f"{load} | "
-                     f"{target} | {ok} |")
+        lines.append(
+            f"| {label} | {len(s['as_of'])} | {s['entities']:,} | {feat} | "
+            f"{s['features_cpu_s']:.1f} | "
+            f"{s['peak_rss_bytes'] / GIB:.2f} | {s['rss_before_features_bytes'] / GIB:.2f} | "
+            f"{load} | "
+            f"{target} | {ok} |"
+        )
     lines.append("")
-    notes = ["features s: wall time of the feature computation only; CPU s: its CPU time over all threads "
-             "(DuckDB uses every core, pandas one); peak RSS: the stage process's ru_maxrss, which "
-             "includes the resident clean dataset (RSS before = after reading it and selecting entities)."]
+    notes = [
+        "features s: wall time of the feature computation only; CPU s: its CPU time over all threads "
+        "(DuckDB uses every core, pandas one); peak RSS: the stage process's ru_maxrss, which "
+        "includes the resident clean dataset (RSS before = after reading it and selecting entities)."
+    ]
     for key in ("cg_1", "cg_n"):
         if key in st:
             s = st[key]
-            notes.append(f"{labels[key]}: + {s['compile_s']:.2f} s one-off Ibis->SQL compile "
-                         f"(not in features s); entity selection {s['entities_s']:.2f} s.")
+            notes.append(
+                f"{labels[key]}: + {s['compile_s']:.2f} s one-off Ibis->SQL compile "
+                f"(not in features s); entity selection {s['entities_s']:.2f} s."
+            )
     for key in ("pd_1", "pd_n"):
         if key in st:
             s = st[key]
-            notes.append(f"{labels[key]}: features s = {s['to_pandas_s']:.2f} s Arrow->pandas + "
-                         f"{s['compute_s']:.2f} s compute.")
+            notes.append(
+                f"{labels[key]}: features s = {s['to_pandas_s']:.2f} s Arrow->pandas + {s['compute_s']:.2f} s compute."
+            )
     for name, sp in r["speedup"].items():
         lines_ = f"Speed-up {name} (same run): **{sp['ratio']:.1f}x**"
         lines_ += f" (excl. Arrow->pandas: {sp['ratio_excl_to_pandas']:.1f}x)"
@@ -538,13 +631,16 @@ def to_markdown(r: dict) -> str:
         notes.append(f"{lines_}; target >= {TARGETS['speedup']:.0f}x {ok}.")
     for name, c in r["value_checks"].items():
         verdict = "**equal**" if c["equal"] else f"**DIFFERENT** ({c['rows_differing']:,} differing values)"
-        notes.append(f"Values {name}: {verdict} over {c['rows_matched']:,} rows x {len(c['columns'])} "
-                     "features; "
-                     f"max abs diff {c['max_abs']:.3g}, max rel diff {c['max_rel']:.3g}.")
+        notes.append(
+            f"Values {name}: {verdict} over {c['rows_matched']:,} rows x {len(c['columns'])} "
+            "features; "
+            f"max abs diff {c['max_abs']:.3g}, max rel diff {c['max_rel']:.3g}."
+        )
         bad = {k: v for k, v in c["columns"].items() if v["rows_differing"]}
         for k, v in list(bad.items())[:10]:
-            notes.append(f"  - {k}: {v['rows_differing']} rows, max abs {v['max_abs']:.3g}, "
-                         f"null mismatches {v['null_mismatch']}")
+            notes.append(
+                f"  - {k}: {v['rows_differing']} rows, max abs {v['max_abs']:.3g}, null mismatches {v['null_mismatch']}"
+            )
     lines += [f"- {n}" for n in notes]
     if "single" in st:
         s = st["single"]
@@ -556,15 +652,19 @@ def to_markdown(r: dict) -> str:
             "| implementation | p50 ms | p99 ms | mean ms | target |",
             "|---|---:|---:|---:|---|",
         ]
-        for name, label in (("churnguard", "churnguard build_features, SQLiteEngine (the API's engine)"),
-                            ("churnguard_incl_from_records", "  same, incl. Dataset.from_records"),
-                            ("churnguard_duckdb", "churnguard build_features, DuckDBEngine(threads=1)"),
-                            ("pandas", "pandas reference")):
+        for name, label in (
+            ("churnguard", "churnguard build_features, SQLiteEngine (the API's engine)"),
+            ("churnguard_incl_from_records", "  same, incl. Dataset.from_records"),
+            ("churnguard_duckdb", "churnguard build_features, DuckDBEngine(threads=1)"),
+            ("pandas", "pandas reference"),
+        ):
             x = s[name]
-            target = (f"p99 < {TARGETS['single_p99_ms']:.0f} ms {_ok(x['p99_ms'] < TARGETS['single_p99_ms'])}"
-                      if name == "churnguard" else "")
-            lines.append(f"| {label} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['mean_ms']:.2f} | "
-                         f"{target} |")
+            target = (
+                f"p99 < {TARGETS['single_p99_ms']:.0f} ms {_ok(x['p99_ms'] < TARGETS['single_p99_ms'])}"
+                if name == "churnguard"
+                else ""
+            )
+            lines.append(f"| {label} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['mean_ms']:.2f} | {target} |")
         lines.append("")
         equal = "yes" if s["values_equal"] else s["differing_columns"]
         lines.append(f"- Single-customer values equal: {equal}.")

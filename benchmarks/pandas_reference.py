@@ -72,16 +72,20 @@ def pandas_features(
 # --------------------------------------------------------------------------------------------- one snapshot
 
 
-def _snapshot(frames: Frames, ent: pd.DataFrame, as_of: pd.Timestamp,
-              event_types: tuple[str, ...]) -> pd.DataFrame:
+def _snapshot(frames: Frames, ent: pd.DataFrame, as_of: pd.Timestamp, event_types: tuple[str, ...]) -> pd.DataFrame:
     ids = pd.Index(ent["customer_id"].unique())
     lines = _before(frames.transactions, ids, as_of)
     events = _before(frames.events, ids, as_of)
     purchases = lines[lines["amount"] > 0]
 
     out = ent.copy()
-    for block in (_order_features(purchases), _line_features(lines, purchases), _day_features(purchases),
-                  _event_features(events, event_types), _customer_features(frames.customers, ids, as_of)):
+    for block in (
+        _order_features(purchases),
+        _line_features(lines, purchases),
+        _day_features(purchases),
+        _event_features(events, event_types),
+        _customer_features(frames.customers, ids, as_of),
+    ):
         out = out.join(block, on="customer_id")
     _fill(out, event_types)
     _derive(out, as_of, event_types)
@@ -99,10 +103,12 @@ def _order_features(purchases: pd.DataFrame) -> pd.DataFrame:
     order_key = purchases["order_id"].copy()
     no_id = order_key.isna()
     order_key[no_id] = purchases.loc[no_id, "timestamp"].astype(str)  # one order per time stamp
-    orders = (purchases.assign(order_key=order_key)
-              .groupby(["customer_id", "order_key"], sort=False)
-              .agg(value=("amount", "sum"), age=("age", "max"))
-              .reset_index())
+    orders = (
+        purchases.assign(order_key=order_key)
+        .groupby(["customer_id", "order_key"], sort=False)
+        .agg(value=("amount", "sum"), age=("age", "max"))
+        .reset_index()
+    )
     for w in WINDOWS:
         orders[f"in_{w}"] = orders["age"] < w
     orders["in_prev"] = (orders["age"] >= 90) & (orders["age"] < 180)
@@ -143,13 +149,19 @@ def _line_features(lines: pd.DataFrame, purchases: pd.DataFrame) -> pd.DataFrame
 
 def _day_features(purchases: pd.DataFrame) -> pd.DataFrame:
     day = purchases["timestamp"].dt.floor("D")
-    days = (pd.DataFrame({"customer_id": purchases["customer_id"], "day": day})
-            .drop_duplicates()
-            .sort_values(["customer_id", "day"]))
+    days = (
+        pd.DataFrame({"customer_id": purchases["customer_id"], "day": day})
+        .drop_duplicates()
+        .sort_values(["customer_id", "day"])
+    )
     days["gap"] = days.groupby("customer_id", sort=False)["day"].diff().dt.days.astype("float64")
     g = days.groupby("customer_id", sort=False)
-    out = g.agg(purchase_days=("day", "size"), gap_mean_days=("gap", "mean"), gap_std_days=("gap", "std"),
-                gap_max_days=("gap", "max"))
+    out = g.agg(
+        purchase_days=("day", "size"),
+        gap_mean_days=("gap", "mean"),
+        gap_std_days=("gap", "std"),
+        gap_max_days=("gap", "max"),
+    )
     most_recent = days.drop_duplicates("customer_id", keep="last").set_index("customer_id")
     out["last_gap_days"] = most_recent["gap"]
     return out
@@ -180,8 +192,7 @@ def _customer_features(customers: pd.DataFrame, ids: pd.Index, as_of: pd.Timesta
     signed_up = cu["signup_date"] < as_of
     signup_age = ((as_of - cu["signup_date"]).dt.total_seconds() / DAY_SECONDS).where(signed_up)
     cancelled = (cu["churn_date"] < as_of).astype("int64")  # NaT < x is False
-    table = pd.DataFrame({"customer_id": cu["customer_id"], "days_since_signup": signup_age,
-                          "cancelled": cancelled})
+    table = pd.DataFrame({"customer_id": cu["customer_id"], "days_since_signup": signup_age, "cancelled": cancelled})
     return table.groupby("customer_id", sort=False).max()
 
 

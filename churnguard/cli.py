@@ -28,12 +28,27 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
-DataOpt = Annotated[Path, typer.Option("--data", "-d", help="Input folder: transactions.{csv,parquet}, optional "
-                                       "events.* and customers.*, optional churnguard.yaml column mapping.")]
-MappingOpt = Annotated[Path | None, typer.Option("--mapping", help="Column mapping YAML (default: <data>/churnguard.yaml).")]
-MapOpt = Annotated[list[str] | None, typer.Option("--map", help="Map a column: [table.]column=source, or "
-                                                  "column='expression', e.g. --map timestamp=invoice_date "
-                                                  "--map 'amount=quantity * price'.")]
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Input folder: transactions.{csv,parquet}, optional "
+        "events.* and customers.*, optional churnguard.yaml column mapping.",
+    ),
+]
+MappingOpt = Annotated[
+    Path | None, typer.Option("--mapping", help="Column mapping YAML (default: <data>/churnguard.yaml).")
+]
+MapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--map",
+        help="Map a column: [table.]column=source, or "
+        "column='expression', e.g. --map timestamp=invoice_date "
+        "--map 'amount=quantity * price'.",
+    ),
+]
 
 
 def friendly_errors(fn: F) -> F:
@@ -87,7 +102,9 @@ def generate(
     out: Annotated[Path, typer.Option(help="Folder to write the demo data into.")] = Path("data/demo"),
     customers: Annotated[int, typer.Option(min=10, help="Number of customers.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 42,
-    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the data.")] = datetime(2023, 1, 1),
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="First day of the data.")] = datetime(
+        2023, 1, 1
+    ),
     months: Annotated[int, typer.Option(min=3, max=120, help="Months of history.")] = 24,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
 ) -> None:
@@ -109,8 +126,9 @@ def generate(
 @friendly_errors
 def validate(
     data: DataOpt,
-    rejects: Annotated[Path | None, typer.Option(help="Write rejected rows (with file, row, reason) here, "
-                                                 ".csv or .parquet.")] = None,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Write rejected rows (with file, row, reason) here, .csv or .parquet.")
+    ] = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
@@ -128,8 +146,9 @@ def validate(
 @friendly_errors
 def features(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Input folder (see `churn validate`).")] = None,
-    as_of: Annotated[list[datetime] | None, typer.Option(formats=DATE_FORMATS, help="Snapshot date; repeat for "
-                                                          "several snapshots.")] = None,
+    as_of: Annotated[
+        list[datetime] | None, typer.Option(formats=DATE_FORMATS, help="Snapshot date; repeat for several snapshots.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Feature table to write (.parquet or .csv).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="Print the feature registry and exit.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="With --list: print it as a Markdown table.")] = False,
@@ -181,21 +200,29 @@ def labels(
     table = build_labels(dataset, entities_at(dataset, as_of), horizon_days=horizon)
     write_table(table, out)
     churned = sum(table["churned"].to_pylist())
-    console.print(f"wrote {table.num_rows:,} labels to [bold]{out}[/bold]; churn rate at {horizon} days: "
-                  f"{churned / max(table.num_rows, 1):.1%}")
+    console.print(
+        f"wrote {table.num_rows:,} labels to [bold]{out}[/bold]; churn rate at {horizon} days: "
+        f"{churned / max(table.num_rows, 1):.1%}"
+    )
 
 
 @app.command()
 @friendly_errors
 def train(
     data: DataOpt,
-    as_of: Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="Train as if today were this date: "
-                                                  "label windows end before it.")] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(formats=DATE_FORMATS, help="Train as if today were this date: label windows end before it."),
+    ] = None,
     horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default from settings).")] = None,
     model_name: Annotated[str | None, typer.Option(help="Registered model name (default from settings).")] = None,
-    promote_: Annotated[bool, typer.Option("--promote", help="Make it champion if it is at least as good as the "
-                                           "current one on the same held-out data.")] = False,
+    promote_: Annotated[
+        bool,
+        typer.Option(
+            "--promote", help="Make it champion if it is at least as good as the current one on the same held-out data."
+        ),
+    ] = False,
     backtest: Annotated[bool, typer.Option(help="Run the rolling-origin backtest.")] = True,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
@@ -208,14 +235,17 @@ def train(
     settings = _settings()
     dataset, _ = load_data(data, mapping, map_, settings)
     with progress("training", total=None) as advance:
-        result = train_model(dataset, settings, as_of=as_of, horizon_days=horizon_days,
-                             progress=lambda n=1, d=None: advance(n, d))
+        result = train_model(
+            dataset, settings, as_of=as_of, horizon_days=horizon_days, progress=lambda n=1, d=None: advance(n, d)
+        )
     print_comparison(result.evaluation.to_dict())
     with console.status("logging to MLflow and registering the model..."):
         logged = log_training(result, settings, experiment=experiment, model_name=model_name)
     name = model_name or settings.mlflow.model_name
-    console.print(f"registered [bold]{name}[/bold] version {logged.version} as challenger"
-                  + (" and champion (first version)" if logged.became_champion else ""))
+    console.print(
+        f"registered [bold]{name}[/bold] version {logged.version} as challenger"
+        + (" and champion (first version)" if logged.became_champion else "")
+    )
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if promote_ and not logged.became_champion:
         decision = promote(settings, data=dataset, model_name=model_name)
@@ -227,8 +257,9 @@ def train(
 def evaluate(
     run_id: Annotated[str | None, typer.Option("--run", help="MLflow run id (default: the challenger's run).")] = None,
     version: Annotated[str | None, typer.Option(help="Registered model version instead of the challenger.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for report.md and plots (default <data_dir>/reports/...).")]
-    = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for report.md and plots (default <data_dir>/reports/...).")
+    ] = None,
 ) -> None:
     """Print the held-out comparison table and write report.md with the plots."""
     from churnguard.console import print_comparison
@@ -245,8 +276,12 @@ def evaluate(
 @app.command()
 @friendly_errors
 def promote(
-    data: Annotated[Path | None, typer.Option("--data", "-d", help="Score champion and challenger on the "
-                                              "challenger's held-out snapshot of this data.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", "-d", help="Score champion and challenger on the challenger's held-out snapshot of this data."
+        ),
+    ] = None,
     model_name: Annotated[str | None, typer.Option(help="Registered model name (default from settings).")] = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
@@ -265,15 +300,18 @@ def promote(
 def score(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="Scorecards to write (.parquet or .csv), written atomically.")],
-    as_of: Annotated[datetime | None, typer.Option(formats=DATE_FORMATS, help="Score as of this date "
-                                                  "(default: now).")] = None,
+    as_of: Annotated[
+        datetime | None, typer.Option(formats=DATE_FORMATS, help="Score as of this date (default: now).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model URI (default models:/<name>@champion).")] = None,
     outreach_out: Annotated[Path | None, typer.Option(help="Ranked outreach list (.csv or .parquet).")] = None,
-    capacity: Annotated[int | None, typer.Option(min=1, help="At most this many customers on the outreach list.")]
-    = None,
+    capacity: Annotated[
+        int | None, typer.Option(min=1, help="At most this many customers on the outreach list.")
+    ] = None,
     budget: Annotated[float | None, typer.Option(min=0, help="At most this much action cost on the list.")] = None,
-    rejects: Annotated[Path | None, typer.Option(help="Customers not scored, with the reason (default: "
-                                                 "<out>.rejected.csv).")] = None,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Customers not scored, with the reason (default: <out>.rejected.csv).")
+    ] = None,
     reasons: Annotated[str | None, typer.Option(help="top_reasons for: outreach (default), all, none.")] = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
@@ -296,15 +334,27 @@ def score(
         churn_model = load_model(settings, model)
     total = entities_at(dataset, when).num_rows
     with progress(f"scoring as of {when:%Y-%m-%d}", total=total) as advance:
-        result = score_batch(dataset, churn_model, policy, as_of=when, invalid_customer_ids=row_rejects["customer_id"],
-                             chunk_size=settings.scoring.chunk_size, capacity=capacity, budget=budget,
-                             control_share=settings.scoring.control_share, reasons=who, seed=settings.training.seed,
-                             progress=advance)
+        result = score_batch(
+            dataset,
+            churn_model,
+            policy,
+            as_of=when,
+            invalid_customer_ids=row_rejects["customer_id"],
+            chunk_size=settings.scoring.chunk_size,
+            capacity=capacity,
+            budget=budget,
+            control_share=settings.scoring.control_share,
+            reasons=who,
+            seed=settings.training.seed,
+            progress=advance,
+        )
     rejects_path = rejects or out.with_name(out.stem + ".rejected.csv")
     write_batch(result, out, outreach_out if outreach_out else None, rejects_path)
     print_batch_summary(result, churn_model.model_version)
-    console.print(f"scorecards: [bold]{out}[/bold]; not scored: [bold]{rejects_path}[/bold]"
-                  + (f"; outreach list: [bold]{outreach_out}[/bold]" if outreach_out else ""))
+    console.print(
+        f"scorecards: [bold]{out}[/bold]; not scored: [bold]{rejects_path}[/bold]"
+        + (f"; outreach list: [bold]{outreach_out}[/bold]" if outreach_out else "")
+    )
 
 
 @app.command()
@@ -335,8 +385,11 @@ def serve(
     with console.status("syncing the champion into BentoML's model store..."):
         tag = import_champion(settings, model)
     console.print(f"serving {tag} on http://localhost:{port or settings.serving.port} (docs at /, health at /readyz)")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri,
-           "CHURN_DATA_DIR": str(settings.data_dir.resolve())}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "CHURN_DATA_DIR": str(settings.data_dir.resolve()),
+    }
     env.pop("CHURN_SCORING__MODEL_URI", None)  # serve what is in the store: the synced champion
     cmd = ["bentoml", "serve", "serving.service:ChurnService", "--port", str(port or settings.serving.port)]
     raise typer.Exit(subprocess.call(cmd, env=env))
@@ -352,8 +405,10 @@ def bento(
 
     settings = _settings()
     tag, bento_tag = build_bento(settings, model)
-    console.print(f"model {tag} imported; bento [bold]{bento_tag}[/bold] built. Container image: "
-                  f"`bentoml containerize {bento_tag}` (needs Docker)")
+    console.print(
+        f"model {tag} imported; bento [bold]{bento_tag}[/bold] built. Container image: "
+        f"`bentoml containerize {bento_tag}` (needs Docker)"
+    )
 
 
 def _print_registry(specs, feature_set: str) -> None:
@@ -365,7 +420,6 @@ def _print_registry(specs, feature_set: str) -> None:
     for s in specs:
         table.add_row(s.name, s.dtype, s.group, s.description)
     console.print(table)
-
 
 
 if __name__ == "__main__":

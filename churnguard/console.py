@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys  # noqa: E402
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,8 +11,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.dataset import ValidationReport
-
-import sys  # noqa: E402
 
 # piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 140)
@@ -70,8 +69,11 @@ def print_comparison(evaluation: dict, title: str = "Held-out comparison") -> No
 
     rows = comparison_rows(evaluation)
     best = {m: (min if m in LOWER_IS_BETTER else max)(r[m] for r in rows) for m in METRIC_ORDER}
-    table = Table(title=f"{title}: snapshot {evaluation['holdout_as_of']}, {evaluation['n_holdout']:,} customers, "
-                        f"churn rate {evaluation['holdout_churn_rate']:.1%}", title_justify="left")
+    table = Table(
+        title=f"{title}: snapshot {evaluation['holdout_as_of']}, {evaluation['n_holdout']:,} customers, "
+        f"churn rate {evaluation['holdout_churn_rate']:.1%}",
+        title_justify="left",
+    )
     table.add_column("model")
     table.add_column("role")
     for m in METRIC_ORDER:
@@ -92,8 +94,10 @@ def print_comparison(evaluation: dict, title: str = "Held-out comparison") -> No
         )
     v = evaluation.get("value") or {}
     if v:
-        console.print(f"value: Spearman {v['value_spearman']:.3f} with spend in the window, "
-                      f"predicted/actual {v['value_ratio_predicted_to_actual']:.2f}")
+        console.print(
+            f"value: Spearman {v['value_spearman']:.3f} with spend in the window, "
+            f"predicted/actual {v['value_ratio_predicted_to_actual']:.2f}"
+        )
     rates = evaluation.get("snapshot_churn_rates") or {}
     if rates:
         console.print("churn rate per snapshot: " + ", ".join(f"{d} {r:.1%}" for d, r in rates.items()))

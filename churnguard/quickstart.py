@@ -24,8 +24,9 @@ class QuickstartResult:
     model_version: str
 
 
-def run_quickstart(settings: Settings, *, customers: int = 20_000, seed: int = 42, months: int = 24,
-                   capacity: int = 500) -> QuickstartResult:
+def run_quickstart(
+    settings: Settings, *, customers: int = 20_000, seed: int = 42, months: int = 24, capacity: int = 500
+) -> QuickstartResult:
     from features.demo import generate
     from features.validate import load_dataset
     from serving.policy import load_policy
@@ -41,7 +42,9 @@ def run_quickstart(settings: Settings, *, customers: int = 20_000, seed: int = 4
 
     step("generating demo data")
     summary = generate(demo_dir, customers=customers, seed=seed, start=start, months=months, fmt="csv")
-    console.print(f"  {summary.n_customers:,} customers, " + ", ".join(f"{k} {v:,} rows" for k, v in summary.rows.items()))
+    console.print(
+        f"  {summary.n_customers:,} customers, " + ", ".join(f"{k} {v:,} rows" for k, v in summary.rows.items())
+    )
 
     step("validating")
     data, rejects = load_dataset(demo_dir, now=now_utc(), reject_future=settings.validation.reject_future)
@@ -55,12 +58,15 @@ def run_quickstart(settings: Settings, *, customers: int = 20_000, seed: int = 4
     with progress("training") as advance:
         result = train(data, settings, progress=lambda n=1, d=None: advance(n, d))
     logged = log_training(result, settings)
-    console.print(f"  registered {settings.mlflow.model_name} v{logged.version}"
-                  + (" (first version: champion)" if logged.became_champion else ""))
+    console.print(
+        f"  registered {settings.mlflow.model_name} v{logged.version}"
+        + (" (first version: champion)" if logged.became_champion else "")
+    )
 
     step("evaluation report")
-    evaluation, plots, label = fetch_evaluation(settings, root / "reports" / f"v{logged.version}" / ".mlflow",
-                                                version=logged.version)
+    evaluation, plots, label = fetch_evaluation(
+        settings, root / "reports" / f"v{logged.version}" / ".mlflow", version=logged.version
+    )
     print_comparison(evaluation, title=label)
     report = write_report(evaluation, plots, root / "reports" / f"v{logged.version}", label)
 
@@ -72,10 +78,19 @@ def run_quickstart(settings: Settings, *, customers: int = 20_000, seed: int = 4
     as_of = datetime.combine(data.data_end.date(), datetime.min.time())
     model = load_model(settings)
     with progress(f"scoring as of {as_of:%Y-%m-%d}") as advance:
-        batch = score_batch(data, model, load_policy(settings.scoring.policy_file), as_of=as_of,
-                            invalid_customer_ids=rejects["customer_id"], chunk_size=settings.scoring.chunk_size,
-                            capacity=capacity, control_share=settings.scoring.control_share,
-                            reasons=settings.scoring.reasons, seed=settings.training.seed, progress=advance)
+        batch = score_batch(
+            data,
+            model,
+            load_policy(settings.scoring.policy_file),
+            as_of=as_of,
+            invalid_customer_ids=rejects["customer_id"],
+            chunk_size=settings.scoring.chunk_size,
+            capacity=capacity,
+            control_share=settings.scoring.control_share,
+            reasons=settings.scoring.reasons,
+            seed=settings.training.seed,
+            progress=advance,
+        )
     outputs = root / "outputs"
     scores, outreach, rejected = outputs / "scores.parquet", outputs / "outreach.csv", outputs / "not_scored.csv"
     write_batch(batch, scores, outreach, rejected)

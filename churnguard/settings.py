@@ -51,7 +51,9 @@ class FeatureSettings(_Section):
 
 
 class LabelSettings(_Section):
-    horizon_days: int = Field(90, ge=7, le=730, description="Churn horizon H: churned = no purchase in [as_of, as_of+H).")
+    horizon_days: int = Field(
+        90, ge=7, le=730, description="Churn horizon H: churned = no purchase in [as_of, as_of+H)."
+    )
 
 
 class TrainingSettings(_Section):

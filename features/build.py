@@ -27,7 +27,7 @@ from churnguard.settings import DEFAULT_EVENT_TYPES
 from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS
 from features.dataset import Dataset
 from features.duck import connect
-from features.engines import TABLE_NAMES, DuckDBEngine, Engine, default_engine
+from features.engines import TABLE_NAMES, Engine, default_engine
 from features.registry import FeatureSpec, feature_registry
 
 KEYS = ("customer_id", "as_of")
@@ -75,7 +75,9 @@ def entities_at(data: Dataset, as_of: datetime | date | Sequence[datetime | date
     con = connect()
     con.register("tx", data.transactions.select(["customer_id", "timestamp"]))
     con.register("ev", data.events.select(["customer_id", "timestamp"]))
-    con.register("cu", data.customers.select(["customer_id", "signup_date"]).rename_columns(["customer_id", "timestamp"]))
+    con.register(
+        "cu", data.customers.select(["customer_id", "signup_date"]).rename_columns(["customer_id", "timestamp"])
+    )
     con.execute(
         "CREATE TEMP TABLE first_seen AS SELECT customer_id, min(timestamp) AS first_ts FROM "
         "(SELECT * FROM tx UNION ALL SELECT * FROM ev UNION ALL SELECT * FROM cu WHERE timestamp IS NOT NULL) "
@@ -118,8 +120,9 @@ def feature_query(event_types: tuple[str, ...]) -> ir.Table:
         agg = table.group_by("customer_id").aggregate(**aggregates)
         joined = wide.left_join(agg, "customer_id")
         wide = joined.select(*[wide[c] for c in wide.columns], *[agg[c] for c in aggregates])
-    wide = wide.mutate(**{s.name: wide[s.name].fill_null(s.fill) for s in specs if s.fill is not None and
-                          s.source != "derived"})
+    wide = wide.mutate(
+        **{s.name: wide[s.name].fill_null(s.fill) for s in specs if s.fill is not None and s.source != "derived"}
+    )
     for spec in (s for s in specs if s.source == "derived"):
         wide = wide.mutate(**{spec.name: spec.expr(wide)})
     return wide.select(*KEYS, *[_final(wide[s.name], s) for s in specs], POSITION)
@@ -138,8 +141,9 @@ def contract_tables() -> tuple[ir.Table, ir.Table, ir.Table, ir.Table]:
     """Unbound Ibis tables (transactions, events, customers, entities) that queries are written against."""
     schemas = (TRANSACTIONS.arrow_schema, EVENTS.arrow_schema, CUSTOMERS.arrow_schema, ENTITY_SCHEMA)
     names = ("transactions", "events", "customers", "entities")
-    return tuple(ibis.table(ibis.Schema.from_pyarrow(s), name=TABLE_NAMES[n]) for s, n in zip(schemas, names,
-                                                                                             strict=True))
+    return tuple(
+        ibis.table(ibis.Schema.from_pyarrow(s), name=TABLE_NAMES[n]) for s, n in zip(schemas, names, strict=True)
+    )
 
 
 def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[str, ir.Table]:
@@ -147,8 +151,11 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
     lines = _before(tx, ent)
     purchases = lines.filter(lines.amount > 0)
     # an order: lines sharing an order id; without an id, lines sharing a time stamp
-    by_order = ["customer_id", "order_id",
-                ibis.ifelse(purchases.order_id.isnull(), purchases.timestamp, None).name("at")]
+    by_order = [
+        "customer_id",
+        "order_id",
+        ibis.ifelse(purchases.order_id.isnull(), purchases.timestamp, None).name("at"),
+    ]
     orders = purchases.group_by(by_order).aggregate(value=purchases.amount.sum(), age=purchases.age.max())
     day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
     days = purchases.mutate(day=day_index).group_by(["customer_id", "day"]).aggregate(age=purchases.age.min())
@@ -166,8 +173,9 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
 
     customers = cu.join(ent, "customer_id")
     customers = customers.mutate(
-        signup_age=ibis.ifelse(customers.signup_date < customers.as_of, days_between(customers.signup_date,
-                                                                                     customers.as_of), None),
+        signup_age=ibis.ifelse(
+            customers.signup_date < customers.as_of, days_between(customers.signup_date, customers.as_of), None
+        ),
         cancelled=ibis.ifelse(customers.churn_date < customers.as_of, 1, 0),
     )
     return {"orders": orders, "lines": lines, "days": days, "event_types": event_types, "customers": customers}
@@ -206,7 +214,9 @@ def check_entities(entities: pa.Table) -> pa.Table:
 
 def feature_schema(event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES) -> pa.Schema:
     """customer_id, as_of and every registry feature with its dtype: what ``build_features`` returns."""
-    fields = [pa.field(s.name, pa.int64() if s.dtype == "int64" else pa.float64()) for s in feature_registry(event_types)]
+    fields = [
+        pa.field(s.name, pa.int64() if s.dtype == "int64" else pa.float64()) for s in feature_registry(event_types)
+    ]
     return pa.schema([*ENTITY_SCHEMA, *fields])
 
 

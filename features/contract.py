@@ -5,7 +5,8 @@ and batch validation (``features/validate.py``) derives its SQL checks and the c
 the API and the batch reader cannot disagree on what a valid transaction is.
 
 Time stamps are naive UTC, kept to the second (finer parts are dropped: churn is measured in days, and every
-feature engine then sees identical values). Amounts are in the business's currency; refunds and cancellations are valid rows
+feature engine then sees identical values). Amounts are in the business's currency; refunds and cancellations
+are valid rows
 with a negative amount (they are a churn signal, not noise).
 """
 
@@ -49,8 +50,9 @@ class _Record(BaseModel):
 class TransactionFields(_Record):
     """One purchase (positive amount) or refund (negative amount) line of a customer."""
 
-    timestamp: Timestamp = Field(description="When it happened (naive UTC or ISO 8601 with offset).",
-                                 examples=["2024-05-01T10:00:00"])
+    timestamp: Timestamp = Field(
+        description="When it happened (naive UTC or ISO 8601 with offset).", examples=["2024-05-01T10:00:00"]
+    )
     amount: Amount = Field(description="Money amount; refunds/cancellations are negative.", examples=[42.5])
     order_id: OptionalText = Field(None, description="Order/invoice id; lines of one order share it.")
     quantity: Annotated[float, AfterValidator(_finite)] | None = Field(None, description="Units bought.")

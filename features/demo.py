@@ -74,8 +74,14 @@ EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_lo
 SESSION, EMAIL_OPEN, EMAIL_CLICK, SUPPORT_TICKET, APP_LOGIN = range(len(EVENT_TYPES))
 CHANNELS = ("web", "app", "store")
 WEB, APP, STORE = range(len(CHANNELS))
-MESS_KINDS = ("duplicate", "missing_customer_id", "bad_timestamp", "future_timestamp", "missing_amount",
-              "non_numeric_amount")
+MESS_KINDS = (
+    "duplicate",
+    "missing_customer_id",
+    "bad_timestamp",
+    "future_timestamp",
+    "missing_amount",
+    "non_numeric_amount",
+)
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,32 @@ class DemoProcess:
     # seasonality of purchases, sign-ups and browsing (relative; normalised to mean 1)
     month_factors: tuple[float, ...] = (0.95, 0.85, 0.9, 0.95, 1.0, 0.85, 0.8, 0.8, 0.95, 1.0, 1.35, 1.6)
     weekday_factors: tuple[float, ...] = (0.95, 0.95, 0.95, 1.0, 1.05, 1.15, 0.95)  # Monday first
-    hour_factors: tuple[float, ...] = (0.25, 0.12, 0.08, 0.06, 0.06, 0.1, 0.25, 0.5, 0.8, 1.0, 1.1, 1.2,
-                                       1.3, 1.2, 1.1, 1.1, 1.2, 1.3, 1.5, 1.7, 1.8, 1.6, 1.1, 0.55)
+    hour_factors: tuple[float, ...] = (
+        0.25,
+        0.12,
+        0.08,
+        0.06,
+        0.06,
+        0.1,
+        0.25,
+        0.5,
+        0.8,
+        1.0,
+        1.1,
+        1.2,
+        1.3,
+        1.2,
+        1.1,
+        1.1,
+        1.2,
+        1.3,
+        1.5,
+        1.7,
+        1.8,
+        1.6,
+        1.1,
+        0.55,
+    )
     # Gamma-Gamma spend: order value ~ Gamma(p, rate nu), nu ~ Gamma(q, rate gamma); mean p * gamma / (q - 1)
     spend_p: float = 6.0
     spend_q: float = 4.0
@@ -117,8 +147,20 @@ class DemoProcess:
     extra_quantity_mean: float = 0.3
     n_products: int = 3000
     zipf_exponent: float = 1.05
-    categories: tuple[str, ...] = ("apparel", "home", "beauty", "electronics", "grocery", "toys", "sports",
-                                   "books", "garden", "pets", "jewelry", "stationery")
+    categories: tuple[str, ...] = (
+        "apparel",
+        "home",
+        "beauty",
+        "electronics",
+        "grocery",
+        "toys",
+        "sports",
+        "books",
+        "garden",
+        "pets",
+        "jewelry",
+        "stationery",
+    )
     channel_weights: tuple[float, ...] = (0.5, 0.3, 0.2)  # preferred channel: web, app, store
     channel_loyalty: float = 0.75  # share of orders through the preferred channel (others: uniform)
     # refunds
@@ -160,11 +202,17 @@ class DemoProcess:
     leaver_ticket_window_days: float = 45.0
     # mess: share of clean rows, per kind
     transaction_mess: tuple[tuple[str, float], ...] = (
-        ("duplicate", 0.004), ("missing_customer_id", 0.0015), ("bad_timestamp", 0.0015),
-        ("future_timestamp", 0.0005), ("missing_amount", 0.0015), ("non_numeric_amount", 0.001),
+        ("duplicate", 0.004),
+        ("missing_customer_id", 0.0015),
+        ("bad_timestamp", 0.0015),
+        ("future_timestamp", 0.0005),
+        ("missing_amount", 0.0015),
+        ("non_numeric_amount", 0.001),
     )
     event_mess: tuple[tuple[str, float], ...] = (
-        ("duplicate", 0.003), ("missing_customer_id", 0.001), ("bad_timestamp", 0.0005),
+        ("duplicate", 0.003),
+        ("missing_customer_id", 0.001),
+        ("bad_timestamp", 0.0005),
         ("future_timestamp", 0.0005),
     )
     future_year: int = 2099
@@ -237,8 +285,10 @@ def generate(
     tx_mess = _plan_mess(rng, tx, dict(P.transaction_mess), cal, P, fmt)
     ev_mess = _plan_mess(rng, ev, dict(P.event_mess), cal, P, fmt)
     messy = {TRANSACTIONS.name: tx_mess.counts, EVENTS.name: ev_mess.counts}
-    say(f"tables ({tx.size:,} + {sum(tx_mess.counts.values()):,} transaction rows, "
-        f"{ev.size:,} + {sum(ev_mess.counts.values()):,} events)")
+    say(
+        f"tables ({tx.size:,} + {sum(tx_mess.counts.values()):,} transaction rows, "
+        f"{ev.size:,} + {sum(ev_mess.counts.values()):,} events)"
+    )
     tables = {
         TRANSACTIONS.name: _transactions_table(tx, tx_mess, orders, customers, cal, cat, P, fmt),
         EVENTS.name: _events_table(ev, ev_mess, customers, cal, P, fmt),
@@ -457,13 +507,34 @@ class _Spells:
     subscription: np.ndarray
 
 
-def _spells(rng: np.random.Generator, P: DemoProcess, cust: np.ndarray, first: np.ndarray, end: np.ndarray,
-            eng_start: np.ndarray, forced: np.ndarray, buys: np.ndarray, subscription: bool) -> _Spells:
+def _spells(
+    rng: np.random.Generator,
+    P: DemoProcess,
+    cust: np.ndarray,
+    first: np.ndarray,
+    end: np.ndarray,
+    eng_start: np.ndarray,
+    forced: np.ndarray,
+    buys: np.ndarray,
+    subscription: bool,
+) -> _Spells:
     n = cust.size
     fade, residual = rng.uniform(*P.fade_days, n), rng.uniform(*P.residual_days, n)
     email_residual = rng.uniform(*P.email_residual_days, n)
-    return _Spells(cust.astype(np.int32), first, end, end, eng_start, np.full(n, np.inf), forced, buys, fade,
-                   residual, email_residual, np.full(n, subscription))
+    return _Spells(
+        cust.astype(np.int32),
+        first,
+        end,
+        end,
+        eng_start,
+        np.full(n, np.inf),
+        forced,
+        buys,
+        fade,
+        residual,
+        email_residual,
+        np.full(n, subscription),
+    )
 
 
 def _retail_spells(rng: np.random.Generator, pop: _Population, cal: _Calendar, P: DemoProcess) -> _Spells:
@@ -471,8 +542,9 @@ def _retail_spells(rng: np.random.Generator, pop: _Population, cal: _Calendar, P
     cust = np.flatnonzero(~pop.subscriber)
     signup = pop.signup[cust]
     initial = signup < 0
-    delay = np.where(rng.random(cust.size) < P.first_order_same_day_share, 0.0,
-                     rng.exponential(P.first_order_delay_days, cust.size))
+    delay = np.where(
+        rng.random(cust.size) < P.first_order_same_day_share, 0.0, rng.exponential(P.first_order_delay_days, cust.size)
+    )
     first = np.where(initial, 0.0, signup + delay)
     lifetime = rng.exponential(1.0, cust.size) / pop.mu[cust]
     prospect = pop.prospect[cust]
@@ -509,8 +581,9 @@ class _Orders:
     plan: np.ndarray  # int8 plan index; -1 for retail orders
 
 
-def _retail_orders(rng: np.random.Generator, spells: _Spells, pop: _Population, cal: _Calendar,
-                   P: DemoProcess) -> _Orders:
+def _retail_orders(
+    rng: np.random.Generator, spells: _Spells, pop: _Population, cal: _Calendar, P: DemoProcess
+) -> _Orders:
     """Pareto/NBD: while alive, orders arrive as a seasonal Poisson process with the customer's rate."""
     lam = np.where(spells.buys, pop.lam[spells.cust], 0.0)
     idx, t = _poisson_times(rng, cal, spells.first, spells.end, lam)
@@ -520,8 +593,9 @@ def _retail_orders(rng: np.random.Generator, spells: _Spells, pop: _Population, 
     return _Orders(spells.cust[idx], t, idx, np.full(idx.size, -1, np.int8))
 
 
-def _quiet_after_last_order(rng: np.random.Generator, spells: _Spells, orders: _Orders, cal: _Calendar,
-                            P: DemoProcess) -> _Spells:
+def _quiet_after_last_order(
+    rng: np.random.Generator, spells: _Spells, orders: _Orders, cal: _Calendar, P: DemoProcess
+) -> _Spells:
     """Customers who drop out go quiet about a week after their last order: the fade of engagement then covers
     the weeks before that order (they lose interest, buy one last time, and are gone). The dropout itself
     is not observable: in Pareto/NBD it is anywhere between the last order and the next one that never
@@ -545,9 +619,7 @@ class _Subscriptions:
     spells: _Spells
 
 
-
-def _subscriptions(rng: np.random.Generator, pop: _Population, cal: _Calendar,
-                   P: DemoProcess) -> _Subscriptions:
+def _subscriptions(rng: np.random.Generator, pop: _Population, cal: _Calendar, P: DemoProcess) -> _Subscriptions:
     """Monthly charges on the sign-up day of month from sign-up until the cancel, with a decreasing hazard.
     Customers signed up before ``start`` are alive at ``start``: their number of charges is drawn given
     that."""
@@ -630,8 +702,9 @@ class _OrderBook:
         return self.plan < 0
 
 
-def _all_orders(rng: np.random.Generator, retail: _Orders, charges: _Orders, pop: _Population, cal: _Calendar,
-                P: DemoProcess) -> _OrderBook:
+def _all_orders(
+    rng: np.random.Generator, retail: _Orders, charges: _Orders, pop: _Population, cal: _Calendar, P: DemoProcess
+) -> _OrderBook:
     cust = np.concatenate([retail.cust, charges.cust])
     ts = _to_seconds(np.concatenate([retail.t, charges.t]), cal)
     order = np.argsort(ts << 32 | cust.astype(np.int64))  # time, then customer
@@ -683,8 +756,15 @@ class _Rows:
         return self.order.size if self.order is not None else next(iter(self.columns.values())).size
 
 
-def _transactions(rng: np.random.Generator, orders: _OrderBook, spells: _Spells, pop: _Population,
-                  cal: _Calendar, cat: _Catalogue, P: DemoProcess) -> _Rows:
+def _transactions(
+    rng: np.random.Generator,
+    orders: _OrderBook,
+    spells: _Spells,
+    pop: _Population,
+    cal: _Calendar,
+    cat: _Catalogue,
+    P: DemoProcess,
+) -> _Rows:
     """Order lines (distinct products, Gamma-Gamma values) and the refunds, merged in time order. Rows keep
     the order's index; customer, channel and order id come from the order when the table is built."""
     n = orders.cust.size
@@ -707,8 +787,13 @@ def _transactions(rng: np.random.Generator, orders: _OrderBook, spells: _Spells,
     amount[charge_line] = cat.plan_price[plan[charge]]
     quantity = (1 + rng.poisson(P.extra_quantity_mean, line_order.size)).astype(np.float64)
     quantity[charge_line] = 1
-    lines = {"order": line_order, "ts": orders.ts[line_order], "amount": amount, "quantity": quantity,
-             "product": product}
+    lines = {
+        "order": line_order,
+        "ts": orders.ts[line_order],
+        "amount": amount,
+        "quantity": quantity,
+        "product": product,
+    }
     return _with_refunds(rng, lines, orders, k, spells, cal, P)
 
 
@@ -721,8 +806,15 @@ def _repeated_in_order(line_order: np.ndarray, product: np.ndarray, max_lines: i
     return dup
 
 
-def _with_refunds(rng: np.random.Generator, lines: dict[str, np.ndarray], orders: _OrderBook, k: np.ndarray,
-                  spells: _Spells, cal: _Calendar, P: DemoProcess) -> _Rows:
+def _with_refunds(
+    rng: np.random.Generator,
+    lines: dict[str, np.ndarray],
+    orders: _OrderBook,
+    k: np.ndarray,
+    spells: _Spells,
+    cal: _Calendar,
+    P: DemoProcess,
+) -> _Rows:
     """A refund is a later row for one line of an order, with its negative amount; likelier before leaving."""
     retail = np.flatnonzero(orders.retail)
     left = spells.quiet[orders.spell[retail]] - orders.ts[retail] / DAY
@@ -745,8 +837,15 @@ def _with_refunds(rng: np.random.Generator, lines: dict[str, np.ndarray], orders
 # --- engagement events --------------------------------------------------------------------------------------
 
 
-def _events(rng: np.random.Generator, engaged: _Spells, orders: _OrderBook, retail: _Spells, pop: _Population,
-            cal: _Calendar, P: DemoProcess) -> _Rows:
+def _events(
+    rng: np.random.Generator,
+    engaged: _Spells,
+    orders: _OrderBook,
+    retail: _Spells,
+    pop: _Population,
+    cal: _Calendar,
+    P: DemoProcess,
+) -> _Rows:
     """Browsing, pre-purchase sessions, e-mail opens and clicks, support tickets; sorted, no exact repeats."""
     key = _EventKey(pop, cal)
     keys = [
@@ -768,9 +867,15 @@ def _fade(t: np.ndarray, end: np.ndarray, fade_days: np.ndarray, floor: float) -
     return floor + (1.0 - floor) * np.nan_to_num(x, nan=1.0)
 
 
-def _engaged_times(rng: np.random.Generator, cal: _Calendar, s: _Spells, rate: np.ndarray,
-                   residual_level: float, residual_days: np.ndarray,
-                   P: DemoProcess) -> tuple[np.ndarray, np.ndarray]:
+def _engaged_times(
+    rng: np.random.Generator,
+    cal: _Calendar,
+    s: _Spells,
+    rate: np.ndarray,
+    residual_level: float,
+    residual_days: np.ndarray,
+    P: DemoProcess,
+) -> tuple[np.ndarray, np.ndarray]:
     """A spell's engagement: full rate, fading before it goes quiet (by thinning), then a residual rate."""
     idx, t = _poisson_times(rng, cal, s.eng_start, s.quiet, rate)
     keep = rng.random(t.size) < _fade(t, s.quiet[idx], s.fade[idx], P.fade_floor)
@@ -779,8 +884,7 @@ def _engaged_times(rng: np.random.Generator, cal: _Calendar, s: _Spells, rate: n
     return np.concatenate([idx[keep], idx2]), np.concatenate([t[keep], t2])
 
 
-def _browsing(rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Calendar,
-              P: DemoProcess) -> EventPart:
+def _browsing(rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Calendar, P: DemoProcess) -> EventPart:
     rate = P.browse_rate * pop.engagement[s.cust]
     idx, t = _engaged_times(rng, cal, s, rate, P.residual_level, s.residual, P)
     cust = s.cust[idx]
@@ -788,8 +892,9 @@ def _browsing(rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Cale
     return cust, t, kind
 
 
-def _pre_order_sessions(rng: np.random.Generator, orders: _OrderBook, spells: _Spells, cal: _Calendar,
-                        P: DemoProcess) -> EventPart:
+def _pre_order_sessions(
+    rng: np.random.Generator, orders: _OrderBook, spells: _Spells, cal: _Calendar, P: DemoProcess
+) -> EventPart:
     """Sessions (app logins for app orders) in the hours before a retail order; fewer before store orders."""
     o = np.flatnonzero(orders.retail)
     sp = orders.spell[o]
@@ -802,8 +907,9 @@ def _pre_order_sessions(rng: np.random.Generator, orders: _OrderBook, spells: _S
     return orders.cust[o][rep], t, kind
 
 
-def _emails(rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Calendar,
-            P: DemoProcess) -> tuple[EventPart, EventPart]:
+def _emails(
+    rng: np.random.Generator, s: _Spells, pop: _Population, cal: _Calendar, P: DemoProcess
+) -> tuple[EventPart, EventPart]:
     """Opens of the twice-weekly campaigns (sent at ``campaign_hour``); clicks a few minutes after some."""
     rate = P.email_open_rate * np.sqrt(pop.engagement[s.cust])
     idx, t = _engaged_times(rng, cal, s, rate, P.email_residual_level, s.email_residual, P)
@@ -874,8 +980,9 @@ class _Mess:
         return self.kind == MESS_KINDS.index(kind)
 
 
-def _plan_mess(rng: np.random.Generator, rows: _Rows, shares: dict[str, float], cal: _Calendar,
-               P: DemoProcess, fmt: Format) -> _Mess:
+def _plan_mess(
+    rng: np.random.Generator, rows: _Rows, shares: dict[str, float], cal: _Calendar, P: DemoProcess, fmt: Format
+) -> _Mess:
     """Pick distinct clean rows, break a copy of each in exactly one way, and place the copy right after it.
 
     Two broken copies of one kind can come out equal (two events of a customer that differ only in the time
@@ -912,8 +1019,9 @@ def _plan_mess(rng: np.random.Generator, rows: _Rows, shares: dict[str, float], 
     return _Mess(file_rows, kind_at, by_kind, counts)
 
 
-def _break(rng: np.random.Generator, kind: str, values: dict[str, np.ndarray], cal: _Calendar, P: DemoProcess,
-           fmt: Format) -> np.ndarray:
+def _break(
+    rng: np.random.Generator, kind: str, values: dict[str, np.ndarray], cal: _Calendar, P: DemoProcess, fmt: Format
+) -> np.ndarray:
     """Apply ``kind`` to the copied rows' values (for the duplicate check). Returns the CSV text that replaces
     the broken value where the break is a text, None elsewhere."""
     text = np.full(values["ts"].size, None, dtype=object)
@@ -955,24 +1063,40 @@ def _bad_timestamps(rng: np.random.Generator, ts: np.ndarray, cal: _Calendar) ->
     day_first = np.char.add(np.char.add(np.char.add(np.char.add(dd, "/"), mm), np.char.add("/", yyyy)), clock)
     variant = rng.integers(0, 4, ts.size)
     variant = np.where((variant == 3) & (dd.astype(np.int64) <= 12), 0, variant)
-    return np.choose(variant, [feb30.astype(object), apr31.astype(object),
-                               np.full(ts.size, "not a date", dtype=object), day_first.astype(object)])
+    return np.choose(
+        variant,
+        [
+            feb30.astype(object),
+            apr31.astype(object),
+            np.full(ts.size, "not a date", dtype=object),
+            day_first.astype(object),
+        ],
+    )
 
 
 def _non_numeric(rng: np.random.Generator, amount: np.ndarray) -> np.ndarray:
     """Amounts that do not parse as numbers: a decimal comma, a currency prefix, a question mark."""
     fixed = np.char.mod("%.2f", amount)
     variant = rng.integers(0, 3, amount.size)
-    out = np.where(variant == 0, np.char.replace(fixed, ".", ","),
-                   np.where(variant == 1, np.char.add("EUR ", fixed), "?"))
+    out = np.where(
+        variant == 0, np.char.replace(fixed, ".", ","), np.where(variant == 1, np.char.add("EUR ", fixed), "?")
+    )
     return out.astype(object)
 
 
 # --- tables -------------------------------------------------------------------------------------------------
 
 
-def _transactions_table(rows: _Rows, mess: _Mess, orders: _OrderBook, n_customers: int, cal: _Calendar,
-                        cat: _Catalogue, P: DemoProcess, fmt: Format) -> pa.Table:
+def _transactions_table(
+    rows: _Rows,
+    mess: _Mess,
+    orders: _OrderBook,
+    n_customers: int,
+    cal: _Calendar,
+    cat: _Catalogue,
+    P: DemoProcess,
+    fmt: Format,
+) -> pa.Table:
     def col(name: str) -> np.ndarray:
         return rows.columns[name][mess.rows]
 
@@ -990,8 +1114,7 @@ def _transactions_table(rows: _Rows, mess: _Mess, orders: _OrderBook, n_customer
     return pa.table({name: columns[name] for name in TRANSACTIONS.column_names})
 
 
-def _events_table(rows: _Rows, mess: _Mess, n_customers: int, cal: _Calendar, P: DemoProcess,
-                  fmt: Format) -> pa.Table:
+def _events_table(rows: _Rows, mess: _Mess, n_customers: int, cal: _Calendar, P: DemoProcess, fmt: Format) -> pa.Table:
     def col(name: str) -> np.ndarray:
         return rows.columns[name][mess.rows]
 
@@ -1003,8 +1126,7 @@ def _events_table(rows: _Rows, mess: _Mess, n_customers: int, cal: _Calendar, P:
     return pa.table({name: columns[name] for name in EVENTS.column_names})
 
 
-def _customers_table(pop: _Population, subs: _Subscriptions, cal: _Calendar, P: DemoProcess,
-                     fmt: Format) -> pa.Table:
+def _customers_table(pop: _Population, subs: _Subscriptions, cal: _Calendar, P: DemoProcess, fmt: Format) -> pa.Table:
     n = pop.n
     in_window = subs.cancel < cal.days
     cancelled = np.zeros(n, bool)
@@ -1098,8 +1220,13 @@ def _write(table: pa.Table, path: Path, fmt: Format) -> None:
             names = table.column_names
             times = [f.name for f in table.schema if pa.types.is_timestamp(f.type)]
             pq.write_table(  # store_schema=False: readers see plain text, not the in-memory dictionaries
-                table, tmp, coerce_timestamps="us", compression="zstd", compression_level=1,
-                store_schema=False, use_dictionary=[c for c in names if c in LOW_CARDINALITY],
+                table,
+                tmp,
+                coerce_timestamps="us",
+                compression="zstd",
+                compression_level=1,
+                store_schema=False,
+                use_dictionary=[c for c in names if c in LOW_CARDINALITY],
                 column_encoding=dict.fromkeys(times, "DELTA_BINARY_PACKED"),
             )
         else:
@@ -1135,8 +1262,11 @@ def _write_manifest(summary: DemoSummary, path: Path, months: int) -> None:
         "customers": summary.n_customers,
         "format": summary.fmt,
         "timestamp_format": "%Y-%m-%d %H:%M:%S" if summary.fmt == "csv" else "timestamp[us], naive UTC",
-        "files": {name: {"path": p.name, "rows": summary.rows[name]} for name, p in summary.paths.items()
-                  if name in summary.rows},
+        "files": {
+            name: {"path": p.name, "rows": summary.rows[name]}
+            for name, p in summary.paths.items()
+            if name in summary.rows
+        },
         "messy": summary.messy,
         "messy_total": {name: sum(kinds.values()) for name, kinds in summary.messy.items()},
         "description": DESCRIPTION,

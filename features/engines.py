@@ -20,8 +20,12 @@ import pyarrow.compute as pc
 from features.dataset import Dataset
 from features.duck import connect
 
-TABLE_NAMES = {"transactions": "cg_transactions", "events": "cg_events", "customers": "cg_customers",
-               "entities": "cg_entities"}
+TABLE_NAMES = {
+    "transactions": "cg_transactions",
+    "events": "cg_events",
+    "customers": "cg_customers",
+    "entities": "cg_entities",
+}
 
 
 class Engine(Protocol):
@@ -127,8 +131,12 @@ class _SampleVariance:
 
 
 def _tables(data: Dataset, entities: pa.Table):
-    return (("transactions", data.transactions), ("events", data.events), ("customers", data.customers),
-            ("entities", entities))
+    return (
+        ("transactions", data.transactions),
+        ("events", data.events),
+        ("customers", data.customers),
+        ("entities", entities),
+    )
 
 
 def _sqlite_values(column: pa.ChunkedArray) -> list:

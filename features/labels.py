@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.build import KEYS, check_entities, contract_tables, days_between
-from features.engines import DuckDBEngine, default_engine
 from features.dataset import Dataset
+from features.engines import DuckDBEngine, default_engine
 
 LABEL_SCHEMA = pa.schema(
     [
@@ -90,8 +90,9 @@ def label_query(horizon_days: int, data_end: datetime) -> ir.Table:
     end = ibis.literal(data_end, type="timestamp")
 
     purchases = tx.filter(tx.amount > 0).select("customer_id", "timestamp").distinct()
-    purchases = purchases.mutate(next_ts=purchases.timestamp.lead().over(group_by="customer_id",
-                                                                         order_by=purchases.timestamp))
+    purchases = purchases.mutate(
+        next_ts=purchases.timestamp.lead().over(group_by="customer_id", order_by=purchases.timestamp)
+    )
     p = purchases.join(ent, "customer_id")
     gap_s = p.next_ts.epoch_seconds() - p.timestamp.epoch_seconds()
     # purchases from the last one before as_of onwards are exactly those whose next purchase is at/after as_of
@@ -106,8 +107,11 @@ def label_query(horizon_days: int, data_end: datetime) -> ir.Table:
     stats = stats.filter(stats.n_before > 0)
     lines = tx.filter(tx.amount > 0).join(ent, "customer_id")
     window_end = lines.as_of + ibis.interval(days=horizon_days)
-    spend = lines.filter((lines.timestamp >= lines.as_of) & (lines.timestamp < window_end)).group_by(keys).aggregate(
-        future_spend=lines.amount.sum())
+    spend = (
+        lines.filter((lines.timestamp >= lines.as_of) & (lines.timestamp < window_end))
+        .group_by(keys)
+        .aggregate(future_spend=lines.amount.sum())
+    )
     joined = stats.left_join(spend, keys)
     stats = joined.select(*[stats[c] for c in stats.columns], spend.future_spend)
     with_cancel = stats.left_join(cu.select("customer_id", "churn_date"), "customer_id")
@@ -122,8 +126,9 @@ def label_query(horizon_days: int, data_end: datetime) -> ir.Table:
         "customer_id",
         "as_of",
         churned=churned.cast("int64"),
-        duration_days=ibis.ifelse(observed, ibis.greatest(days_between(s.as_of, moment), 0.0),
-                                  days_between(s.as_of, end)),
+        duration_days=ibis.ifelse(
+            observed, ibis.greatest(days_between(s.as_of, moment), 0.0), days_between(s.as_of, end)
+        ),
         event=observed.cast("int64"),
         future_spend=s.future_spend.fill_null(0.0),
     )

@@ -32,10 +32,14 @@ MAPPING_FILE = "churnguard.yaml"
 class TableMapping(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    file: str | None = Field(None, description="File name (relative to the data folder) instead of <table>.csv/.parquet.")
+    file: str | None = Field(
+        None, description="File name (relative to the data folder) instead of <table>.csv/.parquet."
+    )
     columns: dict[str, str] = Field(default_factory=dict, description="contract column -> source column")
     derive: dict[str, str] = Field(default_factory=dict, description="contract column -> arithmetic expression")
-    timestamp_format: str | None = Field(None, description="strptime format for text time stamps, e.g. '%d/%m/%Y %H:%M'.")
+    timestamp_format: str | None = Field(
+        None, description="strptime format for text time stamps, e.g. '%d/%m/%Y %H:%M'."
+    )
     csv_delimiter: str = ","
 
     @field_validator("derive")
@@ -127,7 +131,8 @@ def load_mapping(data_dir: Path, mapping_file: Path | None = None, flags: list[s
 
 
 def _apply_flag(raw: dict[str, Any], flag: str) -> None:
-    """``[table.]column=source`` maps a column; a value with an operator derives it; ``table.file=NAME`` sets the file."""
+    """``[table.]column=source`` maps a column; a value with an operator derives it; ``table.file=NAME`` sets
+    the file."""
     if "=" not in flag:
         raise ValueError(f"--map {flag!r}: expected [table.]column=source")
     key, value = (s.strip() for s in flag.split("=", 1))

@@ -53,8 +53,9 @@ class FeatureSpec:
     group: str = "rfm"  # for docs and for model feature subsets: rfm, behaviour, engagement, season
 
 
-def _count(name: str, desc: str, source: Source, cond: Callable[[ir.Table], ir.BooleanValue] | None = None,
-           group: str = "rfm") -> FeatureSpec:
+def _count(
+    name: str, desc: str, source: Source, cond: Callable[[ir.Table], ir.BooleanValue] | None = None, group: str = "rfm"
+) -> FeatureSpec:
     def expr(t: ir.Table) -> ir.Value:
         return t.count(where=cond(t)) if cond is not None else t.count()
 
@@ -66,11 +67,22 @@ def _rfm() -> list[FeatureSpec]:
         FeatureSpec("recency_days", "float64", "Days since the last order.", "orders", lambda o: o.age.min()),
         _count("frequency", "Orders before as_of.", "orders"),
         FeatureSpec("first_purchase_days", "float64", "Days since the first order.", "orders", lambda o: o.age.max()),
-        FeatureSpec("monetary_total", "float64", "Total spend of all orders (before refunds).", "orders",
-                    lambda o: o.value.sum(), fill=0.0),
+        FeatureSpec(
+            "monetary_total",
+            "float64",
+            "Total spend of all orders (before refunds).",
+            "orders",
+            lambda o: o.value.sum(),
+            fill=0.0,
+        ),
         FeatureSpec("monetary_mean", "float64", "Average order value.", "orders", lambda o: o.value.mean()),
-        FeatureSpec("monetary_std", "float64", "Sample standard deviation of order values (2+ orders).", "orders",
-                    lambda o: o.value.std(how="sample")),
+        FeatureSpec(
+            "monetary_std",
+            "float64",
+            "Sample standard deviation of order values (2+ orders).",
+            "orders",
+            lambda o: o.value.std(how="sample"),
+        ),
         FeatureSpec("monetary_max", "float64", "Largest order value.", "orders", lambda o: o.value.max()),
     ]
 
@@ -78,25 +90,62 @@ def _rfm() -> list[FeatureSpec]:
 def _windows() -> list[FeatureSpec]:
     specs: list[FeatureSpec] = []
     for w in WINDOWS:
-        specs.append(_count(f"orders_{w}d", f"Orders in the {w} days before as_of.", "orders",
-                            lambda o, w=w: o.age < w))
-        specs.append(FeatureSpec(f"spend_{w}d", "float64", f"Spend in the {w} days before as_of.", "orders",
-                                 lambda o, w=w: o.value.sum(where=o.age < w), fill=0.0))
-    specs.append(_count("orders_prev_90d", "Orders 90-180 days before as_of (the window before orders_90d).",
-                        "orders", lambda o: (o.age >= 90) & (o.age < 180)))
-    specs.append(FeatureSpec("spend_prev_90d", "float64", "Spend 90-180 days before as_of.", "orders",
-                             lambda o: o.value.sum(where=(o.age >= 90) & (o.age < 180)), fill=0.0))
+        specs.append(
+            _count(f"orders_{w}d", f"Orders in the {w} days before as_of.", "orders", lambda o, w=w: o.age < w)
+        )
+        specs.append(
+            FeatureSpec(
+                f"spend_{w}d",
+                "float64",
+                f"Spend in the {w} days before as_of.",
+                "orders",
+                lambda o, w=w: o.value.sum(where=o.age < w),
+                fill=0.0,
+            )
+        )
+    specs.append(
+        _count(
+            "orders_prev_90d",
+            "Orders 90-180 days before as_of (the window before orders_90d).",
+            "orders",
+            lambda o: (o.age >= 90) & (o.age < 180),
+        )
+    )
+    specs.append(
+        FeatureSpec(
+            "spend_prev_90d",
+            "float64",
+            "Spend 90-180 days before as_of.",
+            "orders",
+            lambda o: o.value.sum(where=(o.age >= 90) & (o.age < 180)),
+            fill=0.0,
+        )
+    )
     return specs
 
 
 def _lines() -> list[FeatureSpec]:
     def breadth(column: str, what: str) -> FeatureSpec:
-        return FeatureSpec(f"{column.removesuffix('_id')}_breadth", "int64", f"Distinct {what} bought.",
-                           "lines", lambda t, c=column: t[c].nunique(where=t.amount > 0), fill=0, group="behaviour")
+        return FeatureSpec(
+            f"{column.removesuffix('_id')}_breadth",
+            "int64",
+            f"Distinct {what} bought.",
+            "lines",
+            lambda t, c=column: t[c].nunique(where=t.amount > 0),
+            fill=0,
+            group="behaviour",
+        )
 
     return [
-        FeatureSpec("refund_total", "float64", "Money refunded (absolute value of negative lines).", "lines",
-                    lambda t: -t.amount.sum(where=t.amount < 0), fill=0.0, group="behaviour"),
+        FeatureSpec(
+            "refund_total",
+            "float64",
+            "Money refunded (absolute value of negative lines).",
+            "lines",
+            lambda t: -t.amount.sum(where=t.amount < 0),
+            fill=0.0,
+            group="behaviour",
+        ),
         _count("refund_lines", "Refund / cancellation lines.", "lines", lambda t: t.amount < 0, group="behaviour"),
         breadth("category", "categories"),
         breadth("channel", "sales channels"),
@@ -106,13 +155,28 @@ def _lines() -> list[FeatureSpec]:
 def _days() -> list[FeatureSpec]:
     return [
         _count("purchase_days", "Distinct days with an order.", "days"),
-        FeatureSpec("gap_mean_days", "float64", "Mean days between consecutive purchase days (2+ days).", "days",
-                    lambda d: d.gap.mean()),
-        FeatureSpec("gap_std_days", "float64", "Sample std of the gaps between purchase days (3+ days).", "days",
-                    lambda d: d.gap.std(how="sample")),
+        FeatureSpec(
+            "gap_mean_days",
+            "float64",
+            "Mean days between consecutive purchase days (2+ days).",
+            "days",
+            lambda d: d.gap.mean(),
+        ),
+        FeatureSpec(
+            "gap_std_days",
+            "float64",
+            "Sample std of the gaps between purchase days (3+ days).",
+            "days",
+            lambda d: d.gap.std(how="sample"),
+        ),
         FeatureSpec("gap_max_days", "float64", "Longest gap between purchase days.", "days", lambda d: d.gap.max()),
-        FeatureSpec("last_gap_days", "float64", "Gap before the most recent purchase day (reactivation signal).",
-                    "days", lambda d: d.gap.argmin(d.age)),
+        FeatureSpec(
+            "last_gap_days",
+            "float64",
+            "Gap before the most recent purchase day (reactivation signal).",
+            "days",
+            lambda d: d.gap.argmin(d.age),
+        ),
     ]
 
 
@@ -121,41 +185,95 @@ def _events(event_types: tuple[str, ...]) -> list[FeatureSpec]:
     days, ``n_prev_30``: 30-60 days, ``n_90``) and the ages of the type's last and first event."""
 
     def total(name: str, column: str, desc: str) -> FeatureSpec:
-        return FeatureSpec(name, "int64", desc, "event_types", lambda e, c=column: e[c].sum(), fill=0,
-                           group="engagement")
+        return FeatureSpec(
+            name, "int64", desc, "event_types", lambda e, c=column: e[c].sum(), fill=0, group="engagement"
+        )
 
     specs = [
         total("events_30d", "n_30", "Engagement events of any type in the last 30 days."),
         total("events_90d", "n_90", "Engagement events of any type in the last 90 days."),
         total("events_prev_30d", "n_prev_30", "Events 30-60 days before as_of."),
-        FeatureSpec("days_since_last_event", "float64", "Days since the last engagement event.", "event_types",
-                    lambda e: e.last_age.min(), group="engagement"),
-        FeatureSpec("days_since_first_event", "float64", "Days since the first engagement event.", "event_types",
-                    lambda e: e.first_age.max(), group="engagement"),
+        FeatureSpec(
+            "days_since_last_event",
+            "float64",
+            "Days since the last engagement event.",
+            "event_types",
+            lambda e: e.last_age.min(),
+            group="engagement",
+        ),
+        FeatureSpec(
+            "days_since_first_event",
+            "float64",
+            "Days since the first engagement event.",
+            "event_types",
+            lambda e: e.first_age.max(),
+            group="engagement",
+        ),
     ]
     for et in event_types:
+
         def of_type(column: str, et: str = et):
             return lambda e: e[column].sum(where=e.event_type == et)
 
         specs += [
-            FeatureSpec(f"{et}_30d", "int64", f"'{et}' events in the last 30 days.", "event_types", of_type("n_30"),
-                        fill=0, group="engagement"),
-            FeatureSpec(f"{et}_90d", "int64", f"'{et}' events in the last 90 days.", "event_types", of_type("n_90"),
-                        fill=0, group="engagement"),
-            FeatureSpec(f"{et}_prev_30d", "int64", f"'{et}' events 30-60 days before as_of.", "event_types",
-                        of_type("n_prev_30"), fill=0, group="engagement"),
-            FeatureSpec(f"{et}_days_since_last", "float64", f"Days since the last '{et}' event.", "event_types",
-                        lambda e, et=et: e.last_age.min(where=e.event_type == et), group="engagement"),
+            FeatureSpec(
+                f"{et}_30d",
+                "int64",
+                f"'{et}' events in the last 30 days.",
+                "event_types",
+                of_type("n_30"),
+                fill=0,
+                group="engagement",
+            ),
+            FeatureSpec(
+                f"{et}_90d",
+                "int64",
+                f"'{et}' events in the last 90 days.",
+                "event_types",
+                of_type("n_90"),
+                fill=0,
+                group="engagement",
+            ),
+            FeatureSpec(
+                f"{et}_prev_30d",
+                "int64",
+                f"'{et}' events 30-60 days before as_of.",
+                "event_types",
+                of_type("n_prev_30"),
+                fill=0,
+                group="engagement",
+            ),
+            FeatureSpec(
+                f"{et}_days_since_last",
+                "float64",
+                f"Days since the last '{et}' event.",
+                "event_types",
+                lambda e, et=et: e.last_age.min(where=e.event_type == et),
+                group="engagement",
+            ),
         ]
     return specs
 
 
 def _customers() -> list[FeatureSpec]:
     return [
-        FeatureSpec("days_since_signup", "float64", "Days since sign-up (null without a sign-up date before as_of).",
-                    "customers", lambda c: c.signup_age.max(), group="behaviour"),
-        FeatureSpec("cancelled", "int64", "1 if the customer cancelled (churn_date) before as_of.", "customers",
-                    lambda c: c.cancelled.max(), fill=0, group="behaviour"),
+        FeatureSpec(
+            "days_since_signup",
+            "float64",
+            "Days since sign-up (null without a sign-up date before as_of).",
+            "customers",
+            lambda c: c.signup_age.max(),
+            group="behaviour",
+        ),
+        FeatureSpec(
+            "cancelled",
+            "int64",
+            "1 if the customer cancelled (churn_date) before as_of.",
+            "customers",
+            lambda c: c.cancelled.max(),
+            fill=0,
+            group="behaviour",
+        ),
     ]
 
 
@@ -179,35 +297,94 @@ def _min_known(*ages: ir.NumericValue) -> ir.NumericValue:
 
 def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
     specs = [
-        FeatureSpec("orders_trend_90d", "float64", "orders_90d - orders_prev_90d: buying more or less than before.",
-                    "derived", lambda w: (w.orders_90d - w.orders_prev_90d).cast("float64")),
-        FeatureSpec("spend_trend_90d", "float64", "ln(1+spend_90d) - ln(1+spend_prev_90d).", "derived",
-                    lambda w: (w.spend_90d + 1).ln() - (w.spend_prev_90d + 1).ln()),
-        FeatureSpec("refund_share", "float64", "refund_total / monetary_total.", "derived",
-                    lambda w: _safe_div(w.refund_total, w.monetary_total), group="behaviour"),
-        FeatureSpec("recency_gap_ratio", "float64",
-                    "recency_days / gap_mean_days: how overdue the customer is against their own rhythm.", "derived",
-                    lambda w: _safe_div(w.recency_days, w.gap_mean_days)),
-        FeatureSpec("tenure_days", "float64", "Days since the first known activity (order, event or sign-up).",
-                    "derived",
-                    lambda w: _max_known(w.first_purchase_days, w.days_since_first_event, w.days_since_signup)),
-        FeatureSpec("orders_per_month", "float64", "frequency per 30 days of tenure (tenure of at least 30 days).",
-                    "derived",
-                    lambda w: w.frequency / ibis.greatest(ibis.coalesce(w.tenure_days, 0.0), 30.0) * 30.0),
-        FeatureSpec("days_since_last_engagement", "float64", "Days since the last order or event, whichever is later.",
-                    "derived", lambda w: _min_known(w.recency_days, w.days_since_last_event), group="engagement"),
-        FeatureSpec("events_trend_30d", "float64", "events_30d - events_prev_30d.", "derived",
-                    lambda w: (w.events_30d - w.events_prev_30d).cast("float64"), group="engagement"),
+        FeatureSpec(
+            "orders_trend_90d",
+            "float64",
+            "orders_90d - orders_prev_90d: buying more or less than before.",
+            "derived",
+            lambda w: (w.orders_90d - w.orders_prev_90d).cast("float64"),
+        ),
+        FeatureSpec(
+            "spend_trend_90d",
+            "float64",
+            "ln(1+spend_90d) - ln(1+spend_prev_90d).",
+            "derived",
+            lambda w: (w.spend_90d + 1).ln() - (w.spend_prev_90d + 1).ln(),
+        ),
+        FeatureSpec(
+            "refund_share",
+            "float64",
+            "refund_total / monetary_total.",
+            "derived",
+            lambda w: _safe_div(w.refund_total, w.monetary_total),
+            group="behaviour",
+        ),
+        FeatureSpec(
+            "recency_gap_ratio",
+            "float64",
+            "recency_days / gap_mean_days: how overdue the customer is against their own rhythm.",
+            "derived",
+            lambda w: _safe_div(w.recency_days, w.gap_mean_days),
+        ),
+        FeatureSpec(
+            "tenure_days",
+            "float64",
+            "Days since the first known activity (order, event or sign-up).",
+            "derived",
+            lambda w: _max_known(w.first_purchase_days, w.days_since_first_event, w.days_since_signup),
+        ),
+        FeatureSpec(
+            "orders_per_month",
+            "float64",
+            "frequency per 30 days of tenure (tenure of at least 30 days).",
+            "derived",
+            lambda w: w.frequency / ibis.greatest(ibis.coalesce(w.tenure_days, 0.0), 30.0) * 30.0,
+        ),
+        FeatureSpec(
+            "days_since_last_engagement",
+            "float64",
+            "Days since the last order or event, whichever is later.",
+            "derived",
+            lambda w: _min_known(w.recency_days, w.days_since_last_event),
+            group="engagement",
+        ),
+        FeatureSpec(
+            "events_trend_30d",
+            "float64",
+            "events_30d - events_prev_30d.",
+            "derived",
+            lambda w: (w.events_30d - w.events_prev_30d).cast("float64"),
+            group="engagement",
+        ),
     ]
     for et in event_types:
-        specs.append(FeatureSpec(f"{et}_trend_30d", "float64", f"{et}_30d - {et}_prev_30d.", "derived",
-                                 lambda w, et=et: (w[f"{et}_30d"] - w[f"{et}_prev_30d"]).cast("float64"),
-                                 group="engagement"))
+        specs.append(
+            FeatureSpec(
+                f"{et}_trend_30d",
+                "float64",
+                f"{et}_30d - {et}_prev_30d.",
+                "derived",
+                lambda w, et=et: (w[f"{et}_30d"] - w[f"{et}_prev_30d"]).cast("float64"),
+                group="engagement",
+            )
+        )
     specs += [
-        FeatureSpec("season_sin", "float64", "sin(2 pi day-of-year(as_of) / 365.25): where in the year we stand.",
-                    "derived", lambda w: (w.as_of.day_of_year() * (2 * math.pi / 365.25)).sin(), group="season"),
-        FeatureSpec("season_cos", "float64", "cos(2 pi day-of-year(as_of) / 365.25).", "derived",
-                    lambda w: (w.as_of.day_of_year() * (2 * math.pi / 365.25)).cos(), group="season"),
+        FeatureSpec(
+            "season_sin",
+            "float64",
+            "sin(2 pi day-of-year(as_of) / 365.25): where in the year we stand.",
+            "derived",
+            lambda w: (w.as_of.day_of_year() * (2 * math.pi / 365.25)).sin(),
+            group="season",
+        ),
+        FeatureSpec(
+            "season_cos",
+            "float64",
+            "cos(2 pi day-of-year(as_of) / 365.25).",
+            "derived",
+            lambda w: (w.as_of.day_of_year() * (2 * math.pi / 365.25)).cos(),
+            group="season",
+        ),
     ]
     return specs
 
@@ -215,8 +392,7 @@ def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
 def feature_registry(event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES) -> tuple[FeatureSpec, ...]:
     """All features for the given event types, in the order they appear in feature tables."""
     _check_event_types(event_types)
-    specs = (_rfm() + _windows() + _lines() + _days() + _events(event_types) + _customers()
-             + _derived(event_types))
+    specs = _rfm() + _windows() + _lines() + _days() + _events(event_types) + _customers() + _derived(event_types)
     names = [s.name for s in specs]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -233,11 +409,16 @@ def _check_event_types(event_types: tuple[str, ...]) -> None:
 def registry_markdown(event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES) -> str:
     """The feature table of the docs, generated from the registry (``docs/features.md`` is this output)."""
     specs = feature_registry(event_types)
-    lines = [f"# Features: `{FEATURE_SET}` ({len(specs)} features)", "",
-             "Generated by `churn features --list --markdown`; do not edit by hand. Every feature uses only rows "
-             "strictly before `as_of`; ages are in days. Source: where the value comes from (see "
-             "`features/registry.py`). Empty: the value for a customer with no rows in the source.", "",
-             "| name | dtype | group | source | empty | description |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Features: `{FEATURE_SET}` ({len(specs)} features)",
+        "",
+        "Generated by `churn features --list --markdown`; do not edit by hand. Every feature uses only rows "
+        "strictly before `as_of`; ages are in days. Source: where the value comes from (see "
+        "`features/registry.py`). Empty: the value for a customer with no rows in the source.",
+        "",
+        "| name | dtype | group | source | empty | description |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in specs:
         empty = "null" if s.fill is None else f"{s.fill:g}"
         lines.append(f"| `{s.name}` | {s.dtype} | {s.group} | {s.source} | {empty} | {s.description} |")

@@ -100,8 +100,9 @@ def _find_file(data_dir: Path, contract: TableContract, mapping: TableMapping) -
     return None
 
 
-def read_file(path: Path, mapping: TableMapping = TableMapping()) -> pa.Table:
+def read_file(path: Path, mapping: TableMapping | None = None) -> pa.Table:
     """Parquet as typed; CSV with every column as text, so a bad value is a reject instead of a read error."""
+    mapping = mapping or TableMapping()
     if path.suffix == ".parquet":
         return pq.read_table(path)
     if path.suffix in (".csv", ".txt"):
@@ -170,15 +171,20 @@ def _validate_table(
         con.execute(f"CREATE OR REPLACE TEMP TABLE dup_rows AS {_duplicates_sql(raw.data.column_names)}")
         bad = con.sql(_bad_rows_sql(raw, sources, data.schema, now)).to_arrow_table()
         con.register("bad_rows", bad)
-        rejected = con.execute(_rejects_sql(raw.data.column_names, _customer_key(sources, data.schema)),
-                               [raw.contract.name, raw.source]).to_arrow_table()
+        rejected = con.execute(
+            _rejects_sql(raw.data.column_names, _customer_key(sources, data.schema)), [raw.contract.name, raw.source]
+        ).to_arrow_table()
         # clean rows are stored sorted by customer and time: feature queries on a chunk of customers then read
         # only that chunk's row groups (DuckDB prunes the scan with the join's min/max filter)
         order = ("customer_id" if raw.contract is CUSTOMERS else "customer_id, timestamp") + f", {ROW}"
-        kept = con.sql(
-            f"SELECT {', '.join(_typed_columns(raw, sources, data.schema))} FROM raw_input "
-            f"WHERE {ROW} NOT IN (SELECT {ROW} FROM bad_rows) ORDER BY {order}"
-        ).to_arrow_table().cast(raw.contract.arrow_schema)
+        kept = (
+            con.sql(
+                f"SELECT {', '.join(_typed_columns(raw, sources, data.schema))} FROM raw_input "
+                f"WHERE {ROW} NOT IN (SELECT {ROW} FROM bad_rows) ORDER BY {order}"
+            )
+            .to_arrow_table()
+            .cast(raw.contract.arrow_schema)
+        )
     finally:
         con.unregister("raw_input")
         con.unregister("bad_rows")
@@ -203,7 +209,8 @@ def _column_sources(raw: RawTable) -> dict[str, list[str]]:
             needed = [col.name]
         elif col.required:
             raise DataContractError(
-                f"{raw.source}: missing required column '{col.name}' (columns found: {', '.join(raw.data.column_names)};"
+                f"{raw.source}: missing required column '{col.name}' "
+                f"(columns found: {', '.join(raw.data.column_names)};"
                 " map yours in churnguard.yaml or with --map)"
             )
         else:
@@ -246,8 +253,8 @@ def _bad_rows_sql(raw: RawTable, sources: dict[str, list[str]], schema: pa.Schem
         reasons.append("WHEN id_copy > 1 THEN 'duplicate customer_id'")
     return f"""
         SELECT {ROW}, __reason FROM (
-            SELECT {ROW}, CASE {' '.join(reasons)} END AS __reason FROM (
-                SELECT {ROW}, {', '.join(checks)}{window} FROM raw_input
+            SELECT {ROW}, CASE {" ".join(reasons)} END AS __reason FROM (
+                SELECT {ROW}, {", ".join(checks)}{window} FROM raw_input
             )
         ) WHERE __reason IS NOT NULL ORDER BY {ROW}
     """

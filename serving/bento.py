@@ -36,8 +36,9 @@ def import_champion(settings: Settings, model_uri: str | None = None) -> str:
     except NotFound:
         pass
     source = f"models:/{version}" if uri.startswith("models:/") else uri
-    model = bentoml.mlflow.import_model("churnguard", source, labels={"registry_version": version},
-                                        metadata={"mlflow_uri": source})
+    model = bentoml.mlflow.import_model(
+        "churnguard", source, labels={"registry_version": version}, metadata={"mlflow_uri": source}
+    )
     return str(model.tag)
 
 

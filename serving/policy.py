@@ -61,13 +61,15 @@ class Policy(_Strict):
                 raise ValueError(f"rules[{i}]: unknown action {rule.action!r} (known: {', '.join(self.actions)})")
         last = self.rules[-1]
         if last.stage or last.tier or last.value:
-            raise ValueError("the last rule must match everybody (no stage/tier/value), so every customer gets an "
-                             "action")
+            raise ValueError(
+                "the last rule must match everybody (no stage/tier/value), so every customer gets an action"
+            )
         return self
 
     def value_band(self, value: np.ndarray) -> np.ndarray:
-        return np.where(value >= self.value_bands.high, "high",
-                        np.where(value >= self.value_bands.medium, "medium", "low")).astype(object)
+        return np.where(
+            value >= self.value_bands.high, "high", np.where(value >= self.value_bands.medium, "medium", "low")
+        ).astype(object)
 
     def assign(self, scores: pd.DataFrame) -> pd.DataFrame:
         """recommended_action, action_cost and expected_value_saved for each scorecard row."""
@@ -84,12 +86,15 @@ class Policy(_Strict):
             action[match] = rule.action
         cost = np.array([self.actions[a].cost for a in action])
         save = np.array([self.actions[a].save_rate for a in action])
-        return pd.DataFrame({
-            "value_band": band,
-            "recommended_action": action,
-            "action_cost": cost,
-            "expected_value_saved": scores["value_at_risk"].to_numpy(float) * save - cost,
-        }, index=scores.index)
+        return pd.DataFrame(
+            {
+                "value_band": band,
+                "recommended_action": action,
+                "action_cost": cost,
+                "expected_value_saved": scores["value_at_risk"].to_numpy(float) * save - cost,
+            },
+            index=scores.index,
+        )
 
 
 def load_policy(path: Path | None = None) -> Policy:
@@ -108,8 +113,14 @@ def load_policy(path: Path | None = None) -> Policy:
         raise ValueError(f"{path}: {where}: {first['msg']}") from None
 
 
-def select_outreach(scores: pd.DataFrame, *, capacity: int | None = None, budget: float | None = None,
-                    control_share: float = 0.1, seed: int = 42) -> pd.DataFrame:
+def select_outreach(
+    scores: pd.DataFrame,
+    *,
+    capacity: int | None = None,
+    budget: float | None = None,
+    control_share: float = 0.1,
+    seed: int = 42,
+) -> pd.DataFrame:
     """The outreach list: positive expected value saved, best first, up to capacity / budget.
 
     A seeded random ``control_share`` of the list is flagged ``control`` (not to be contacted), so the business
@@ -128,4 +139,3 @@ def select_outreach(scores: pd.DataFrame, *, capacity: int | None = None, budget
         spend = np.cumsum(np.where(control, 0.0, ranked["action_cost"].to_numpy()))
         ranked = ranked[spend <= budget]
     return ranked.assign(rank=np.arange(1, len(ranked) + 1)).reset_index(drop=True)
-

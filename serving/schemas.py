@@ -22,32 +22,47 @@ class CustomerHistory(BaseModel):
     """One customer's raw history; only rows before ``as_of`` are used."""
 
     # OpenAPI 3.0 (BentoML) takes one model-level "example", not the list "examples"
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
-        "customer_id": "c1",
-        "transactions": [{"timestamp": "2024-03-02T10:00:00", "amount": 60.0, "order_id": "o1"},
-                         {"timestamp": "2024-05-01T10:00:00", "amount": 42.5, "order_id": "o2"},
-                         {"timestamp": "2024-05-04T09:00:00", "amount": -12.5, "order_id": "o2"}],
-        "events": [{"timestamp": "2024-05-20T18:00:00", "event_type": "email_open"}],
-    }})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "customer_id": "c1",
+                "transactions": [
+                    {"timestamp": "2024-03-02T10:00:00", "amount": 60.0, "order_id": "o1"},
+                    {"timestamp": "2024-05-01T10:00:00", "amount": 42.5, "order_id": "o2"},
+                    {"timestamp": "2024-05-04T09:00:00", "amount": -12.5, "order_id": "o2"},
+                ],
+                "events": [{"timestamp": "2024-05-20T18:00:00", "event_type": "email_open"}],
+            }
+        },
+    )
 
     customer_id: CustomerId = Field(description="Your id for the customer.", examples=["c1"])
     transactions: list[TransactionFields] = Field(
-        default_factory=list, max_length=MAX_ROWS_PER_CUSTOMER,
-        description="Purchases and refunds (negative amounts). A customer with none before as_of is not scored.")
-    events: list[EventFields] = Field(default_factory=list, max_length=MAX_ROWS_PER_CUSTOMER,
-                                      description="Engagement events (sessions, e-mail opens and clicks, ...).")
+        default_factory=list,
+        max_length=MAX_ROWS_PER_CUSTOMER,
+        description="Purchases and refunds (negative amounts). A customer with none before as_of is not scored.",
+    )
+    events: list[EventFields] = Field(
+        default_factory=list,
+        max_length=MAX_ROWS_PER_CUSTOMER,
+        description="Engagement events (sessions, e-mail opens and clicks, ...).",
+    )
     signup_date: Timestamp | None = Field(None, description="Sign-up date, if known.")
     churn_date: Timestamp | None = Field(None, description="Cancel date (subscriptions), if any.")
 
 
-Customers = Annotated[list[CustomerHistory], Field(min_length=1, max_length=MAX_CUSTOMERS_PER_REQUEST,
-                                                   description="1 to 1,000 customers.")]
+Customers = Annotated[
+    list[CustomerHistory],
+    Field(min_length=1, max_length=MAX_CUSTOMERS_PER_REQUEST, description="1 to 1,000 customers."),
+]
 
 
 def client_error(loc: tuple, message: str) -> ValidationError:
     """A 400 with the same body shape as pydantic's own (``detail[].loc`` names the field at fault)."""
     return ValidationError.from_exception_data(
-        "Input", [{"type": "value_error", "loc": loc, "input": None, "ctx": {"error": ValueError(message)}}])
+        "Input", [{"type": "value_error", "loc": loc, "input": None, "ctx": {"error": ValueError(message)}}]
+    )
 
 
 def unique_ids(items: list, field: str) -> None:
@@ -67,7 +82,8 @@ class FeatureRow(BaseModel):
     as_of: Timestamp | date = Field(description="The date the features were computed at.")
     features: dict[str, float | None] = Field(
         description="Every feature the model uses (GET /model lists them); null where undefined.",
-        examples=[{"recency_days": 31.0, "frequency": 4.0}])
+        examples=[{"recency_days": 31.0, "frequency": 4.0}],
+    )
 
     @field_validator("features")
     @classmethod

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.build import build_features, entities_at
-from features.engines import Engine
 from features.dataset import Dataset
+from features.engines import Engine
 from serving.policy import Policy, select_outreach
 from training.model import SCORE_COLUMNS, ChurnModel
 from training.scorecard import NOT_SCORABLE, TIERS
@@ -37,8 +37,15 @@ class Scored:
     rejected: pd.DataFrame  # customer_id, reason
 
 
-def score_dataset(data: Dataset, entities: pa.Table, model: ChurnModel, policy: Policy, *,
-                  engine: Engine | None = None, reasons: bool = False) -> Scored:
+def score_dataset(
+    data: Dataset,
+    entities: pa.Table,
+    model: ChurnModel,
+    policy: Policy,
+    *,
+    engine: Engine | None = None,
+    reasons: bool = False,
+) -> Scored:
     features = build_features(data, entities, event_types=model.event_types, engine=engine).to_pandas()
     prospect = features["frequency"].to_numpy() < 1
     rejected = pd.DataFrame({"customer_id": features.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
@@ -95,20 +102,34 @@ def score_batch(
         _explain(data, model, scores, outreach, as_of, engine)
     n_input = _count_input_customers(data, invalid_customer_ids)
     if len(scores) + len(rejected_df) != n_input:
-        raise AssertionError(f"customer accounting broken: {len(scores)} scored + {len(rejected_df)} rejected != "
-                             f"{n_input} input customers")
-    warnings = [] if model.season_covered(as_of) else [
-        f"as_of {as_of:%Y-%m-%d} falls in a season none of the training snapshots covers "
-        f"({', '.join(f'{d:%b %d}' for d in model.training_snapshots)}): churn rates may differ from training"]
+        raise AssertionError(
+            f"customer accounting broken: {len(scores)} scored + {len(rejected_df)} rejected != "
+            f"{n_input} input customers"
+        )
+    warnings = (
+        []
+        if model.season_covered(as_of)
+        else [
+            f"as_of {as_of:%Y-%m-%d} falls in a season none of the training snapshots covers "
+            f"({', '.join(f'{d:%b %d}' for d in model.training_snapshots)}): churn rates may differ from training"
+        ]
+    )
     return BatchResult(scores, outreach, rejected_df, n_input, _summary(scores, outreach, rejected_df), warnings)
 
 
-def _explain(data: Dataset, model: ChurnModel, scores: pd.DataFrame, outreach: pd.DataFrame, as_of: datetime,
-             engine: Engine | None) -> None:
+def _explain(
+    data: Dataset,
+    model: ChurnModel,
+    scores: pd.DataFrame,
+    outreach: pd.DataFrame,
+    as_of: datetime,
+    engine: Engine | None,
+) -> None:
     """top_reasons for the outreach customers only: TreeSHAP costs ~1 ms per customer, everybody would be minutes."""
     ids = outreach["customer_id"].astype(str).tolist()
-    entities = pa.table({"customer_id": pa.array(ids, pa.string()),
-                         "as_of": pa.array([as_of] * len(ids), pa.timestamp("us"))})
+    entities = pa.table(
+        {"customer_id": pa.array(ids, pa.string()), "as_of": pa.array([as_of] * len(ids), pa.timestamp("us"))}
+    )
     features = build_features(data, entities, event_types=model.event_types, engine=engine).to_pandas()
     explained = dict(zip(features["customer_id"], model.reasons(features), strict=True))
     outreach["top_reasons"] = [explained[c] for c in outreach["customer_id"]]
@@ -152,7 +173,8 @@ def _summary(scores: pd.DataFrame, outreach: pd.DataFrame, rejected: pd.DataFram
         "outreach_size": len(outreach),
         "outreach_control": int(outreach["control"].sum()) if len(outreach) else 0,
         "outreach_expected_value_saved": float(outreach.loc[~outreach["control"], "expected_value_saved"].sum())
-        if len(outreach) else 0.0,
+        if len(outreach)
+        else 0.0,
         "actions": outreach["recommended_action"].value_counts().to_dict() if len(outreach) else {},
     }
 
@@ -163,9 +185,23 @@ def write_batch(result: BatchResult, out, outreach_out=None, rejects_out=None) -
 
     write_table(_to_arrow(result.scores[SCORECARD_COLUMNS], out), out)
     if outreach_out is not None:
-        cols = ["rank", "customer_id", "control", "recommended_action", "expected_value_saved", "action_cost",
-                "churn_probability", "risk_tier", "lifecycle_stage", "value_band", "expected_value_12m",
-                "value_at_risk", "median_days_to_churn", "top_reasons", "model_version"]
+        cols = [
+            "rank",
+            "customer_id",
+            "control",
+            "recommended_action",
+            "expected_value_saved",
+            "action_cost",
+            "churn_probability",
+            "risk_tier",
+            "lifecycle_stage",
+            "value_band",
+            "expected_value_12m",
+            "value_at_risk",
+            "median_days_to_churn",
+            "top_reasons",
+            "model_version",
+        ]
         write_table(_to_arrow(result.outreach[cols], outreach_out), outreach_out)
     if rejects_out is not None:
         write_table(pa.Table.from_pandas(result.rejected, preserve_index=False), rejects_out)

@@ -2,9 +2,9 @@
 
 The model is resolved once at start-up: ``churnguard:latest`` from BentoML's model store, which ``churn serve``
 syncs to the registry's champion first (and which a built bento carries). ``CHURN_SCORING__MODEL_URI`` loads a
-model straight from the MLflow registry instead (used by the tests and for debugging). Features come from the same ``build_features`` as batch scoring, through
-``serving.scoring.score_dataset``; only the DuckDB engine is a single-threaded one, which is fastest for a few
-customers.
+model straight from the MLflow registry instead (used by the tests and for debugging). Features come from the
+same ``build_features`` as batch scoring, through ``serving.scoring.score_dataset``; requests run the compiled
+definitions on the small-data engine (SQLite, see ``features/engines.py``), which answers in milliseconds.
 
 Security: with ``CHURN_API_TOKEN`` set, every call except health, metrics and docs needs
 ``Authorization: Bearer <token>`` (compared in constant time). Bodies over ``serving.max_body_bytes`` get 413.
@@ -27,8 +27,8 @@ from starlette.routing import Route
 
 from churnguard.settings import load_settings, now_utc
 from features.build import as_entities
-from features.engines import SQLiteEngine
 from features.dataset import Dataset
+from features.engines import SQLiteEngine
 from serving.bento import BENTO_MODEL
 from serving.policy import load_policy
 from serving.schemas import Customers, FeatureRows, ModelCard, ScoreResponse, client_error, unique_ids
@@ -68,12 +68,17 @@ class ChurnService:
         """Compile the feature SQL and touch every model once, so the first real request is as fast as the rest."""
         t = datetime(2024, 1, 1)
         data = Dataset.from_records([{"customer_id": "warm-up", "timestamp": t, "amount": 1.0}])
-        score_dataset(data, as_entities(["warm-up"], datetime(2024, 2, 1)), self.model, self.policy,
-                      engine=self.engine, reasons=True)
+        score_dataset(
+            data,
+            as_entities(["warm-up"], datetime(2024, 2, 1)),
+            self.model,
+            self.policy,
+            engine=self.engine,
+            reasons=True,
+        )
 
     @bentoml.api
-    def score(self, customers: Customers, as_of: datetime | date | None = None, reasons: bool = True
-              ) -> ScoreResponse:
+    def score(self, customers: Customers, as_of: datetime | date | None = None, reasons: bool = True) -> ScoreResponse:
         """Score customers from their raw history (the same features as batch scoring). ``as_of`` defaults to now."""
         unique_ids(customers, "customers")
         when = _as_datetime(as_of) if as_of else now_utc()
@@ -93,8 +98,9 @@ class ChurnService:
             if missing or unknown:
                 what = f"missing {missing[:5]}" if missing else f"unknown {unknown[:5]}"
                 raise client_error(("rows", i, "features"), f"{what} (GET /model lists the {len(names)} features)")
-        frame = pd.DataFrame([{"customer_id": r.customer_id, "as_of": _as_datetime(r.as_of), **r.features}
-                              for r in rows])
+        frame = pd.DataFrame(
+            [{"customer_id": r.customer_id, "as_of": _as_datetime(r.as_of), **r.features} for r in rows]
+        )
         frame[names] = frame[names].astype("float64")
         prospect = frame["frequency"].fillna(0) < 1
         cards = self.model.score(frame.loc[~prospect], reasons=reasons)
@@ -105,10 +111,18 @@ class ChurnService:
 
     def _response(self, scored: Scored, as_of: datetime) -> ScoreResponse:
         records = scored.scores[SCORECARD_COLUMNS].to_dict(orient="records")
-        warnings = [] if self.model.season_covered(as_of) else [
-            f"as_of {as_of:%Y-%m-%d} falls in a season the model's training snapshots do not cover"]
-        return ScoreResponse(model_version=self.model.model_version, as_of=as_of, scores=records,
-                             rejected=scored.rejected.to_dict(orient="records"), warnings=warnings)
+        warnings = (
+            []
+            if self.model.season_covered(as_of)
+            else [f"as_of {as_of:%Y-%m-%d} falls in a season the model's training snapshots do not cover"]
+        )
+        return ScoreResponse(
+            model_version=self.model.model_version,
+            as_of=as_of,
+            scores=records,
+            rejected=scored.rejected.to_dict(orient="records"),
+            warnings=warnings,
+        )
 
 
 def _as_datetime(d: datetime | date) -> datetime:
@@ -156,8 +170,9 @@ class ApiGuard:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         if self.token is not None and not _authorized(headers.get(b"authorization", b""), self.token):
-            return await _send_json(send, 401, {"error": "missing or invalid bearer token"},
-                                    {b"www-authenticate": b"Bearer"})
+            return await _send_json(
+                send, 401, {"error": "missing or invalid bearer token"}, {b"www-authenticate": b"Bearer"}
+            )
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await _send_json(send, 413, {"error": f"request body over {self.max_body:,} bytes"})
@@ -212,7 +227,8 @@ class _ClientErrorFilter(logging.Filter):
 
         exc = record.exc_info[1] if record.exc_info else None
         client_error = isinstance(exc, ValidationError) or (
-            isinstance(exc, bentoml.exceptions.BentoMLException) and exc.error_code.value < 500)
+            isinstance(exc, bentoml.exceptions.BentoMLException) and exc.error_code.value < 500
+        )
         if client_error:
             record.msg = f"{record.getMessage()}: client error: {type(exc).__name__}: {str(exc).splitlines()[0]}"
             record.args = ()
@@ -226,4 +242,3 @@ def quiet_client_errors() -> None:
     logger = logging.getLogger("bentoml._internal.server.http_app")
     if not any(isinstance(f, _ClientErrorFilter) for f in logger.filters):
         logger.addFilter(_ClientErrorFilter())
-

@@ -29,8 +29,10 @@ def ev(customer_id: str, when: str, event_type: str) -> dict:
 @pytest.fixture
 def online_retail_dir() -> Path:
     if not ONLINE_RETAIL.exists():
-        pytest.skip(f"the shared Online Retail file is not here ({ONLINE_RETAIL}); it lives beside the project "
-                    "on the developers' machines")
+        pytest.skip(
+            f"the shared Online Retail file is not here ({ONLINE_RETAIL}); it lives beside the project "
+            "on the developers' machines"
+        )
     return ONLINE_RETAIL.parent
 
 

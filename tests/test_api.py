@@ -19,8 +19,12 @@ AS_OF = "2024-10-01"
 
 @pytest.fixture(scope="module")
 def client(registered, test_settings):
-    env = {"CHURN_DATA_DIR": str(test_settings.data_dir), "CHURN_SCORING__MODEL_URI": "models:/churnguard@champion",
-           "CHURN_API_TOKEN": TOKEN, "CHURN_SERVING__MAX_BODY_BYTES": "2000000"}
+    env = {
+        "CHURN_DATA_DIR": str(test_settings.data_dir),
+        "CHURN_SCORING__MODEL_URI": "models:/churnguard@champion",
+        "CHURN_API_TOKEN": TOKEN,
+        "CHURN_SERVING__MAX_BODY_BYTES": "2000000",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -38,14 +42,19 @@ def client(registered, test_settings):
 
 def history(data, customer_id: str) -> dict:
     """A customer's clean rows as an API request entry."""
+
     def rows(table, columns):
         t = table.filter(pc.equal(table["customer_id"], customer_id)).select(columns).to_pylist()
-        return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items() if v is not None}
-                for r in t]
+        return [
+            {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items() if v is not None} for r in t
+        ]
 
     tx_cols = ["timestamp", "amount", "order_id", "quantity", "product_id", "category", "channel"]
-    entry = {"customer_id": customer_id, "transactions": rows(data.transactions, tx_cols),
-             "events": rows(data.events, ["timestamp", "event_type"])}
+    entry = {
+        "customer_id": customer_id,
+        "transactions": rows(data.transactions, tx_cols),
+        "events": rows(data.events, ["timestamp", "event_type"]),
+    }
     cust = rows(data.customers, ["signup_date", "churn_date"])
     if cust:
         entry.update(cust[0])
@@ -83,15 +92,28 @@ def test_api_equals_batch_for_the_same_customer_data(client, demo_data, sample_i
 
     data, rejects = demo_data
     as_of = datetime.fromisoformat(AS_OF)
-    batch = score_batch(data, load_model(test_settings), load_policy(), as_of=as_of,
-                        invalid_customer_ids=rejects["customer_id"], reasons="all").scores.set_index("customer_id")
+    batch = score_batch(
+        data,
+        load_model(test_settings),
+        load_policy(),
+        as_of=as_of,
+        invalid_customer_ids=rejects["customer_id"],
+        reasons="all",
+    ).scores.set_index("customer_id")
     r = client.post("/score", json={"customers": [history(data, c) for c in sample_ids], "as_of": AS_OF})
     api = r.json()["scores"]
     assert len(api) >= 10
     for card in api:
         row = batch.loc[card["customer_id"]]
-        for field in ("churn_probability", "p_active_30d", "p_active_90d", "median_days_to_churn",
-                      "expected_value_12m", "value_at_risk", "expected_value_saved"):
+        for field in (
+            "churn_probability",
+            "p_active_30d",
+            "p_active_90d",
+            "median_days_to_churn",
+            "expected_value_12m",
+            "value_at_risk",
+            "expected_value_saved",
+        ):
             assert card[field] == pytest.approx(row[field], rel=1e-9, abs=1e-9), (card["customer_id"], field)
         for field in ("risk_tier", "lifecycle_stage", "recommended_action"):
             assert card[field] == row[field]
@@ -99,11 +121,19 @@ def test_api_equals_batch_for_the_same_customer_data(client, demo_data, sample_i
 
 
 def test_refunds_are_valid_and_prospects_are_rejected_with_a_reason(client):
-    body = {"customers": [
-        {"customer_id": "r1", "transactions": [{"timestamp": "2024-05-01T10:00:00", "amount": 80.0},
-                                               {"timestamp": "2024-05-03T10:00:00", "amount": -30.0}]},
-        {"customer_id": "p1", "events": [{"timestamp": "2024-05-01T10:00:00", "event_type": "session"}]},
-    ], "as_of": "2024-06-01"}
+    body = {
+        "customers": [
+            {
+                "customer_id": "r1",
+                "transactions": [
+                    {"timestamp": "2024-05-01T10:00:00", "amount": 80.0},
+                    {"timestamp": "2024-05-03T10:00:00", "amount": -30.0},
+                ],
+            },
+            {"customer_id": "p1", "events": [{"timestamp": "2024-05-01T10:00:00", "event_type": "session"}]},
+        ],
+        "as_of": "2024-06-01",
+    }
     r = client.post("/score", json=body)
     assert r.status_code == 200, r.text
     assert [s["customer_id"] for s in r.json()["scores"]] == ["r1"]
@@ -125,8 +155,11 @@ def test_score_features_matches_score(client, demo_data, sample_ids):
     data, _ = demo_data
     cid = sample_ids[3]
     feats = build_features(data, as_entities([cid], datetime.fromisoformat(AS_OF))).to_pylist()[0]
-    row = {"customer_id": cid, "as_of": AS_OF,
-           "features": {k: v for k, v in feats.items() if k not in ("customer_id", "as_of")}}
+    row = {
+        "customer_id": cid,
+        "as_of": AS_OF,
+        "features": {k: v for k, v in feats.items() if k not in ("customer_id", "as_of")},
+    }
     a = client.post("/score_features", json={"rows": [row]}).json()
     b = client.post("/score", json={"customers": [history(data, cid)], "as_of": AS_OF}).json()
     assert a["scores"] == b["scores"]
@@ -144,8 +177,11 @@ def test_auth(client):
 
 
 def _one(**tx) -> dict:
-    return {"customers": [{"customer_id": "c1", "transactions": [{"timestamp": "2024-01-01T10:00:00",
-                                                                  "amount": 10.0, **tx}]}]}
+    return {
+        "customers": [
+            {"customer_id": "c1", "transactions": [{"timestamp": "2024-01-01T10:00:00", "amount": 10.0, **tx}]}
+        ]
+    }
 
 
 BAD_REQUESTS = {
@@ -171,11 +207,15 @@ def test_bad_input_is_a_4xx_naming_the_field(client, case):
     assert "Traceback" not in r.text
 
 
-@pytest.mark.parametrize("raw", [b'{"customers": [{"customer_id": "c", "transactions": [{"timestamp": '
-                                 b'"2024-01-01", "amount": NaN}]}]}',
-                                 b'{"customers": [{"customer_id": "c", "transactions": [{"timestamp": '
-                                 b'"2024-01-01", "amount": Infinity}]}]}',
-                                 b'not json', b''])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"customers": [{"customer_id": "c", "transactions": [{"timestamp": "2024-01-01", "amount": NaN}]}]}',
+        b'{"customers": [{"customer_id": "c", "transactions": [{"timestamp": "2024-01-01", "amount": Infinity}]}]}',
+        b"not json",
+        b"",
+    ],
+)
 def test_non_finite_numbers_and_broken_json_are_400(client, raw):
     r = client.post("/score", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 400, r.text
@@ -189,8 +229,9 @@ def test_oversized_body_is_413(client):
 
 
 def test_score_features_with_missing_features_is_400(client):
-    r = client.post("/score_features", json={"rows": [{"customer_id": "a", "as_of": AS_OF,
-                                                       "features": {"recency_days": 3.0}}]})
+    r = client.post(
+        "/score_features", json={"rows": [{"customer_id": "a", "as_of": AS_OF, "features": {"recency_days": 3.0}}]}
+    )
     assert r.status_code == 400
     assert "features" in r.text and "missing" in r.text
 

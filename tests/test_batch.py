@@ -20,8 +20,17 @@ AS_OF = datetime(2024, 10, 1)
 @pytest.fixture(scope="module")
 def batch(demo_data, trained):
     data, rejects = demo_data
-    return score_batch(data, trained.model, load_policy(), as_of=AS_OF, invalid_customer_ids=rejects["customer_id"],
-                       chunk_size=700, capacity=150, control_share=0.2, seed=3)
+    return score_batch(
+        data,
+        trained.model,
+        load_policy(),
+        as_of=AS_OF,
+        invalid_customer_ids=rejects["customer_id"],
+        chunk_size=700,
+        capacity=150,
+        control_share=0.2,
+        seed=3,
+    )
 
 
 @pytest.mark.slow
@@ -39,9 +48,17 @@ def test_every_input_customer_is_scored_or_rejected_with_a_reason(batch, demo_da
 @pytest.mark.slow
 def test_chunking_does_not_change_scores(batch, demo_data, trained):
     data, rejects = demo_data
-    one_chunk = score_batch(data, trained.model, load_policy(), as_of=AS_OF,
-                            invalid_customer_ids=rejects["customer_id"], chunk_size=100_000, capacity=150,
-                            control_share=0.2, seed=3)
+    one_chunk = score_batch(
+        data,
+        trained.model,
+        load_policy(),
+        as_of=AS_OF,
+        invalid_customer_ids=rejects["customer_id"],
+        chunk_size=100_000,
+        capacity=150,
+        control_share=0.2,
+        seed=3,
+    )
     a = batch.scores.set_index("customer_id").sort_index()
     b = one_chunk.scores.set_index("customer_id").sort_index()
     pd.testing.assert_series_equal(a["churn_probability"], b["churn_probability"])
@@ -59,8 +76,9 @@ def test_outreach_is_ranked_capped_and_has_an_exact_control_share(batch):
     assert out["top_reasons"].map(len).gt(0).all()  # reasons are computed for the outreach list
     others = batch.scores[~batch.scores["customer_id"].isin(out["customer_id"])]
     assert others["top_reasons"].map(len).eq(0).all()  # ... and only for it, by default
-    eligible = batch.scores[(batch.scores["recommended_action"] != "no_action")
-                            & (batch.scores["expected_value_saved"] > 0)]
+    eligible = batch.scores[
+        (batch.scores["recommended_action"] != "no_action") & (batch.scores["expected_value_saved"] > 0)
+    ]
     assert out["expected_value_saved"].min() >= eligible["expected_value_saved"].nlargest(150).min()
 
 
@@ -102,12 +120,14 @@ def test_a_crash_while_writing_keeps_the_previous_file(batch, tmp_path, monkeypa
 
 
 def _scores(n: int) -> pd.DataFrame:
-    return pd.DataFrame({
-        "customer_id": [f"c{i}" for i in range(n)],
-        "expected_value_saved": [float(n - i) for i in range(n)],
-        "recommended_action": ["winback_discount"] * n,
-        "action_cost": [4.0] * n,
-    })
+    return pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(n)],
+            "expected_value_saved": [float(n - i) for i in range(n)],
+            "recommended_action": ["winback_discount"] * n,
+            "action_cost": [4.0] * n,
+        }
+    )
 
 
 def test_budget_caps_the_list_and_control_costs_nothing():
@@ -126,30 +146,53 @@ def test_control_share_is_exact_and_seeded():
 
 def test_default_policy_maps_segments_to_actions():
     policy = load_policy()
-    cards = pd.DataFrame({
-        "lifecycle_stage": ["lapsed", "new", "at_risk", "loyal", "active", "at_risk"],
-        "risk_tier": ["critical", "high", "critical", "medium", "low", "high"],
-        "expected_value_12m": [1000.0, 50.0, 900.0, 800.0, 900.0, 50.0],
-        "value_at_risk": [900.0, 40.0, 800.0, 300.0, 100.0, 40.0],
-    })
+    cards = pd.DataFrame(
+        {
+            "lifecycle_stage": ["lapsed", "new", "at_risk", "loyal", "active", "at_risk"],
+            "risk_tier": ["critical", "high", "critical", "medium", "low", "high"],
+            "expected_value_12m": [1000.0, 50.0, 900.0, 800.0, 900.0, 50.0],
+            "value_at_risk": [900.0, 40.0, 800.0, 300.0, 100.0, 40.0],
+        }
+    )
     actions = policy.assign(cards)["recommended_action"].tolist()
-    assert actions == ["reactivation_campaign", "onboarding_nudge", "personal_call", "vip_offer", "no_action",
-                       "winback_discount"]
+    assert actions == [
+        "reactivation_campaign",
+        "onboarding_nudge",
+        "personal_call",
+        "vip_offer",
+        "no_action",
+        "winback_discount",
+    ]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("value_bands: {high: 5, medium: 1}\nactions: {a: {cost: 1, save_rate: 0.1}}\nrules: [{action: b}]",
-     "unknown action 'b'"),
-    ("value_bands: {high: 5, medium: 1}\nactions: {a: {cost: 1, save_rate: 0.1}}\n"
-     "rules: [{tier: [high], action: a}]", "last rule must match everybody"),
-    ("value_bands: {high: 5, medium: 1}\nactions: {a: {cost: 1, save_rate: 1.5}}\nrules: [{action: a}]",
-     "actions.a.save_rate"),
-    ("value_bands: {high: 5, medium: 1}\nactions: {a: {cost: 1, save_rate: 0.1}}\n"
-     "rules: [{tier: [urgent], action: a}, {action: a}]", "rules.0.tier.0"),
-    ("value_bands: {high: 1, medium: 5}\nactions: {a: {cost: 1, save_rate: 0.1}}\nrules: [{action: a}]",
-     "medium must be below high"),
-    ("rules: [", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "value_bands: {high: 5, medium: 1}\nactions: {a: {cost: 1, save_rate: 0.1}}\nrules: [{action: b}]",
+            "unknown action 'b'",
+        ),
+        (
+            "value_bands: {high: 5, medium: 1}\nactions: {a: {cost: 1, save_rate: 0.1}}\n"
+            "rules: [{tier: [high], action: a}]",
+            "last rule must match everybody",
+        ),
+        (
+            "value_bands: {high: 5, medium: 1}\nactions: {a: {cost: 1, save_rate: 1.5}}\nrules: [{action: a}]",
+            "actions.a.save_rate",
+        ),
+        (
+            "value_bands: {high: 5, medium: 1}\nactions: {a: {cost: 1, save_rate: 0.1}}\n"
+            "rules: [{tier: [urgent], action: a}, {action: a}]",
+            "rules.0.tier.0",
+        ),
+        (
+            "value_bands: {high: 1, medium: 5}\nactions: {a: {cost: 1, save_rate: 0.1}}\nrules: [{action: a}]",
+            "medium must be below high",
+        ),
+        ("rules: [", "not valid YAML"),
+    ],
+)
 def test_policy_file_errors_are_clear(tmp_path, text, message):
     path = tmp_path / "policy.yaml"
     path.write_text(text)

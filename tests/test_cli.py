@@ -23,13 +23,15 @@ def test_generate_validate_features_labels(tmp_path):
     assert "exact duplicate" in r.output and (tmp_path / "rejects.csv").exists()
 
     out = tmp_path / "features.parquet"
-    r = runner.invoke(app, ["features", "--data", str(demo), "--as-of", "2023-07-01", "--as-of", "2023-10-01",
-                            "--out", str(out)])
+    r = runner.invoke(
+        app, ["features", "--data", str(demo), "--as-of", "2023-07-01", "--as-of", "2023-10-01", "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert set(pq.read_table(out)["as_of"].to_pylist()) == {datetime(2023, 7, 1), datetime(2023, 10, 1)}
 
-    r = runner.invoke(app, ["labels", "--data", str(demo), "--as-of", "2023-07-01", "--out",
-                            str(tmp_path / "labels.csv")])
+    r = runner.invoke(
+        app, ["labels", "--data", str(demo), "--as-of", "2023-07-01", "--out", str(tmp_path / "labels.csv")]
+    )
     assert r.exit_code == 0, r.output
     assert "churn rate at 90 days" in r.output
 
@@ -49,8 +51,9 @@ def test_broken_input_is_one_line_and_exit_code_2(tmp_path):
 
 def test_label_window_past_the_data_is_refused(tmp_path):
     (tmp_path / "transactions.csv").write_text("customer_id,timestamp,amount\nc1,2024-01-01,3\nc1,2024-03-01,3\n")
-    r = runner.invoke(app, ["labels", "--data", str(tmp_path), "--as-of", "2024-02-01", "--out",
-                            str(tmp_path / "l.csv")])
+    r = runner.invoke(
+        app, ["labels", "--data", str(tmp_path), "--as-of", "2024-02-01", "--out", str(tmp_path / "l.csv")]
+    )
     assert r.exit_code == 2 and "after the data ends" in r.output
 
 

@@ -25,8 +25,7 @@ TS_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict[str, DemoSummary]:
-    return {fmt: generate(tmp_path_factory.mktemp(fmt), customers=N, seed=3, fmt=fmt)
-            for fmt in ("csv", "parquet")}
+    return {fmt: generate(tmp_path_factory.mktemp(fmt), customers=N, seed=3, fmt=fmt) for fmt in ("csv", "parquet")}
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +231,12 @@ def test_orders_have_lines_and_refunds_point_to_earlier_orders(business):
     tx = business["tx"]
     buys, refunds = tx[tx["amount"] > 0], tx[tx["amount"] < 0]
     assert (tx["amount"] != 0).all()
-    lines = buys.groupby("order_id").agg(n=("amount", "size"), ts=("timestamp", "nunique"),
-                                         customer=("customer_id", "nunique"), first=("timestamp", "min"))
+    lines = buys.groupby("order_id").agg(
+        n=("amount", "size"),
+        ts=("timestamp", "nunique"),
+        customer=("customer_id", "nunique"),
+        first=("timestamp", "min"),
+    )
     assert (lines["ts"] == 1).all() and (lines["customer"] == 1).all()
     assert 1.4 < lines["n"].mean() < 2.5
     assert 0.02 <= len(refunds) / len(lines) <= 0.045
@@ -241,8 +244,10 @@ def test_orders_have_lines_and_refunds_point_to_earlier_orders(business):
     bought = lines.loc[refunds["order_id"], "first"].to_numpy()
     assert (refunds["timestamp"].to_numpy() > bought).all()
     same = buys.set_index(["order_id", "product_id"])["amount"]
-    assert np.allclose(-refunds.set_index(["order_id", "product_id"])["amount"], same.reindex(
-        refunds.set_index(["order_id", "product_id"]).index))
+    assert np.allclose(
+        -refunds.set_index(["order_id", "product_id"])["amount"],
+        same.reindex(refunds.set_index(["order_id", "product_id"]).index),
+    )
 
 
 def test_subscriptions_stop_charging_after_the_cancel(business):
@@ -296,8 +301,10 @@ def test_leavers_are_quieter_than_stayers_at_a_cut_off(business):
         known = pd.Index(orders[(ts < as_of) & (ts >= as_of - 90 * day)]["customer_id"].unique())
         known = known[first.reindex(known) < as_of - 120 * day]
         later = orders[orders["timestamp"] >= as_of]
-        groups = {"leaver": known[~known.isin(later["customer_id"])],
-                  "stayer": known[known.isin(later[later["timestamp"] < as_of + 90 * day]["customer_id"])]}
+        groups = {
+            "leaver": known[~known.isin(later["customer_id"])],
+            "stayer": known[known.isin(later[later["timestamp"] < as_of + 90 * day]["customer_id"])],
+        }
         for group, ids in groups.items():
             before = (as_of - ev[ev["customer_id"].isin(ids)]["timestamp"]) / day
             recent = ((before > 0) & (before <= 30)).sum() / 30

@@ -26,8 +26,10 @@ def _same(a: pa.Table, b: pa.Table) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_sqlite_equals_duckdb_on_random_histories(seed):
     txs, evs = _random_history(seed)
-    customers = [{"customer_id": "c1", "signup_date": datetime(2022, 11, 1), "churn_date": datetime(2023, 9, 1)},
-                 {"customer_id": "c2", "signup_date": datetime(2023, 12, 1), "churn_date": None}]
+    customers = [
+        {"customer_id": "c1", "signup_date": datetime(2022, 11, 1), "churn_date": datetime(2023, 9, 1)},
+        {"customer_id": "c2", "signup_date": datetime(2023, 12, 1), "churn_date": None},
+    ]
     data = dataset(txs, evs, customers)
     entities = entities_at(data, [datetime(2023, 3, 1), datetime(2023, 8, 15, 12), datetime(2024, 6, 1)])
     _same(build_features(data, entities, engine=SQLITE), build_features(data, entities, engine=DUCKDB))

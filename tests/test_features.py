@@ -61,23 +61,40 @@ def test_exact_values_customer_a(features):
         "monetary_mean": 70.0,
         "monetary_std": math.sqrt(700.0),
         "monetary_max": 100.0,
-        "orders_30d": 1, "spend_30d": 60.0,
-        "orders_90d": 1, "spend_90d": 60.0,
-        "orders_180d": 2, "spend_180d": 160.0,
-        "orders_365d": 3, "spend_365d": 210.0,
-        "orders_prev_90d": 1, "spend_prev_90d": 100.0,
-        "refund_total": 20.0, "refund_lines": 1,
-        "category_breadth": 2, "channel_breadth": 2,
+        "orders_30d": 1,
+        "spend_30d": 60.0,
+        "orders_90d": 1,
+        "spend_90d": 60.0,
+        "orders_180d": 2,
+        "spend_180d": 160.0,
+        "orders_365d": 3,
+        "spend_365d": 210.0,
+        "orders_prev_90d": 1,
+        "spend_prev_90d": 100.0,
+        "refund_total": 20.0,
+        "refund_lines": 1,
+        "category_breadth": 2,
+        "channel_breadth": 2,
         "purchase_days": 3,
         "gap_mean_days": 76.0,
         "gap_std_days": 32 / math.sqrt(2),
         "gap_max_days": 92.0,
         "last_gap_days": 92.0,
-        "events_30d": 2, "events_90d": 3, "events_prev_30d": 1,
-        "days_since_last_event": 6.0, "days_since_first_event": 47.0,
-        "session_30d": 1, "session_90d": 2, "session_prev_30d": 1, "session_days_since_last": 6.0,
-        "email_open_30d": 1, "email_open_90d": 1, "email_open_prev_30d": 0, "email_open_days_since_last": 11.0,
-        "app_login_30d": 0, "app_login_days_since_last": None,
+        "events_30d": 2,
+        "events_90d": 3,
+        "events_prev_30d": 1,
+        "days_since_last_event": 6.0,
+        "days_since_first_event": 47.0,
+        "session_30d": 1,
+        "session_90d": 2,
+        "session_prev_30d": 1,
+        "session_days_since_last": 6.0,
+        "email_open_30d": 1,
+        "email_open_90d": 1,
+        "email_open_prev_30d": 0,
+        "email_open_days_since_last": 11.0,
+        "app_login_30d": 0,
+        "app_login_days_since_last": None,
         "days_since_signup": 199.0,
         "cancelled": 0,
         "orders_trend_90d": 0.0,
@@ -138,14 +155,26 @@ def _random_history(seed: int, n_customers: int = 40) -> tuple[list[dict], list[
             day = datetime(2023, 1, 1).timestamp() + rng.uniform(0, 600) * 86400
             when = datetime.fromtimestamp(day).replace(microsecond=0)
             amount = round(rng.choice([-1, 1, 1, 1, 1]) * rng.uniform(1, 200), 2)
-            txs.append({"customer_id": cid, "timestamp": when, "amount": amount,
-                        "order_id": rng.choice([None, f"o{rng.randint(0, 30)}"]),
-                        "product_id": f"p{rng.randint(0, 9)}", "category": f"k{rng.randint(0, 3)}",
-                        "channel": rng.choice(["web", "app", None])})
+            txs.append(
+                {
+                    "customer_id": cid,
+                    "timestamp": when,
+                    "amount": amount,
+                    "order_id": rng.choice([None, f"o{rng.randint(0, 30)}"]),
+                    "product_id": f"p{rng.randint(0, 9)}",
+                    "category": f"k{rng.randint(0, 3)}",
+                    "channel": rng.choice(["web", "app", None]),
+                }
+            )
         for _ in range(rng.randint(0, 20)):
             day = datetime(2023, 1, 1).timestamp() + rng.uniform(0, 600) * 86400
-            evs.append({"customer_id": cid, "timestamp": datetime.fromtimestamp(day).replace(microsecond=0),
-                        "event_type": rng.choice(["session", "email_open", "email_click", "support_ticket", "other"])})
+            evs.append(
+                {
+                    "customer_id": cid,
+                    "timestamp": datetime.fromtimestamp(day).replace(microsecond=0),
+                    "event_type": rng.choice(["session", "email_open", "email_click", "support_ticket", "other"]),
+                }
+            )
     return txs, evs
 
 
@@ -232,4 +261,6 @@ def test_feature_docs_are_generated_from_the_registry():
     from features.registry import registry_markdown
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "features.md"
-    assert docs.read_text() == registry_markdown(), "regenerate: uv run churn features --list --markdown > docs/features.md"
+    assert docs.read_text() == registry_markdown(), (
+        "regenerate: uv run churn features --list --markdown > docs/features.md"
+    )

@@ -15,15 +15,24 @@ H = 90
 
 TRANSACTIONS = [
     tx("one", "2024-06-01", 10),  # a single purchase, never again
-    tx("at_asof", "2024-05-01", 10), tx("at_asof", "2024-07-01 00:00", 10),  # a purchase exactly at as_of
+    tx("at_asof", "2024-05-01", 10),
+    tx("at_asof", "2024-07-01 00:00", 10),  # a purchase exactly at as_of
     tx("lapsed", "2024-01-01", 10),  # inactive for H days already at as_of
-    tx("returns", "2024-06-01", 10), tx("returns", "2024-08-01", 10), tx("returns", "2024-12-15", 10),
-    tx("censored", "2024-06-01", 10), tx("censored", "2024-08-15", 10), tx("censored", "2024-11-01", 10),
+    tx("returns", "2024-06-01", 10),
+    tx("returns", "2024-08-01", 10),
+    tx("returns", "2024-12-15", 10),
+    tx("censored", "2024-06-01", 10),
+    tx("censored", "2024-08-15", 10),
+    tx("censored", "2024-11-01", 10),
     tx("censored", "2024-12-20", 10),
-    tx("sub", "2024-05-10", 9), tx("sub", "2024-06-10", 9), tx("sub", "2024-07-10", 9),
+    tx("sub", "2024-05-10", 9),
+    tx("sub", "2024-06-10", 9),
+    tx("sub", "2024-07-10", 9),
     tx("cancelled_before", "2024-05-01", 9),
-    tx("refund_only_after", "2024-06-01", 10), tx("refund_only_after", "2024-07-05", -10),
-    tx("late", "2024-06-20", 10), tx("late", "2025-01-01", 10),  # its last purchase is the end of the data
+    tx("refund_only_after", "2024-06-01", 10),
+    tx("refund_only_after", "2024-07-05", -10),
+    tx("late", "2024-06-20", 10),
+    tx("late", "2025-01-01", 10),  # its last purchase is the end of the data
 ]
 CUSTOMERS = [
     {"customer_id": "sub", "signup_date": ts("2024-05-10"), "churn_date": ts("2024-08-10")},
@@ -87,5 +96,13 @@ def test_later_rows_only_change_labels_through_the_window():
 
 def test_future_spend_counts_purchases_inside_the_window_only(labels):
     spend = {c: labels[c]["future_spend"] for c in labels}
-    assert spend == {"one": 0.0, "at_asof": 10.0, "lapsed": 0.0, "returns": 10.0, "censored": 10.0, "sub": 9.0,
-                     "refund_only_after": 0.0, "late": 0.0}
+    assert spend == {
+        "one": 0.0,
+        "at_asof": 10.0,
+        "lapsed": 0.0,
+        "returns": 10.0,
+        "censored": 10.0,
+        "sub": 9.0,
+        "refund_only_after": 0.0,
+        "late": 0.0,
+    }

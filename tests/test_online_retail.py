@@ -14,8 +14,9 @@ from tests.conftest import ONLINE_RETAIL_MAPPING
 
 
 def test_online_retail_validates_features_and_labels(online_retail_dir):
-    data, rejects = load_dataset(online_retail_dir, now=datetime(2026, 1, 1),
-                                 mapping=load_mapping(online_retail_dir, ONLINE_RETAIL_MAPPING))
+    data, rejects = load_dataset(
+        online_retail_dir, now=datetime(2026, 1, 1), mapping=load_mapping(online_retail_dir, ONLINE_RETAIL_MAPPING)
+    )
     report = data.report
     tx = report.tables[0]
     # figures from ../shared/data/README.md: 541,909 rows, 135,080 without customer, 5,225 duplicates with one
@@ -40,8 +41,9 @@ def test_online_retail_trains_and_the_winner_is_at_least_as_good_as_every_baseli
     from churnguard.settings import Settings
     from training.train import train
 
-    data, _ = load_dataset(online_retail_dir, now=datetime(2026, 1, 1),
-                           mapping=load_mapping(online_retail_dir, ONLINE_RETAIL_MAPPING))
+    data, _ = load_dataset(
+        online_retail_dir, now=datetime(2026, 1, 1), mapping=load_mapping(online_retail_dir, ONLINE_RETAIL_MAPPING)
+    )
     result = train(data, Settings(data_dir=tmp_path), run_backtest=False)
     ev = result.evaluation
     assert ev.holdout_as_of == "2011-09-10"

@@ -41,18 +41,29 @@ def random_dataset(seed: int, n_customers: int = 40) -> Dataset:
             if rng.random() < 0.03:
                 amount = 0.0
             order_id = rng.choice([None, None, f"o{rng.randint(0, 8)}"])
-            line = {"customer_id": cid, "timestamp": when, "amount": amount, "order_id": order_id,
-                    "product_id": rng.choice([None, *(f"p{k}" for k in range(8))]),
-                    "category": rng.choice([None, "k0", "k1", "k2"]),
-                    "channel": rng.choice(["web", "app", None])}
+            line = {
+                "customer_id": cid,
+                "timestamp": when,
+                "amount": amount,
+                "order_id": order_id,
+                "product_id": rng.choice([None, *(f"p{k}" for k in range(8))]),
+                "category": rng.choice([None, "k0", "k1", "k2"]),
+                "channel": rng.choice(["web", "app", None]),
+            }
             txs.append(line)
             if rng.random() < 0.25:  # a second line of the same order (same time stamp, or a later day)
                 later = when if rng.random() < 0.5 else when + timedelta(days=rng.uniform(0, 3))
-                txs.append(dict(line, timestamp=later, amount=round(rng.uniform(1, 50), 2),
-                                product_id=f"p{rng.randint(0, 9)}"))
+                txs.append(
+                    dict(line, timestamp=later, amount=round(rng.uniform(1, 50), 2), product_id=f"p{rng.randint(0, 9)}")
+                )
         for _ in range(rng.randint(0, 20)):
-            evs.append({"customer_id": cid, "timestamp": _when(rng),
-                        "event_type": rng.choice([*EVENT_TYPES, "other", "push_open"])})
+            evs.append(
+                {
+                    "customer_id": cid,
+                    "timestamp": _when(rng),
+                    "event_type": rng.choice([*EVENT_TYPES, "other", "push_open"]),
+                }
+            )
         # rows exactly on window edges (and at as_of itself) of one snapshot
         edge_of = rng.choice(AS_OFS)
         for days in rng.sample([0, 30, 60, 90, 180, 365], 2):
@@ -100,8 +111,10 @@ def assert_same_features(expected: pd.DataFrame, actual: pd.DataFrame) -> None:
 
 def _first_diff(frame: pd.DataFrame, e: np.ndarray, a: np.ndarray, bad: np.ndarray) -> str:
     i = int(np.flatnonzero(bad)[0])
-    return (f"{int(bad.sum())} rows, first {frame['customer_id'].iloc[i]} @ {frame['as_of'].iloc[i]}: "
-            f"build_features={e[i]!r} pandas={a[i]!r}")
+    return (
+        f"{int(bad.sum())} rows, first {frame['customer_id'].iloc[i]} @ {frame['as_of'].iloc[i]}: "
+        f"build_features={e[i]!r} pandas={a[i]!r}"
+    )
 
 
 def churnguard_frame(data: Dataset, entities: pa.Table) -> pd.DataFrame:

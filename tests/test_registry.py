@@ -42,8 +42,15 @@ def test_pyfunc_round_trip_gives_the_full_scorecard(registered, trained, test_se
 def test_run_logs_params_metrics_plots_and_features(registered, test_settings):
     configure(test_settings)
     run = mlflow.get_run(registered.run_id)
-    for key in ("horizon_days", "train_snapshots", "holdout_snapshot", "feature_set", "data_transactions",
-                "data_start", "data_end"):
+    for key in (
+        "horizon_days",
+        "train_snapshots",
+        "holdout_snapshot",
+        "feature_set",
+        "data_transactions",
+        "data_start",
+        "data_end",
+    ):
         assert key in run.data.params
     assert {"roc_auc", "log_loss", "baseline_recency_roc_auc", "survival_concordance"} <= set(run.data.metrics)
     artifacts = {a.path for a in MlflowClient().list_artifacts(registered.run_id, "evaluation/plots")}

@@ -33,8 +33,18 @@ def test_probabilities_are_calibrated(trained):
 
 def test_metrics_are_logged_under_plain_names(trained):
     flat = trained.evaluation.flat_metrics()
-    for name in ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_top_decile", "baseline_recency_roc_auc",
-                 "baseline_rfm_logit_brier", "survival_concordance", "survival_ibs"):
+    for name in (
+        "roc_auc",
+        "pr_auc",
+        "brier",
+        "log_loss",
+        "ece",
+        "lift_top_decile",
+        "baseline_recency_roc_auc",
+        "baseline_rfm_logit_brier",
+        "survival_concordance",
+        "survival_ibs",
+    ):
         assert np.isfinite(flat[name]), name
 
 
@@ -76,8 +86,9 @@ def test_value_model_ranks_future_spend(trained):
 
 def test_training_is_reproducible(demo_data, test_settings):
     data, _ = demo_data
-    small = test_settings.model_copy(update={"training": test_settings.training.model_copy(
-        update={"max_training_rows": 6000})})
+    small = test_settings.model_copy(
+        update={"training": test_settings.training.model_copy(update={"max_training_rows": 6000})}
+    )
     a = train(data, small, run_backtest=False).evaluation.candidates
     b = train(data, small, run_backtest=False).evaluation.candidates
     assert a == b
@@ -87,10 +98,14 @@ def test_short_history_and_transactions_only(demo_data, test_settings):
     data, _ = demo_data
     end = datetime(2023, 10, 1)  # 9 months of data, H = 90 days
     tx = data.transactions.filter(pa.compute.less(data.transactions["timestamp"], pa.scalar(end, pa.timestamp("us"))))
-    short = Dataset(transactions=tx, events=data.events.schema.empty_table(),
-                    customers=data.customers.schema.empty_table())
-    settings = test_settings.model_copy(update={"training": test_settings.training.model_copy(
-        update={"min_labelled_customers": 100, "min_churners": 10})})
+    short = Dataset(
+        transactions=tx, events=data.events.schema.empty_table(), customers=data.customers.schema.empty_table()
+    )
+    settings = test_settings.model_copy(
+        update={
+            "training": test_settings.training.model_copy(update={"min_labelled_customers": 100, "min_churners": 10})
+        }
+    )
     result = train(short, settings, run_backtest=False)
     assert len(result.frame.plan.train) >= 2
     assert result.evaluation.n_holdout > 100
@@ -111,12 +126,10 @@ def test_too_short_history_is_refused():
 
 
 def test_long_history_spreads_snapshots_over_a_year_and_uses_season():
-    plan = plan_snapshots(datetime(2022, 1, 1), datetime(2024, 12, 31), horizon_days=90, n_snapshots=6,
-                          step_days=30)
+    plan = plan_snapshots(datetime(2022, 1, 1), datetime(2024, 12, 31), horizon_days=90, n_snapshots=6, step_days=30)
     assert plan.uses_season
     assert (plan.train[-1] - plan.train[0]).days >= 270
-    short = plan_snapshots(datetime(2024, 1, 1), datetime(2024, 10, 1), horizon_days=90, n_snapshots=6,
-                           step_days=30)
+    short = plan_snapshots(datetime(2024, 1, 1), datetime(2024, 10, 1), horizon_days=90, n_snapshots=6, step_days=30)
     assert not short.uses_season
     assert short.holdout == datetime(2024, 7, 3)
     assert date(2024, 4, 4) >= short.train[-1].date()

@@ -132,14 +132,18 @@ def test_all_rows_rejected_is_an_error_with_the_reasons(tmp_path):
 
 
 def test_mapping_renames_and_derives_columns(tmp_path):
-    table = pa.table({
-        "invoice": ["536365", "C536379", "536366"],
-        "cust": pa.array([17850, 17850, None], pa.int64()),
-        "invoice_date": pa.array([datetime(2010, 12, 1, 8, 26), datetime(2010, 12, 1, 9, 41),
-                                  datetime(2010, 12, 1, 8, 28)], pa.timestamp("ns")),
-        "quantity": pa.array([6, -1, 2], pa.int32()),
-        "price": [2.55, 27.5, 1.85],
-    })
+    table = pa.table(
+        {
+            "invoice": ["536365", "C536379", "536366"],
+            "cust": pa.array([17850, 17850, None], pa.int64()),
+            "invoice_date": pa.array(
+                [datetime(2010, 12, 1, 8, 26), datetime(2010, 12, 1, 9, 41), datetime(2010, 12, 1, 8, 28)],
+                pa.timestamp("ns"),
+            ),
+            "quantity": pa.array([6, -1, 2], pa.int32()),
+            "price": [2.55, 27.5, 1.85],
+        }
+    )
     pq.write_table(table, tmp_path / "sales.parquet")
     (tmp_path / "churnguard.yaml").write_text(
         "transactions:\n  file: sales.parquet\n  columns: {customer_id: cust, timestamp: invoice_date, "
@@ -154,8 +158,17 @@ def test_mapping_renames_and_derives_columns(tmp_path):
 
 def test_map_flags_and_timestamp_format(tmp_path):
     (tmp_path / "orders.csv").write_text("who;when;value\nc1;31/12/2023 10:00;5\n")
-    mapping = load_mapping(tmp_path, flags=["file=orders.csv", "csv_delimiter=;", "customer_id=who",
-                                            "timestamp=when", "amount=value * 2", "timestamp_format=%d/%m/%Y %H:%M"])
+    mapping = load_mapping(
+        tmp_path,
+        flags=[
+            "file=orders.csv",
+            "csv_delimiter=;",
+            "customer_id=who",
+            "timestamp=when",
+            "amount=value * 2",
+            "timestamp_format=%d/%m/%Y %H:%M",
+        ],
+    )
     data, _ = load_dataset(tmp_path, now=NOW, mapping=mapping)
     assert data.transactions.to_pylist()[0]["timestamp"] == datetime(2023, 12, 31, 10, 0)
     assert data.transactions.to_pylist()[0]["amount"] == 10.0

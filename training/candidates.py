@@ -43,8 +43,11 @@ class Calibrator:
             losses = []
             for a, b in folds.split(raw.reshape(-1, 1), y):
                 model = self._fit_one(method, raw[a], y[a])
-                losses.append(log_loss(y[b], np.clip(self._apply(method, model, raw[b]), PROB_FLOOR, 1 - PROB_FLOOR),
-                                       labels=[0, 1]))
+                losses.append(
+                    log_loss(
+                        y[b], np.clip(self._apply(method, model, raw[b]), PROB_FLOOR, 1 - PROB_FLOOR), labels=[0, 1]
+                    )
+                )
             self.cv_log_loss_[method] = float(np.mean(losses))
         self.method_ = min(self.cv_log_loss_, key=self.cv_log_loss_.get)
         self.model_ = self._fit_one(self.method_, raw, y)
@@ -84,9 +87,19 @@ class LightGBMCandidate:
 
     name = "lightgbm"
 
-    def __init__(self, features: list[str], *, n_estimators: int = 600, learning_rate: float = 0.05,
-                 num_leaves: int = 31, min_child_samples: int = 50, early_stopping_rounds: int = 50,
-                 tune_complexity: bool = True, seed: int = 42, n_jobs: int | None = None) -> None:
+    def __init__(
+        self,
+        features: list[str],
+        *,
+        n_estimators: int = 600,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_child_samples: int = 50,
+        early_stopping_rounds: int = 50,
+        tune_complexity: bool = True,
+        seed: int = 42,
+        n_jobs: int | None = None,
+    ) -> None:
         self.features = features
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -102,8 +115,11 @@ class LightGBMCandidate:
         self.num_leaves_, self.min_child_samples_ = self.num_leaves, self.min_child_samples
         if self.tune_complexity:
             sample = fit.sample(TUNING_ROWS, random_state=self.seed) if len(fit) > TUNING_ROWS else fit
-            grid = [(max(self.num_leaves // 2, 2), self.min_child_samples * 2), (self.num_leaves, self.min_child_samples),
-                    (self.num_leaves * 2, max(self.min_child_samples // 2, 1))]
+            grid = [
+                (max(self.num_leaves // 2, 2), self.min_child_samples * 2),
+                (self.num_leaves, self.min_child_samples),
+                (self.num_leaves * 2, max(self.min_child_samples // 2, 1)),
+            ]
             scores = {g: self._fit_booster(sample, val, *g).best_score_["valid_0"]["binary_logloss"] for g in grid}
             self.num_leaves_, self.min_child_samples_ = min(scores, key=scores.get)
             self.tuning_log_loss_ = {f"{leaves} leaves / {mcs} min child": v for (leaves, mcs), v in scores.items()}
@@ -115,14 +131,27 @@ class LightGBMCandidate:
 
     def _fit_booster(self, fit: pd.DataFrame, val: pd.DataFrame, num_leaves: int, min_child_samples: int):
         model = lgb.LGBMClassifier(
-            n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=num_leaves,
-            min_child_samples=min_child_samples, subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
-            reg_lambda=1.0, random_state=self.seed, n_jobs=self.n_jobs or -1, verbose=-1, deterministic=True,
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=num_leaves,
+            min_child_samples=min_child_samples,
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.8,
+            reg_lambda=1.0,
+            random_state=self.seed,
+            n_jobs=self.n_jobs or -1,
+            verbose=-1,
+            deterministic=True,
             force_row_wise=True,
         )
         return model.fit(
-            self._x(fit), fit[TARGET].to_numpy(), eval_X=(self._x(val),), eval_y=(val[TARGET].to_numpy(),),
-            eval_metric="binary_logloss", callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+            self._x(fit),
+            fit[TARGET].to_numpy(),
+            eval_X=(self._x(val),),
+            eval_y=(val[TARGET].to_numpy(),),
+            eval_metric="binary_logloss",
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
         )
 
     def _x(self, df: pd.DataFrame) -> np.ndarray:
@@ -136,8 +165,9 @@ class LightGBMCandidate:
 
     def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
         """TreeSHAP contributions to the raw log-odds (before calibration, which is monotone)."""
-        contrib = self.booster_.predict(self._x(df), pred_contrib=True, num_iteration=self.best_iteration_,
-                                        **_threads(len(df)))
+        contrib = self.booster_.predict(
+            self._x(df), pred_contrib=True, num_iteration=self.best_iteration_, **_threads(len(df))
+        )
         return pd.DataFrame(contrib[:, :-1], columns=self.features, index=df.index)
 
     def importance(self) -> pd.Series:
@@ -146,9 +176,11 @@ class LightGBMCandidate:
 
     @property
     def description(self) -> str:
-        return (f"LightGBM, {self.best_iteration_} trees of {self.num_leaves_} leaves (early-stopped), "
-                f"{len(self.features)} features, "
-                f"{self.calibrator_.method_} calibration")
+        return (
+            f"LightGBM, {self.best_iteration_} trees of {self.num_leaves_} leaves (early-stopped), "
+            f"{len(self.features)} features, "
+            f"{self.calibrator_.method_} calibration"
+        )
 
 
 class LogisticCandidate:
@@ -163,7 +195,8 @@ class LogisticCandidate:
     def fit(self, fit: pd.DataFrame, val: pd.DataFrame) -> LogisticCandidate:
         self.medians_ = fit[self.features].median().fillna(0.0)
         self.model_: Pipeline = make_pipeline(
-            FunctionTransformer(signed_log1p), StandardScaler(),
+            FunctionTransformer(signed_log1p),
+            StandardScaler(),
             LogisticRegression(C=self.C, max_iter=1000, random_state=self.seed),
         )
         self.model_.fit(self._x(fit), fit[TARGET].to_numpy())
@@ -225,9 +258,14 @@ class BlendCandidate:
 def fit_candidates(fit: pd.DataFrame, val: pd.DataFrame, features: list[str], *, settings, n_jobs=None) -> dict:
     """Fit every candidate family on the same data. ``settings`` is the training section of the settings."""
     lgbm = LightGBMCandidate(
-        features, n_estimators=settings.lgbm_n_estimators, learning_rate=settings.lgbm_learning_rate,
-        num_leaves=settings.lgbm_num_leaves, min_child_samples=settings.lgbm_min_child_samples,
-        early_stopping_rounds=settings.early_stopping_rounds, seed=settings.seed, n_jobs=n_jobs,
+        features,
+        n_estimators=settings.lgbm_n_estimators,
+        learning_rate=settings.lgbm_learning_rate,
+        num_leaves=settings.lgbm_num_leaves,
+        min_child_samples=settings.lgbm_min_child_samples,
+        early_stopping_rounds=settings.early_stopping_rounds,
+        seed=settings.seed,
+        n_jobs=n_jobs,
     ).fit(fit, val)
     rfm = LogisticCandidate("rfm_logit", RFM_FEATURES, seed=settings.seed).fit(fit, val)
     recency = LogisticCandidate("recency", ["recency_days"], seed=settings.seed).fit(fit, val)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from training.candidates import TARGET, LightGBMCandidate, LogisticCandidate, RFM_FEATURES
+from training.candidates import RFM_FEATURES, TARGET, LightGBMCandidate, LogisticCandidate
 from training.metrics import classification_metrics, gain_curve, reliability_table, survival_metrics, value_metrics
 from training.survival import TIMES
 
@@ -62,9 +62,11 @@ def choose_winner(candidates: dict[str, dict[str, float]]) -> tuple[str, str]:
     winner = max(close, key=lambda n: (round(candidates[n]["roc_auc"], 4), -SIMPLICITY.get(n, 9)))
     runner_up = min((n for n in candidates if n != winner), key=lambda n: candidates[n]["log_loss"])
     w, r = candidates[winner], candidates[runner_up]
-    why = (f"{winner} wins on held-out log loss {w['log_loss']:.4f} vs {r['log_loss']:.4f} for {runner_up}, "
-           f"{(r['log_loss'] - w['log_loss']) / r['log_loss']:.1%} lower (ROC AUC {w['roc_auc']:.3f} vs "
-           f"{r['roc_auc']:.3f})")
+    why = (
+        f"{winner} wins on held-out log loss {w['log_loss']:.4f} vs {r['log_loss']:.4f} for {runner_up}, "
+        f"{(r['log_loss'] - w['log_loss']) / r['log_loss']:.1%} lower (ROC AUC {w['roc_auc']:.3f} vs "
+        f"{r['roc_auc']:.3f})"
+    )
     if winner not in ("lightgbm",) and "lightgbm" in candidates:
         lg = candidates["lightgbm"]
         why += f"; LightGBM reached {lg['log_loss']:.4f} / AUC {lg['roc_auc']:.3f}"
@@ -85,8 +87,13 @@ def evaluate_survival(survival, holdout: pd.DataFrame) -> tuple[dict[str, float]
     """On customers still active at the holdout date (the ones the survival model describes)."""
     active = holdout[holdout["duration_days"] > 0]
     pred = survival.predict(active)
-    metrics = survival_metrics(active["duration_days"].to_numpy(), active["event"].to_numpy(), pred,
-                               pred["median_days_to_churn"].to_numpy(), times=TIMES[:3])
+    metrics = survival_metrics(
+        active["duration_days"].to_numpy(),
+        active["event"].to_numpy(),
+        pred,
+        pred["median_days_to_churn"].to_numpy(),
+        times=TIMES[:3],
+    )
     return metrics, pred
 
 
@@ -111,19 +118,30 @@ def backtest(frame, features: list[str], settings, n_jobs=None) -> list[dict]:
         fit = _cap(df[df["as_of"].isin(before[:-1])], settings.seed)
         val = _cap(df[df["as_of"] == before[-1]], settings.seed)
         test = df[df["as_of"] == origin]
-        lgbm = LightGBMCandidate(features, n_estimators=settings.lgbm_n_estimators,
-                                 learning_rate=settings.lgbm_learning_rate, num_leaves=settings.lgbm_num_leaves,
-                                 min_child_samples=settings.lgbm_min_child_samples,
-                                 early_stopping_rounds=settings.early_stopping_rounds, seed=settings.seed,
-                                 n_jobs=n_jobs).fit(fit, val)
+        lgbm = LightGBMCandidate(
+            features,
+            n_estimators=settings.lgbm_n_estimators,
+            learning_rate=settings.lgbm_learning_rate,
+            num_leaves=settings.lgbm_num_leaves,
+            min_child_samples=settings.lgbm_min_child_samples,
+            early_stopping_rounds=settings.early_stopping_rounds,
+            seed=settings.seed,
+            n_jobs=n_jobs,
+        ).fit(fit, val)
         rfm = LogisticCandidate("rfm_logit", RFM_FEATURES, seed=settings.seed).fit(fit, val)
         recency = LogisticCandidate("recency", ["recency_days"], seed=settings.seed).fit(fit, val)
         y = test[TARGET].to_numpy()
         for model in (lgbm, rfm, recency):
             m = classification_metrics(y, model.predict_proba(test))
-            rows.append({"origin": f"{origin:%Y-%m-%d}", "model": model.name, "n": len(test),
-                         "churn_rate": float(np.mean(y)), **{k: m[k] for k in ("roc_auc", "log_loss", "brier",
-                                                                               "ece")}})
+            rows.append(
+                {
+                    "origin": f"{origin:%Y-%m-%d}",
+                    "model": model.name,
+                    "n": len(test),
+                    "churn_rate": float(np.mean(y)),
+                    **{k: m[k] for k in ("roc_auc", "log_loss", "brier", "ece")},
+                }
+            )
     return rows
 
 

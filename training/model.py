@@ -18,19 +18,41 @@ from features.registry import FEATURE_SET, feature_registry
 from training.scorecard import LifecycleRules, lifecycle_stages, risk_tiers, top_reasons
 
 SCORE_COLUMNS = [
-    "customer_id", "as_of", "churn_probability", "risk_tier", "p_active_30d", "p_active_60d", "p_active_90d",
-    "p_active_180d", "median_days_to_churn", "expected_value_12m", "value_at_risk", "lifecycle_stage",
-    "top_reasons", "model_version",
+    "customer_id",
+    "as_of",
+    "churn_probability",
+    "risk_tier",
+    "p_active_30d",
+    "p_active_60d",
+    "p_active_90d",
+    "p_active_180d",
+    "median_days_to_churn",
+    "expected_value_12m",
+    "value_at_risk",
+    "lifecycle_stage",
+    "top_reasons",
+    "model_version",
 ]
 
 
 class ChurnModel(mlflow.pyfunc.PythonModel):
     """Scorecards from ``build_features`` rows. Prospects (no order before as_of) must be filtered out first."""
 
-    def __init__(self, *, classifier, survival, value, horizon_days: int, event_types: tuple[str, ...],
-                 tier_thresholds: tuple[float, float, float], lifecycle: LifecycleRules,
-                 training_snapshots: tuple[datetime, ...], holdout: datetime, metrics: dict[str, float],
-                 model_version: str = "unregistered") -> None:
+    def __init__(
+        self,
+        *,
+        classifier,
+        survival,
+        value,
+        horizon_days: int,
+        event_types: tuple[str, ...],
+        tier_thresholds: tuple[float, float, float],
+        lifecycle: LifecycleRules,
+        training_snapshots: tuple[datetime, ...],
+        holdout: datetime,
+        metrics: dict[str, float],
+        model_version: str = "unregistered",
+    ) -> None:
         self.classifier = classifier
         self.survival = survival
         self.value = value
@@ -61,17 +83,24 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         surv = self.survival.predict(features)
         surv.loc[lapsed, :] = 0.0  # inactive for H days already: churned by definition
         value = self.value.predict(features)
-        out = pd.DataFrame({
-            "customer_id": features["customer_id"].astype(str),
-            "as_of": pd.to_datetime(features["as_of"]),
-            "churn_probability": p,
-            "risk_tier": risk_tiers(p, self.tier_thresholds),
-            **{c: surv[c].to_numpy() for c in surv.columns},
-            "expected_value_12m": value,
-            "value_at_risk": p * value,
-            "lifecycle_stage": lifecycle_stages(features, p, horizon_days=self.horizon_days,
-                                                high_threshold=self.tier_thresholds[1], rules=self.lifecycle),
-        })
+        out = pd.DataFrame(
+            {
+                "customer_id": features["customer_id"].astype(str),
+                "as_of": pd.to_datetime(features["as_of"]),
+                "churn_probability": p,
+                "risk_tier": risk_tiers(p, self.tier_thresholds),
+                **{c: surv[c].to_numpy() for c in surv.columns},
+                "expected_value_12m": value,
+                "value_at_risk": p * value,
+                "lifecycle_stage": lifecycle_stages(
+                    features,
+                    p,
+                    horizon_days=self.horizon_days,
+                    high_threshold=self.tier_thresholds[1],
+                    rules=self.lifecycle,
+                ),
+            }
+        )
         out["top_reasons"] = self.reasons(features, reasons)
         out["model_version"] = self.model_version
         return out[SCORE_COLUMNS]

@@ -24,8 +24,13 @@ def reliability_diagram(curves: dict, path: Path) -> Path:
     for name, c in curves.items():
         r = c["reliability"]
         ax.plot(r["mean_predicted"], r["observed"], marker="o", ms=3, label=name)
-    ax.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="Reliability (held-out)",
-           xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="predicted churn probability",
+        ylabel="observed churn rate",
+        title="Reliability (held-out)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -37,8 +42,11 @@ def gain_chart(curves: dict, path: Path) -> Path:
         g = c["gain"]
         a1.plot(g["share_contacted"], g["gain"], label=name)
         a2.plot(g["share_contacted"], g["lift"], label=name)
-    a1.set(xlabel="share of customers contacted (by risk)", ylabel="share of churners reached",
-           title="Cumulative gain (held-out)")
+    a1.set(
+        xlabel="share of customers contacted (by risk)",
+        ylabel="share of churners reached",
+        title="Cumulative gain (held-out)",
+    )
     a2.axhline(1, ls="--", c="grey", lw=1)
     a2.set(xlabel="share of customers contacted", ylabel="lift", title="Lift (held-out)")
     a1.legend(fontsize=8)

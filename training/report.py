@@ -13,8 +13,9 @@ METRIC_ORDER = ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_top_decil
 LOWER_IS_BETTER = {"brier", "log_loss", "ece"}
 
 
-def fetch_evaluation(settings: Settings, out_dir: Path, *, run_id: str | None = None,
-                     version: str | None = None) -> tuple[dict, dict[str, Path], str]:
+def fetch_evaluation(
+    settings: Settings, out_dir: Path, *, run_id: str | None = None, version: str | None = None
+) -> tuple[dict, dict[str, Path], str]:
     """Download a run's evaluation (default: the current challenger's run) into ``out_dir``."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -25,8 +26,7 @@ def fetch_evaluation(settings: Settings, out_dir: Path, *, run_id: str | None = 
     client = MlflowClient()
     name = settings.mlflow.model_name
     if run_id is None:
-        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name,
-                                                                                                      CHALLENGER)
+        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, CHALLENGER)
         run_id, label = mv.run_id, f"{name} v{mv.version}"
     else:
         label = f"run {run_id}"
@@ -48,36 +48,66 @@ def comparison_rows(evaluation: dict) -> list[dict]:
 def write_report(evaluation: dict, plots: dict[str, Path], out: Path, label: str) -> Path:
     """report.md next to the plots; paths in it are relative so the folder can be moved or shared."""
     lines = [f"# churnguard evaluation: {label}", ""]
-    lines += [f"Held-out snapshot **{evaluation['holdout_as_of']}** ({evaluation['n_holdout']:,} labelled customers, "
-              f"churn rate {evaluation['holdout_churn_rate']:.1%}). Training snapshots end one horizon before it.",
-              "", f"**Winner: {evaluation['winner']}** ({evaluation['winner_description']}). {evaluation['selection'].rstrip('.')}.",
-              "", "Selection rule: lowest held-out log loss; on an exact tie, higher ROC AUC, then the simpler model.", ""]
+    lines += [
+        f"Held-out snapshot **{evaluation['holdout_as_of']}** ({evaluation['n_holdout']:,} labelled customers, "
+        f"churn rate {evaluation['holdout_churn_rate']:.1%}). Training snapshots end one horizon before it.",
+        "",
+        f"**Winner: {evaluation['winner']}** ({evaluation['winner_description']}). "
+        f"{evaluation['selection'].rstrip('.')}.",
+        "",
+        "Selection rule: lowest held-out log loss; on an exact tie, higher ROC AUC, then the simpler model.",
+        "",
+    ]
     for w in evaluation.get("warnings", []):
         lines += [f"> **Warning:** {w}", ""]
-    lines += ["## Classifiers on the held-out snapshot", "",
-              "| model | role | " + " | ".join(METRIC_ORDER) + " |", "|" + "---|" * (len(METRIC_ORDER) + 2)]
+    lines += [
+        "## Classifiers on the held-out snapshot",
+        "",
+        "| model | role | " + " | ".join(METRIC_ORDER) + " |",
+        "|" + "---|" * (len(METRIC_ORDER) + 2),
+    ]
     for r in comparison_rows(evaluation):
         lines.append(f"| {r['model']} | {r['role']} | " + " | ".join(f"{r[m]:.4f}" for m in METRIC_ORDER) + " |")
     s = evaluation.get("survival", {})
     if s:
-        lines += ["", "## Survival model (customers active at the held-out date)", "",
-                  f"Concordance {s['survival_concordance']:.3f}; integrated Brier score (30-90 days) "
-                  f"{s['survival_ibs']:.4f}.", "", "| days | churned: observed (Kaplan-Meier) | predicted |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            "## Survival model (customers active at the held-out date)",
+            "",
+            f"Concordance {s['survival_concordance']:.3f}; integrated Brier score (30-90 days) "
+            f"{s['survival_ibs']:.4f}.",
+            "",
+            "| days | churned: observed (Kaplan-Meier) | predicted |",
+            "|---|---|---|",
+        ]
         for t in (30, 60, 90):
-            lines.append(f"| {t} | {s[f'survival_churned_by_{t}d_observed']:.3f} | "
-                         f"{s[f'survival_churned_by_{t}d_predicted']:.3f} |")
+            lines.append(
+                f"| {t} | {s[f'survival_churned_by_{t}d_observed']:.3f} | "
+                f"{s[f'survival_churned_by_{t}d_predicted']:.3f} |"
+            )
     v = evaluation.get("value", {})
     if v:
-        lines += ["", "## Value model", "", f"Spearman correlation of expected value with the spend in the window "
-                  f"(buyers): {v['value_spearman']:.3f}; predicted / actual total: "
-                  f"{v['value_ratio_predicted_to_actual']:.2f}."]
+        lines += [
+            "",
+            "## Value model",
+            "",
+            f"Spearman correlation of expected value with the spend in the window "
+            f"(buyers): {v['value_spearman']:.3f}; predicted / actual total: "
+            f"{v['value_ratio_predicted_to_actual']:.2f}.",
+        ]
     if evaluation.get("backtest"):
-        lines += ["", "## Backtest (rolling origin)", "", "| held-out snapshot | model | n | churn rate | ROC AUC |"
-                  " log loss | Brier | ECE |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Backtest (rolling origin)",
+            "",
+            "| held-out snapshot | model | n | churn rate | ROC AUC | log loss | Brier | ECE |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for b in evaluation["backtest"]:
-            lines.append(f"| {b['origin']} | {b['model']} | {b['n']:,} | {b['churn_rate']:.3f} | {b['roc_auc']:.4f} "
-                         f"| {b['log_loss']:.4f} | {b['brier']:.4f} | {b['ece']:.4f} |")
+            lines.append(
+                f"| {b['origin']} | {b['model']} | {b['n']:,} | {b['churn_rate']:.3f} | {b['roc_auc']:.4f} "
+                f"| {b['log_loss']:.4f} | {b['brier']:.4f} | {b['ece']:.4f} |"
+            )
     lines += ["", "## Churn rate per snapshot", "", "| snapshot | churn rate | labelled customers |", "|---|---|---|"]
     for d, rate in evaluation["snapshot_churn_rates"].items():
         lines.append(f"| {d} | {rate:.3f} | {evaluation['labelled_per_snapshot'].get(d, '')} |")

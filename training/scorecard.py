@@ -42,8 +42,14 @@ def risk_tiers(p: np.ndarray, thresholds: tuple[float, float, float]) -> np.ndar
     return np.asarray(TIERS, dtype=object)[np.searchsorted(np.asarray(thresholds), p, side="right")]
 
 
-def lifecycle_stages(features: pd.DataFrame, churn_probability: np.ndarray, *, horizon_days: int,
-                     high_threshold: float, rules: LifecycleRules) -> np.ndarray:
+def lifecycle_stages(
+    features: pd.DataFrame,
+    churn_probability: np.ndarray,
+    *,
+    horizon_days: int,
+    high_threshold: float,
+    rules: LifecycleRules,
+) -> np.ndarray:
     f = features
     recency = f["recency_days"].to_numpy(float)
     lapsed = (recency >= horizon_days) | (f["cancelled"].to_numpy() == 1)
@@ -51,9 +57,13 @@ def lifecycle_stages(features: pd.DataFrame, churn_probability: np.ndarray, *, h
     reactivated = np.nan_to_num(f["last_gap_days"].to_numpy(float), nan=0.0) >= horizon_days
     at_risk = churn_probability >= high_threshold
     loyal = (f["frequency"].to_numpy() >= rules.loyal_min_orders) & (
-        f["tenure_days"].to_numpy(float) >= rules.loyal_min_tenure_days)
-    return np.select([lapsed, new, reactivated, at_risk, loyal],
-                     ["lapsed", "new", "reactivated", "at_risk", "loyal"], default="active").astype(object)
+        f["tenure_days"].to_numpy(float) >= rules.loyal_min_tenure_days
+    )
+    return np.select(
+        [lapsed, new, reactivated, at_risk, loyal],
+        ["lapsed", "new", "reactivated", "at_risk", "loyal"],
+        default="active",
+    ).astype(object)
 
 
 # ------------------------------------------------------------------------------------------------ reasons
@@ -73,16 +83,22 @@ def _recency(row: pd.Series) -> str:
 
 _TEMPLATES: dict[str, Callable[[pd.Series], str]] = {
     "recency_days": _recency,
-    "recency_gap_ratio": lambda r: f"{r['recency_gap_ratio']:.1f}x their usual gap since the last purchase"
-    f" ({_days(r['recency_days'])})",
+    "recency_gap_ratio": lambda r: (
+        f"{r['recency_gap_ratio']:.1f}x their usual gap since the last purchase ({_days(r['recency_days'])})"
+    ),
     "frequency": lambda r: f"only {int(r['frequency'])} order{'s' if r['frequency'] != 1 else ''} so far",
     "purchase_days": lambda r: f"bought on only {int(r['purchase_days'])} day(s)",
-    "orders_trend_90d": lambda r: f"fewer orders lately: {int(r['orders_90d'])} in the last 90 days vs "
-    f"{int(r['orders_prev_90d'])} in the 90 before",
-    "spend_trend_90d": lambda r: f"spend down: {r['spend_90d']:.0f} in the last 90 days vs "
-    f"{r['spend_prev_90d']:.0f} in the 90 before",
-    "events_trend_30d": lambda r: f"engagement fading: {int(r['events_30d'])} events in the last 30 days vs "
-    f"{int(r['events_prev_30d'])} in the 30 before",
+    "orders_trend_90d": lambda r: (
+        f"fewer orders lately: {int(r['orders_90d'])} in the last 90 days vs "
+        f"{int(r['orders_prev_90d'])} in the 90 before"
+    ),
+    "spend_trend_90d": lambda r: (
+        f"spend down: {r['spend_90d']:.0f} in the last 90 days vs {r['spend_prev_90d']:.0f} in the 90 before"
+    ),
+    "events_trend_30d": lambda r: (
+        f"engagement fading: {int(r['events_30d'])} events in the last 30 days vs "
+        f"{int(r['events_prev_30d'])} in the 30 before"
+    ),
     "days_since_last_event": lambda r: f"no engagement for {_days(r['days_since_last_event'])}",
     "days_since_last_engagement": lambda r: f"no activity of any kind for {_days(r['days_since_last_engagement'])}",
     "gap_mean_days": lambda r: f"buys only every {_days(r['gap_mean_days'])} on average",
@@ -126,14 +142,23 @@ def reason_text(feature: str, row: pd.Series, descriptions: dict[str, str]) -> s
         return window
     if feature.endswith("_trend_30d"):
         base = feature.removesuffix("_trend_30d")
-        return (f"fewer {base.replace('_', ' ')} events: {int(row[base + '_30d'])} in the last 30 days vs "
-                f"{int(row[base + '_prev_30d'])} in the 30 before")
+        return (
+            f"fewer {base.replace('_', ' ')} events: {int(row[base + '_30d'])} in the last 30 days vs "
+            f"{int(row[base + '_prev_30d'])} in the 30 before"
+        )
     text = descriptions.get(feature, feature).rstrip(".")
     return f"{text}: {value:.4g}" if isinstance(value, float) else f"{text}: {value}"
 
 
-_COUNT_NOUNS = {"orders": "order", "events": "engagement event", "session": "session", "email_open": "e-mail open",
-                "email_click": "e-mail click", "support_ticket": "support ticket", "app_login": "app login"}
+_COUNT_NOUNS = {
+    "orders": "order",
+    "events": "engagement event",
+    "session": "session",
+    "email_open": "e-mail open",
+    "email_click": "e-mail click",
+    "support_ticket": "support ticket",
+    "app_login": "app login",
+}
 
 
 def _window_count(feature: str, value) -> str | None:
@@ -157,8 +182,9 @@ def _window_count(feature: str, value) -> str | None:
     return f"only {n} {plural} {period}"
 
 
-def top_reasons(contributions: pd.DataFrame, features: pd.DataFrame, descriptions: dict[str, str],
-                k: int = 3) -> list[list[str]]:
+def top_reasons(
+    contributions: pd.DataFrame, features: pd.DataFrame, descriptions: dict[str, str], k: int = 3
+) -> list[list[str]]:
     """The k features that push each customer's churn risk up the most, as sentences (risk-raising only)."""
     values = contributions.to_numpy()
     names = np.asarray(contributions.columns)

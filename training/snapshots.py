@@ -108,8 +108,12 @@ class SnapshotFrame:
     labelled_counts: dict[str, int] = field(default_factory=dict)
 
     def part(self, which: str) -> pd.DataFrame:
-        dates = {"fit": self.plan.fit, "validation": (self.plan.validation,), "holdout": (self.plan.holdout,),
-                 "train": self.plan.train}[which]
+        dates = {
+            "fit": self.plan.fit,
+            "validation": (self.plan.validation,),
+            "holdout": (self.plan.holdout,),
+            "train": self.plan.train,
+        }[which]
         return self.frame[self.frame["as_of"].isin(pd.to_datetime(list(dates)))]
 
 
@@ -153,8 +157,10 @@ def build_snapshot_frame(
 def _sample_per_snapshot(labels: pa.Table, per_snapshot: int, seed: int) -> pa.Table:
     df = labels.to_pandas()
     df = df.sort_values(["as_of", "customer_id"], kind="stable")
-    parts = [g if len(g) <= per_snapshot else g.sample(per_snapshot, random_state=seed)
-             for _, g in df.groupby("as_of", sort=True)]
+    parts = [
+        g if len(g) <= per_snapshot else g.sample(per_snapshot, random_state=seed)
+        for _, g in df.groupby("as_of", sort=True)
+    ]
     sampled = pd.concat(parts, ignore_index=True)
     return pa.Table.from_pandas(sampled, preserve_index=False).cast(labels.schema)
 
@@ -176,7 +182,9 @@ def check_enough(frame: SnapshotFrame, *, min_labelled: int, min_churners: int) 
             )
 
 
-def seasons_covered(train_dates: tuple[datetime, ...] | list[datetime], as_of: datetime, tolerance_days: int = 46) -> bool:
+def seasons_covered(
+    train_dates: tuple[datetime, ...] | list[datetime], as_of: datetime, tolerance_days: int = 46
+) -> bool:
     """Whether some training snapshot lies within ``tolerance_days`` of ``as_of``'s day of the year."""
     doy = as_of.timetuple().tm_yday
     for d in train_dates:

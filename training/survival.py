@@ -19,9 +19,20 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from training.candidates import signed_log1p
 
 SURVIVAL_FEATURES = [
-    "recency_days", "frequency", "monetary_total", "monetary_mean", "tenure_days", "gap_mean_days",
-    "recency_gap_ratio", "orders_90d", "orders_trend_90d", "spend_trend_90d", "refund_share",
-    "days_since_last_engagement", "events_30d", "events_trend_30d",
+    "recency_days",
+    "frequency",
+    "monetary_total",
+    "monetary_mean",
+    "tenure_days",
+    "gap_mean_days",
+    "recency_gap_ratio",
+    "orders_90d",
+    "orders_trend_90d",
+    "spend_trend_90d",
+    "refund_share",
+    "days_since_last_engagement",
+    "events_30d",
+    "events_trend_30d",
 ]
 TIMES = (30, 60, 90, 180)
 MAX_FIT_ROWS = 200_000

@@ -27,8 +27,20 @@ from training.train import TrainResult
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTION_TOLERANCE = 1e-4  # log loss difference treated as a tie
-RUNTIME_PACKAGES = ("pandas", "numpy", "pyarrow", "scikit-learn", "lightgbm", "lifelines", "scipy", "mlflow",
-                    "duckdb", "ibis-framework", "pydantic", "cloudpickle")
+RUNTIME_PACKAGES = (
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "scikit-learn",
+    "lightgbm",
+    "lifelines",
+    "scipy",
+    "mlflow",
+    "duckdb",
+    "ibis-framework",
+    "pydantic",
+    "cloudpickle",
+)
 
 
 def configure(settings: Settings) -> None:
@@ -65,8 +77,9 @@ class LoggedModel:
     model_uri: str
 
 
-def log_training(result: TrainResult, settings: Settings, *, experiment: str | None = None,
-                 model_name: str | None = None) -> LoggedModel:
+def log_training(
+    result: TrainResult, settings: Settings, *, experiment: str | None = None, model_name: str | None = None
+) -> LoggedModel:
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
@@ -93,15 +106,22 @@ def log_training(result: TrainResult, settings: Settings, *, experiment: str | N
             input_example=example,
             pip_requirements=_pip_requirements(),
             registered_model_name=name,
-            metadata={"feature_set": result.model.feature_set, "horizon_days": result.model.horizon_days,
-                      "churnguard_version": pkg_version("churnguard")},
+            metadata={
+                "feature_set": result.model.feature_set,
+                "horizon_days": result.model.horizon_days,
+                "churnguard_version": pkg_version("churnguard"),
+            },
         )
     client = MlflowClient()
     version = str(info.registered_model_version)
-    tags = {"holdout_as_of": evaluation.holdout_as_of, "winner": evaluation.winner,
-            "horizon_days": str(result.model.horizon_days), "data_fingerprint": _fingerprint(result.params),
-            "log_loss": f"{evaluation.candidates[evaluation.winner]['log_loss']:.6f}",
-            "roc_auc": f"{evaluation.candidates[evaluation.winner]['roc_auc']:.6f}"}
+    tags = {
+        "holdout_as_of": evaluation.holdout_as_of,
+        "winner": evaluation.winner,
+        "horizon_days": str(result.model.horizon_days),
+        "data_fingerprint": _fingerprint(result.params),
+        "log_loss": f"{evaluation.candidates[evaluation.winner]['log_loss']:.6f}",
+        "roc_auc": f"{evaluation.candidates[evaluation.winner]['roc_auc']:.6f}",
+    }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -169,26 +189,31 @@ def promote(settings: Settings, *, data=None, model_name: str | None = None) -> 
     ch_tags = client.get_model_version(name, challenger).tags
     cp_tags = client.get_model_version(name, champion).tags
     if data is not None:
-        scores = _score_on_holdout(settings, name, {"challenger": challenger, "champion": champion}, data,
-                                   ch_tags)
+        scores = _score_on_holdout(settings, name, {"challenger": challenger, "champion": champion}, data, ch_tags)
         basis = f"re-scored on held-out snapshot {ch_tags['holdout_as_of']} ({scores['n']:,} customers)"
     else:
-        same = (ch_tags.get("holdout_as_of") == cp_tags.get("holdout_as_of")
-                and ch_tags.get("data_fingerprint") == cp_tags.get("data_fingerprint")
-                and ch_tags.get("horizon_days") == cp_tags.get("horizon_days"))
+        same = (
+            ch_tags.get("holdout_as_of") == cp_tags.get("holdout_as_of")
+            and ch_tags.get("data_fingerprint") == cp_tags.get("data_fingerprint")
+            and ch_tags.get("horizon_days") == cp_tags.get("horizon_days")
+        )
         if not same:
             raise ValueError(
                 f"champion (v{champion}) and challenger (v{challenger}) were evaluated on different held-out data "
                 "(snapshot, horizon or data differ): pass --data to score both on the challenger's held-out snapshot"
             )
-        scores = {"challenger": {"log_loss": float(ch_tags["log_loss"]), "roc_auc": float(ch_tags["roc_auc"])},
-                  "champion": {"log_loss": float(cp_tags["log_loss"]), "roc_auc": float(cp_tags["roc_auc"])}}
+        scores = {
+            "challenger": {"log_loss": float(ch_tags["log_loss"]), "roc_auc": float(ch_tags["roc_auc"])},
+            "champion": {"log_loss": float(cp_tags["log_loss"]), "roc_auc": float(cp_tags["roc_auc"])},
+        }
         basis = f"stored metrics on the same held-out snapshot {ch_tags['holdout_as_of']}"
     ch, cp = scores["challenger"], scores["champion"]
     better = ch["log_loss"] <= cp["log_loss"] + PROMOTION_TOLERANCE
     verdict = "promoted" if better else "kept the champion"
-    reason = (f"{verdict}: challenger v{challenger} log loss {ch['log_loss']:.4f} (AUC {ch['roc_auc']:.3f}) vs "
-              f"champion v{champion} {cp['log_loss']:.4f} (AUC {cp['roc_auc']:.3f}); {basis}")
+    reason = (
+        f"{verdict}: challenger v{challenger} log loss {ch['log_loss']:.4f} (AUC {ch['roc_auc']:.3f}) vs "
+        f"champion v{champion} {cp['log_loss']:.4f} (AUC {cp['roc_auc']:.3f}); {basis}"
+    )
     if better:
         client.set_registered_model_alias(name, CHAMPION, challenger)
     return Promotion(better, reason, challenger, champion)
@@ -208,13 +233,16 @@ def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], d
     for role, version in versions.items():
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
         if model.horizon_days != horizon:
-            raise ValueError(f"the {role} (v{version}) predicts a {model.horizon_days}-day horizon, the challenger "
-                             f"{horizon} days: they cannot be compared")
+            raise ValueError(
+                f"the {role} (v{version}) predicts a {model.horizon_days}-day horizon, the challenger "
+                f"{horizon} days: they cannot be compared"
+            )
         entities = labels[["customer_id", "as_of"]]
         import pyarrow as pa
 
-        feats = build_features(data, pa.Table.from_pandas(entities, preserve_index=False),
-                               event_types=model.event_types).to_pandas()
+        feats = build_features(
+            data, pa.Table.from_pandas(entities, preserve_index=False), event_types=model.event_types
+        ).to_pandas()
         merged = feats.merge(labels, on=["customer_id", "as_of"])
         p = model.classifier.predict_proba(merged)
         out[role] = classification_metrics(merged["churned"].to_numpy(), p)

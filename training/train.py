@@ -21,8 +21,14 @@ from churnguard.settings import Settings
 from features.dataset import Dataset
 from training import plots
 from training.candidates import fit_candidates
-from training.evaluation import Evaluation, backtest, choose_winner, evaluate_candidates, evaluate_survival, \
-    evaluate_value
+from training.evaluation import (
+    Evaluation,
+    backtest,
+    choose_winner,
+    evaluate_candidates,
+    evaluate_survival,
+    evaluate_value,
+)
 from training.model import ChurnModel
 from training.scorecard import LifecycleRules
 from training.snapshots import SnapshotFrame, build_snapshot_frame, check_enough, plan_snapshots, seasons_covered
@@ -64,11 +70,23 @@ def train(
     say = progress or (lambda n=1, d=None: None)
 
     with _stage("features", timings, peaks):
-        plan = plan_snapshots(data.data_start, data.data_end, horizon_days=horizon, n_snapshots=cfg.n_snapshots,
-                              step_days=cfg.snapshot_step_days, as_of=as_of)
+        plan = plan_snapshots(
+            data.data_start,
+            data.data_end,
+            horizon_days=horizon,
+            n_snapshots=cfg.n_snapshots,
+            step_days=cfg.snapshot_step_days,
+            as_of=as_of,
+        )
         say(0, f"snapshots: train {', '.join(f'{d:%Y-%m-%d}' for d in plan.train)}; holdout {plan.holdout:%Y-%m-%d}")
-        frame = build_snapshot_frame(data, plan, event_types=settings.features.event_types,
-                                     max_rows=cfg.max_training_rows, seed=cfg.seed, progress=say)
+        frame = build_snapshot_frame(
+            data,
+            plan,
+            event_types=settings.features.event_types,
+            max_rows=cfg.max_training_rows,
+            seed=cfg.seed,
+            progress=say,
+        )
         check_enough(frame, min_labelled=cfg.min_labelled_customers, min_churners=cfg.min_churners)
     features = [f for f in frame.feature_names if plan.uses_season or not f.startswith("season_")]
     fit, val, holdout = frame.part("fit"), frame.part("validation"), frame.part("holdout")
@@ -103,9 +121,15 @@ def train(
             top_features=_normalised(candidates[winner].importance()).head(15).round(4).to_dict(),
         )
         model = ChurnModel(
-            classifier=candidates[winner], survival=survival, value=value, horizon_days=horizon,
-            event_types=settings.features.event_types, tier_thresholds=settings.scoring.tier_thresholds,
-            lifecycle=LifecycleRules(), training_snapshots=plan.train, holdout=plan.holdout,
+            classifier=candidates[winner],
+            survival=survival,
+            value=value,
+            horizon_days=horizon,
+            event_types=settings.features.event_types,
+            tier_thresholds=settings.scoring.tier_thresholds,
+            lifecycle=LifecycleRules(),
+            training_snapshots=plan.train,
+            holdout=plan.holdout,
             metrics=evaluation.flat_metrics(),
         )
         plot_paths = _plots(evaluation, curves, candidates[winner], plot_dir)
@@ -117,7 +141,9 @@ def train(
         "uses_season": plan.uses_season,
         "train_snapshots": ",".join(f"{d:%Y-%m-%d}" for d in plan.train),
         "holdout_snapshot": f"{plan.holdout:%Y-%m-%d}",
-        "n_fit_rows": len(fit), "n_validation_rows": len(val), "n_holdout_rows": len(holdout),
+        "n_fit_rows": len(fit),
+        "n_validation_rows": len(val),
+        "n_holdout_rows": len(holdout),
         "winner": winner,
         "seed": cfg.seed,
         **data_fingerprint(data),
@@ -139,9 +165,11 @@ def data_fingerprint(data: Dataset) -> dict[str, str | int]:
 def _season_warnings(plan) -> list[str]:
     if seasons_covered(plan.train, plan.holdout):
         return []
-    return [f"the held-out snapshot ({plan.holdout:%Y-%m-%d}) falls in a season no training snapshot covers "
-            f"({', '.join(f'{d:%b}' for d in plan.train)}): churn rates may shift; compare the per-snapshot "
-            "churn rates and prefer more than a year of history"]
+    return [
+        f"the held-out snapshot ({plan.holdout:%Y-%m-%d}) falls in a season no training snapshot covers "
+        f"({', '.join(f'{d:%b}' for d in plan.train)}): churn rates may shift; compare the per-snapshot "
+        "churn rates and prefer more than a year of history"
+    ]
 
 
 def _normalised(s: pd.Series) -> pd.Series:
@@ -156,8 +184,9 @@ def _plots(evaluation: Evaluation, curves: dict, winner, plot_dir: Path | None) 
         "reliability": plots.reliability_diagram(curves, out / "reliability.png"),
         "gain_lift": plots.gain_chart(curves, out / "gain_lift.png"),
         "survival_calibration": plots.survival_calibration(evaluation.survival, out / "survival_calibration.png"),
-        "feature_importance": plots.feature_importance(_normalised(winner.importance()), out / "importance.png",
-                                                       f"What drives churn risk ({winner.name})"),
+        "feature_importance": plots.feature_importance(
+            _normalised(winner.importance()), out / "importance.png", f"What drives churn risk ({winner.name})"
+        ),
         "churn_rate": plots.churn_rate_chart(evaluation.snapshot_churn_rates, out / "churn_rate_per_snapshot.png"),
     }
     if evaluation.backtest:

@@ -32,8 +32,9 @@ class ValueModel:
             buyers = buyers.sample(MAX_FIT_ROWS, random_state=self.seed)
         x, t = _repeat_orders(buyers), _exposure(buyers)
         self.r_, self.alpha_ = _fit_nbd(x, t)
-        self.p_, self.q_, self.gamma_ = _fit_gamma_gamma(buyers["frequency"].to_numpy(float),
-                                                         buyers["monetary_mean"].to_numpy(float))
+        self.p_, self.q_, self.gamma_ = _fit_gamma_gamma(
+            buyers["frequency"].to_numpy(float), buyers["monetary_mean"].to_numpy(float)
+        )
         return self
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
@@ -77,8 +78,15 @@ def _fit_gamma_gamma(n: np.ndarray, m: np.ndarray) -> tuple[float, float, float]
     def nll(log_params):
         p, q, g = np.exp(log_params)
         q = q + 1.0
-        ll = (gammaln(p * n + q) - gammaln(p * n) - gammaln(q) + q * np.log(g) + (p * n - 1) * np.log(m)
-              + p * n * np.log(n) - (p * n + q) * np.log(g + n * m))
+        ll = (
+            gammaln(p * n + q)
+            - gammaln(p * n)
+            - gammaln(q)
+            + q * np.log(g)
+            + (p * n - 1) * np.log(m)
+            + p * n * np.log(n)
+            - (p * n + q) * np.log(g + n * m)
+        )
         return -np.sum(ll)
 
     start = np.log([2.0, 2.0, max(np.median(m), 1.0)])
