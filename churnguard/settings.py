@@ -28,6 +28,7 @@ ENV_PREFIX = "CHURN_"
 CONFIG_FILE = "churnguard.toml"
 
 DEFAULT_EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_login")
+DEFAULT_TIER_THRESHOLDS = (0.3, 0.5, 0.7)
 
 
 class _Section(BaseModel):
@@ -46,8 +47,6 @@ class FeatureSettings(_Section):
     event_types: tuple[str, ...] = Field(
         DEFAULT_EVENT_TYPES, description="Event types that get their own features; others count as engagement only."
     )
-    duckdb_threads: int | None = Field(None, ge=1, description="DuckDB worker threads (default: all cores).")
-    duckdb_memory_limit: str | None = Field(None, description="DuckDB memory limit, e.g. '4GB' (default: DuckDB's).")
 
 
 class LabelSettings(_Section):
@@ -83,8 +82,10 @@ class MlflowSettings(_Section):
 
 class ScoringSettings(_Section):
     model_uri: str | None = Field(None, description="Model to score with; default models:/<model_name>@champion.")
-    tier_thresholds: tuple[float, float, float] = Field(
-        (0.3, 0.5, 0.7), description="churn_probability cut-offs for medium, high and critical risk."
+    tier_thresholds: tuple[float, float, float] | None = Field(
+        None,
+        description="churn_probability cut-offs for medium, high and critical risk; default: the model's own "
+        f"(set at training, {DEFAULT_TIER_THRESHOLDS}).",
     )
     policy_file: Path | None = Field(None, description="Retention policy YAML; default: the one shipped in serving/.")
     control_share: float = Field(0.1, ge=0, lt=1, description="Share of the outreach list held out as control.")
@@ -95,15 +96,14 @@ class ScoringSettings(_Section):
 
     @field_validator("tier_thresholds")
     @classmethod
-    def _increasing(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if not (0 < v[0] < v[1] < v[2] < 1):
+    def _increasing(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if v is not None and not (0 < v[0] < v[1] < v[2] < 1):
             raise ValueError("tier thresholds must be increasing and inside (0, 1)")
         return v
 
 
 class ServingSettings(_Section):
     port: int = Field(3000, ge=1, le=65535)
-    max_customers_per_request: int = Field(1000, ge=1)
     max_body_bytes: int = Field(20_000_000, ge=1000, description="Larger request bodies get 413.")
 
 

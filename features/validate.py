@@ -368,9 +368,3 @@ def _summarise(con: duckdb.DuckDBPyConnection, data: Dataset, tables: tuple[Tabl
     per_type = dict(con.sql("SELECT event_type, count(*) FROM ev GROUP BY 1 ORDER BY 2 DESC").fetchall())
     return ValidationReport(tables, int(n_customers), first, last, per_type)
 
-
-def write_rejects(rejects: pa.Table, path: Path) -> None:
-    """Rejects as CSV or Parquet by extension, written atomically."""
-    from features.io import write_table
-
-    write_table(rejects, path)

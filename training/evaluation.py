@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from training.candidates import RFM_FEATURES, TARGET, LightGBMCandidate, LogisticCandidate
+from training.candidates import TARGET, fit_candidates
 from training.metrics import classification_metrics, gain_curve, reliability_table, survival_metrics, value_metrics
 from training.survival import TIMES
 
@@ -118,20 +118,9 @@ def backtest(frame, features: list[str], settings, n_jobs=None) -> list[dict]:
         fit = _cap(df[df["as_of"].isin(before[:-1])], settings.seed)
         val = _cap(df[df["as_of"] == before[-1]], settings.seed)
         test = df[df["as_of"] == origin]
-        lgbm = LightGBMCandidate(
-            features,
-            n_estimators=settings.lgbm_n_estimators,
-            learning_rate=settings.lgbm_learning_rate,
-            num_leaves=settings.lgbm_num_leaves,
-            min_child_samples=settings.lgbm_min_child_samples,
-            early_stopping_rounds=settings.early_stopping_rounds,
-            seed=settings.seed,
-            n_jobs=n_jobs,
-        ).fit(fit, val)
-        rfm = LogisticCandidate("rfm_logit", RFM_FEATURES, seed=settings.seed).fit(fit, val)
-        recency = LogisticCandidate("recency", ["recency_days"], seed=settings.seed).fit(fit, val)
+        candidates = fit_candidates(fit, val, features, settings=settings, n_jobs=n_jobs)
         y = test[TARGET].to_numpy()
-        for model in (lgbm, rfm, recency):
+        for model in candidates.values():
             m = classification_metrics(y, model.predict_proba(test))
             rows.append(
                 {

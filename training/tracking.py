@@ -276,4 +276,6 @@ def load_model(settings: Settings, model_uri: str | None = None):
     model = model.unwrap_python_model()
     if uri.startswith("models:/"):
         model.model_version = version
+    if settings.scoring.tier_thresholds:  # an explicit setting overrides the thresholds stored at training
+        model.tier_thresholds = tuple(settings.scoring.tier_thresholds)
     return model

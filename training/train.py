@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from churnguard.settings import Settings
+from churnguard.settings import DEFAULT_TIER_THRESHOLDS, Settings
 from features.dataset import Dataset
 from training import plots
 from training.candidates import fit_candidates
@@ -126,7 +126,7 @@ def train(
             value=value,
             horizon_days=horizon,
             event_types=settings.features.event_types,
-            tier_thresholds=settings.scoring.tier_thresholds,
+            tier_thresholds=settings.scoring.tier_thresholds or DEFAULT_TIER_THRESHOLDS,
             lifecycle=LifecycleRules(),
             training_snapshots=plan.train,
             holdout=plan.holdout,
