@@ -255,15 +255,19 @@ class BlendCandidate:
         return "mean of " + " and ".join(m.name for m in self.members)
 
 
-def fit_candidates(fit: pd.DataFrame, val: pd.DataFrame, features: list[str], *, settings, n_jobs=None) -> dict:
-    """Fit every candidate family on the same data. ``settings`` is the training section of the settings."""
+def fit_candidates(fit: pd.DataFrame, val: pd.DataFrame, features: list[str], *, settings, n_jobs=None,
+                   tree_size: tuple[int, int] | None = None) -> dict:
+    """Fit every candidate family on the same data. ``settings`` is the training section of the settings;
+    ``tree_size`` (leaves, min child samples) skips LightGBM's tree-size search."""
+    leaves, min_child = tree_size or (settings.lgbm_num_leaves, settings.lgbm_min_child_samples)
     lgbm = LightGBMCandidate(
         features,
         n_estimators=settings.lgbm_n_estimators,
         learning_rate=settings.lgbm_learning_rate,
-        num_leaves=settings.lgbm_num_leaves,
-        min_child_samples=settings.lgbm_min_child_samples,
+        num_leaves=leaves,
+        min_child_samples=min_child,
         early_stopping_rounds=settings.early_stopping_rounds,
+        tune_complexity=tree_size is None,
         seed=settings.seed,
         n_jobs=n_jobs,
     ).fit(fit, val)

@@ -20,7 +20,7 @@ from training.survival import TIMES
 BASELINES = ("recency", "rfm_logit")
 SIMPLICITY = {"recency": 0, "rfm_logit": 1, "blend": 2, "lightgbm": 3}
 TIE_LOG_LOSS = 1e-12
-BACKTEST_MAX_ROWS = 200_000
+BACKTEST_MAX_ROWS = 100_000
 
 
 @dataclass
@@ -104,8 +104,12 @@ def evaluate_value(value_model, holdout: pd.DataFrame, horizon_days: int) -> dic
     return value_metrics(predicted, buyers["future_spend"].to_numpy())
 
 
-def backtest(frame, features: list[str], settings, n_jobs=None) -> list[dict]:
-    """Rolling origin: each earlier snapshot with enough labelled history before it becomes a holdout in turn."""
+def backtest(frame, features: list[str], settings, tree_size: tuple[int, int], n_jobs=None) -> list[dict]:
+    """Rolling origin: each earlier snapshot with enough labelled history before it becomes a holdout in turn.
+
+    Refits use the main model's tree size and at most BACKTEST_MAX_ROWS rows: the backtest measures how stable
+    the method is across time, it does not re-tune it.
+    """
     plan = frame.plan
     horizon = pd.Timedelta(days=plan.horizon_days)
     rows = []
@@ -118,7 +122,7 @@ def backtest(frame, features: list[str], settings, n_jobs=None) -> list[dict]:
         fit = _cap(df[df["as_of"].isin(before[:-1])], settings.seed)
         val = _cap(df[df["as_of"] == before[-1]], settings.seed)
         test = df[df["as_of"] == origin]
-        candidates = fit_candidates(fit, val, features, settings=settings, n_jobs=n_jobs)
+        candidates = fit_candidates(fit, val, features, settings=settings, n_jobs=n_jobs, tree_size=tree_size)
         y = test[TARGET].to_numpy()
         for model in candidates.values():
             m = classification_metrics(y, model.predict_proba(test))

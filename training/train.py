@@ -114,7 +114,7 @@ def train(
             selection=why,
             survival=surv_metrics,
             value=evaluate_value(value, holdout, horizon),
-            backtest=backtest(frame, features, cfg) if run_backtest else [],
+            backtest=backtest(frame, features, cfg, _tree_size(candidates["lightgbm"])) if run_backtest else [],
             snapshot_churn_rates=frame.churn_rates,
             labelled_per_snapshot=frame.labelled_counts,
             warnings=_season_warnings(plan),
@@ -149,6 +149,10 @@ def train(
         **data_fingerprint(data),
     }
     return TrainResult(model, evaluation, frame, plot_paths, params, timings, peaks)
+
+
+def _tree_size(lightgbm) -> tuple[int, int]:
+    return lightgbm.num_leaves_, lightgbm.min_child_samples_
 
 
 def data_fingerprint(data: Dataset) -> dict[str, str | int]:
