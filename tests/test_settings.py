@@ -52,3 +52,13 @@ def test_bad_values_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("CHURN_SCORING__TIER_THRESHOLDS", "[0.5, 0.3, 0.7]")
     with pytest.raises(ValidationError, match="increasing"):
         load_settings()
+
+
+def test_pointing_mlflow_at_one_store_does_not_leak_into_later_settings(tmp_path, monkeypatch):
+    """MLflow exports the URI it is given; a second project in the same process must still get its own store."""
+    from training.tracking import configure
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    configure(Settings(data_dir=tmp_path / "a"))
+    other = Settings(data_dir=tmp_path / "b")
+    assert other.tracking_uri == f"sqlite:///{(tmp_path / 'b' / 'mlflow.db').resolve()}"

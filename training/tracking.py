@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,8 +55,15 @@ def configure(settings: Settings) -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     if settings.tracking_uri.startswith("sqlite:///"):
         Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # MLflow also writes the URI into os.environ["MLFLOW_TRACKING_URI"], which Settings honours: left there, every
+    # Settings built later in this process (and every child process) would silently use this store instead of its own.
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _experiment_id(settings: Settings, name: str) -> str:
