@@ -22,6 +22,7 @@ Results go to ``<out>/training.md`` and ``<out>/training.json``. ``bench_scoring
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -65,8 +66,11 @@ def main(argv: list[str] | None = None) -> None:
 
     data_dir, generation = demo_data(out, args.customers, args.seed, args.regenerate)
     manifest = json.loads((data_dir / "manifest.json").read_text())
-    print(f"data: {data_dir} ({manifest['files']['transactions']['rows']:,} transaction rows, "
-          f"{manifest['files']['events']['rows']:,} events, {manifest['customers']:,} customers)", flush=True)
+    print(
+        f"data: {data_dir} ({manifest['files']['transactions']['rows']:,} transaction rows, "
+        f"{manifest['files']['events']['rows']:,} events, {manifest['customers']:,} customers)",
+        flush=True,
+    )
     idle = wait_for_idle(enabled=not args.no_wait and args.customers >= 500_000)
 
     clean, mlflow_dir = work / "clean", work / "mlflow"
@@ -88,9 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "machine": machine_info(),
         "code": code_version(),
-        "config": {"customers": args.customers, "seed": args.seed, "data_dir": str(data_dir), "now": str(NOW),
-                   "data_rows": {k: v["rows"] for k, v in manifest["files"].items()},
-                   "generation_s": generation, "idle_wait": idle},
+        "config": {
+            "customers": args.customers,
+            "seed": args.seed,
+            "data_dir": str(data_dir),
+            "now": str(NOW),
+            "data_rows": {k: v["rows"] for k, v in manifest["files"].items()},
+            "generation_s": generation,
+            "idle_wait": idle,
+        },
         "stages": results,
         "summary": summarise(results),
         "targets": TARGETS,
@@ -103,13 +113,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--customers", type=int, default=1_000_000)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--stages", default=",".join(STAGES),
-                   help="comma-separated subset of " + ",".join(STAGES) + " (others keep their last results)")
+    p.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="comma-separated subset of " + ",".join(STAGES) + " (others keep their last results)",
+    )
     p.add_argument("--regenerate", action="store_true", help="ignore cached demo data")
     p.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine (1M runs wait)")
     # internal: run one stage in this (child) process
@@ -140,8 +154,16 @@ def _headline(name: str, r: dict) -> str:
 
 def child(script: str, stage: str, spec: dict, result: Path) -> dict:
     """Run one stage in a fresh interpreter; return its JSON result plus wall time, CPU, load and peak RSS."""
-    cmd = [sys.executable, str(Path(script).resolve()), "--stage", stage, "--spec", json.dumps(spec, default=str),
-           "--result", str(result)]
+    cmd = [
+        sys.executable,
+        str(Path(script).resolve()),
+        "--stage",
+        stage,
+        "--spec",
+        json.dumps(spec, default=str),
+        "--result",
+        str(result),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # MLflow goes to our temp dir
     result.unlink(missing_ok=True)
     load_before = os.getloadavg()[0]
@@ -184,8 +206,9 @@ def demo_data(out: Path, customers: int, seed: int, regenerate: bool = False) ->
     return data_dir, r["generate_s"]
 
 
-def wait_for_idle(enabled: bool = True, threshold: float = 0.8, interval: float = 30.0,
-                  give_up: float = 1200.0) -> dict:
+def wait_for_idle(
+    enabled: bool = True, threshold: float = 0.8, interval: float = 30.0, give_up: float = 1200.0
+) -> dict:
     """Wait until the 1-minute load average is below ``threshold`` on two checks ``interval`` apart."""
     load = os.getloadavg()[0]
     if not enabled:
@@ -202,35 +225,56 @@ def wait_for_idle(enabled: bool = True, threshold: float = 0.8, interval: float 
             out = {"waited_s": round(time.monotonic() - started), "idle": False, "loadavg_1min_at_start": load}
             print(f"gave up waiting for an idle machine: 1-min load {load:.2f}; running anyway", flush=True)
             return out
-        print(f"  waiting for an idle machine: 1-min load {load:.2f} (need < {threshold} twice, "
-              f"{interval:.0f} s apart)", flush=True)
+        print(
+            f"  waiting for an idle machine: 1-min load {load:.2f} (need < {threshold} twice, {interval:.0f} s apart)",
+            flush=True,
+        )
         time.sleep(interval)
 
 
 def machine_info() -> dict:
-    from benchmarks.bench_features import machine_info as features_machine_info
+    import platform
+    from importlib.metadata import version
 
-    info = features_machine_info()
-    for package in ("pyarrow", "lightgbm", "mlflow", "lifelines", "scikit-learn", "ibis-framework"):
-        try:
-            from importlib.metadata import version
-
+    info: dict = {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for package in ("duckdb", "pandas", "pyarrow", "lightgbm", "mlflow", "lifelines", "scikit-learn", "ibis-framework"):
+        with contextlib.suppress(Exception):  # informational only
             info[package] = version(package)
-        except Exception:  # noqa: BLE001 - informational only
-            pass
+    try:
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        total_kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+        info["ram_gib"] = round(total_kib * 1024 / GIB, 1)
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        info["cpu_model"] = models[0] if models else platform.processor()
+    except (OSError, StopIteration):
+        pass
     return info
 
 
 def code_version() -> dict:
-    """The commit, and which library files had uncommitted edits (others work in this checkout)."""
+    """The commit, and which files had uncommitted edits (others work in this checkout) with a hash of the diff."""
+    import hashlib
+
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
-    dirty = [line[3:] for line in git("status", "--porcelain").splitlines()
-             if not line[3:].startswith("benchmarks/")]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_files": dirty}
+
+    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("benchmarks/")]
+    diff = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks")
+    return {
+        "root": str(ROOT),
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "uncommitted_files": dirty,
+        "diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else None,
+    }
 
 
 def maxrss() -> int:
@@ -295,8 +339,12 @@ def write_clean(data, rejects, clean: Path) -> None:
     import pyarrow as pa
 
     clean.mkdir(parents=True, exist_ok=True)
-    tables = {"transactions": data.transactions, "events": data.events, "customers": data.customers,
-              "rejects": pa.table({"customer_id": rejects["customer_id"]})}
+    tables = {
+        "transactions": data.transactions,
+        "events": data.events,
+        "customers": data.customers,
+        "rejects": pa.table({"customer_id": rejects["customer_id"]}),
+    }
     for name, table in tables.items():
         with pa.OSFile(str(clean / f"{name}.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
             w.write_table(table)  # keeps the chunking load_dataset produced (DuckDB scans chunks in parallel)
@@ -326,8 +374,10 @@ def fresh_settings(mlflow_dir: Path, wipe: bool):
     settings = Settings(data_dir=mlflow_dir)
     expected = f"sqlite:///{(mlflow_dir / 'mlflow.db').resolve()}"
     if settings.tracking_uri != expected:
-        raise SystemExit(f"MLflow would log to {settings.tracking_uri}, not the benchmark's {expected}: "
-                         "unset CHURN_MLFLOW__TRACKING_URI / churnguard.toml overrides")
+        raise SystemExit(
+            f"MLflow would log to {settings.tracking_uri}, not the benchmark's {expected}: "
+            "unset CHURN_MLFLOW__TRACKING_URI / churnguard.toml overrides"
+        )
     return settings
 
 
@@ -342,8 +392,13 @@ def stage_generate(spec: dict) -> dict:
     from features.demo import generate
 
     started = time.perf_counter()
-    generate(Path(spec["data"]), customers=spec["customers"], seed=spec["seed"], fmt="parquet",
-             progress=lambda m: print(f"  {m}", flush=True))
+    generate(
+        Path(spec["data"]),
+        customers=spec["customers"],
+        seed=spec["seed"],
+        fmt="parquet",
+        progress=lambda m: print(f"  {m}", flush=True),
+    )
     return {"generate_s": time.perf_counter() - started, "peak_rss_bytes": maxrss()}
 
 
@@ -352,10 +407,18 @@ def stage_load(spec: dict) -> dict:
 
     t, c = time.perf_counter(), cpu()
     data, rejects = load_dataset(Path(spec["data"]), now=NOW)
-    out: dict = {"load_s": time.perf_counter() - t, "load_cpu_s": cpu() - c, "peak_rss_bytes": maxrss(),
-                 "rows": {"transactions": data.transactions.num_rows, "events": data.events.num_rows,
-                          "customers": data.customers.num_rows, "rejected": rejects.num_rows},
-                 "dataset_bytes": sum(t.nbytes for t in (data.transactions, data.events, data.customers))}
+    out: dict = {
+        "load_s": time.perf_counter() - t,
+        "load_cpu_s": cpu() - c,
+        "peak_rss_bytes": maxrss(),
+        "rows": {
+            "transactions": data.transactions.num_rows,
+            "events": data.events.num_rows,
+            "customers": data.customers.num_rows,
+            "rejected": rejects.num_rows,
+        },
+        "dataset_bytes": sum(t.nbytes for t in (data.transactions, data.events, data.customers)),
+    }
     write_clean(data, rejects, Path(spec["clean"]))
     return out
 
@@ -385,14 +448,20 @@ def stage_train(spec: dict) -> dict:
     out["progress"] = [{"label": m["label"], "at_s": round(m["t"] - marks.items[0]["t"], 2)} for m in marks.items]
     ev = result.evaluation
     out["params"] = dict(result.params)
-    out["frame"] = {"rows": len(result.frame.frame), "columns": result.frame.frame.shape[1],
-                    "bytes": int(result.frame.frame.memory_usage(deep=True).sum()),
-                    "labelled_per_snapshot": result.frame.labelled_counts}
-    out["evaluation"] = {"winner": ev.winner, "winner_description": ev.winner_description,
-                         "n_holdout": ev.n_holdout, "holdout_churn_rate": ev.holdout_churn_rate,
-                         "candidates": {k: {m: v[m] for m in ("roc_auc", "log_loss") if m in v}
-                                        for k, v in ev.candidates.items()},
-                         "backtest_rows": len(ev.backtest)}
+    out["frame"] = {
+        "rows": len(result.frame.frame),
+        "columns": result.frame.frame.shape[1],
+        "bytes": int(result.frame.frame.memory_usage(deep=True).sum()),
+        "labelled_per_snapshot": result.frame.labelled_counts,
+    }
+    out["evaluation"] = {
+        "winner": ev.winner,
+        "winner_description": ev.winner_description,
+        "n_holdout": ev.n_holdout,
+        "holdout_churn_rate": ev.holdout_churn_rate,
+        "candidates": {k: {m: v[m] for m in ("roc_auc", "log_loss") if m in v} for k, v in ev.candidates.items()},
+        "backtest_rows": len(ev.backtest),
+    }
 
     # inputs of the later stages: the whole result (log), the training matrix (baseline)
     t = time.perf_counter()
@@ -405,8 +474,11 @@ def stage_train(spec: dict) -> dict:
     for part in ("fit", "validation"):
         df = result.frame.part(part)[[*features, "churned"]]
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), work / f"{part}.parquet")
-    out["matrix"] = {"features": features, "fit_rows": int(result.params["n_fit_rows"]),
-                     "validation_rows": int(result.params["n_validation_rows"])}
+    out["matrix"] = {
+        "features": features,
+        "fit_rows": int(result.params["n_fit_rows"]),
+        "validation_rows": int(result.params["n_validation_rows"]),
+    }
     return out
 
 
@@ -423,8 +495,11 @@ def _split_stages(marks: Marks, sampler: RssSampler) -> dict:
     out = {}
     for i, stage in enumerate(order):
         a, b = bounds[stage], bounds[order[i + 1]] if i + 1 < len(order) else end
-        out[stage] = {"wall_s": b["t"] - a["t"], "cpu_s": b["cpu"] - a["cpu"],
-                      "peak_rss_sampled_bytes": sampler.peak(a["t"], b["t"])}
+        out[stage] = {
+            "wall_s": b["t"] - a["t"],
+            "cpu_s": b["cpu"] - a["cpu"],
+            "peak_rss_sampled_bytes": sampler.peak(a["t"], b["t"]),
+        }
     return out
 
 
@@ -466,13 +541,25 @@ def stage_baseline(spec: dict) -> dict:
     features = json.loads((work / "train.json").read_text())["matrix"]["features"]
     t = time.perf_counter()
     fit, val = pd.read_parquet(work / "fit.parquet"), pd.read_parquet(work / "validation.parquet")
-    out: dict = {"read_s": time.perf_counter() - t, "fit_rows": len(fit), "validation_rows": len(val),
-                 "features": len(features), "rss_before_bytes": rss_now()}
+    out: dict = {
+        "read_s": time.perf_counter() - t,
+        "fit_rows": len(fit),
+        "validation_rows": len(val),
+        "features": len(features),
+        "rss_before_bytes": rss_now(),
+    }
 
     def candidate(**kw) -> LightGBMCandidate:
-        return LightGBMCandidate(features, n_estimators=cfg.lgbm_n_estimators, learning_rate=cfg.lgbm_learning_rate,
-                                 num_leaves=cfg.lgbm_num_leaves, min_child_samples=cfg.lgbm_min_child_samples,
-                                 early_stopping_rounds=cfg.early_stopping_rounds, seed=cfg.seed, **kw)
+        return LightGBMCandidate(
+            features,
+            n_estimators=cfg.lgbm_n_estimators,
+            learning_rate=cfg.lgbm_learning_rate,
+            num_leaves=cfg.lgbm_num_leaves,
+            min_child_samples=cfg.lgbm_min_child_samples,
+            early_stopping_rounds=cfg.early_stopping_rounds,
+            seed=cfg.seed,
+            **kw,
+        )
 
     # bare: one early-stopped booster on all fit rows, validation rows for early stopping, configured tree size
     t, c = time.perf_counter(), cpu()
@@ -515,8 +602,14 @@ def stage_e2e(spec: dict) -> dict:
     return out
 
 
-STAGE_FUNCTIONS = {"generate": stage_generate, "load": stage_load, "train": stage_train, "log": stage_log,
-                   "baseline": stage_baseline, "e2e": stage_e2e}
+STAGE_FUNCTIONS = {
+    "generate": stage_generate,
+    "load": stage_load,
+    "train": stage_train,
+    "log": stage_log,
+    "baseline": stage_baseline,
+    "e2e": stage_e2e,
+}
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -529,13 +622,20 @@ def summarise(st: dict) -> dict:
     ld, tr, lg = st["load"], st["train"], st["log"]
     total = ld["load_s"] + tr["train_s"] + lg["log_s"]
     peak = max(ld["process_maxrss_bytes"], tr["process_maxrss_bytes"], lg["process_maxrss_bytes"])
-    out.update(total_s=total, peak_bytes=peak, total_ok=total < TARGETS["total_seconds"],
-               peak_ok=peak / GIB < TARGETS["peak_gib"])
+    out.update(
+        total_s=total,
+        peak_bytes=peak,
+        total_ok=total < TARGETS["total_seconds"],
+        peak_ok=peak / GIB < TARGETS["peak_gib"],
+    )
     if "e2e" in st:
         e = st["e2e"]
-        out.update(e2e_total_s=e["total_s"], e2e_peak_bytes=e["process_maxrss_bytes"],
-                   e2e_total_ok=e["total_s"] < TARGETS["total_seconds"],
-                   e2e_peak_ok=e["process_maxrss_bytes"] / GIB < TARGETS["peak_gib"])
+        out.update(
+            e2e_total_s=e["total_s"],
+            e2e_peak_bytes=e["process_maxrss_bytes"],
+            e2e_total_ok=e["total_s"] < TARGETS["total_seconds"],
+            e2e_peak_ok=e["process_maxrss_bytes"] / GIB < TARGETS["peak_gib"],
+        )
     if "baseline" in st:
         b = st["baseline"]
         out["ratio_train_over_bare"] = tr["train_s"] / b["bare_s"]
@@ -552,10 +652,14 @@ def to_markdown(r: dict) -> str:
         f"# Training benchmark: `train` on {cfg['customers']:,} demo customers",
         "",
         f"Machine: {m.get('cpus_usable')} usable cores ({m.get('cpu_model', '?')}), {m.get('ram_gib', '?')} GiB RAM; "
-        f"Python {m['python']}, DuckDB {m['duckdb']}, LightGBM {m.get('lightgbm')}, MLflow {m.get('mlflow')}, "
+        f"Python {m['python']}, DuckDB {m.get('duckdb')}, LightGBM {m.get('lightgbm')}, MLflow {m.get('mlflow')}, "
         f"lifelines {m.get('lifelines')}.",
         f"Code: commit {code['commit']}"
-        + (f" with uncommitted edits in {', '.join(code['uncommitted_files'])}" if code["uncommitted_files"] else "")
+        + (
+            f" with uncommitted edits in {', '.join(code['uncommitted_files'])} (diff sha1 {code['diff_sha1']})"
+            if code["uncommitted_files"]
+            else ""
+        )
         + ".",
         f"Data: demo business, {cfg['customers']:,} customers (seed {cfg['seed']}), "
         f"{cfg['data_rows']['transactions']:,} transaction rows, {cfg['data_rows']['events']:,} events."
@@ -570,43 +674,57 @@ def to_markdown(r: dict) -> str:
     cached = lambda x: " (cached from an earlier run)" if x.get("cached") else ""  # noqa: E731
     if "load" in st:
         x = st["load"]
-        lines.append(f"| load + validate (`load_dataset`) | {x['load_s']:.1f} | {x['load_cpu_s']:.1f} | "
-                     f"{gib(x['process_maxrss_bytes'])} | {load(x)} | own process; clean data "
-                     f"{gib(x['dataset_bytes'])} GiB in Arrow, {x['rows']['rejected']:,} rows rejected{cached(x)} |")
+        lines.append(
+            f"| load + validate (`load_dataset`) | {x['load_s']:.1f} | {x['load_cpu_s']:.1f} | "
+            f"{gib(x['process_maxrss_bytes'])} | {load(x)} | own process; clean data "
+            f"{gib(x['dataset_bytes'])} GiB in Arrow, {x['rows']['rejected']:,} rows rejected{cached(x)} |"
+        )
     if "train" in st:
         x = st["train"]
         per = x.get("per_stage", {})
-        labels = {"features": "snapshot features + labels", "classifier": "4 candidates (LightGBM + search, 2 "
-                  "logistic, blend)", "survival": "Weibull AFT + value model",
-                  "evaluation": "holdout metrics, backtest (refits), plots"}
+        labels = {
+            "features": "snapshot features + labels",
+            "classifier": "4 candidates (LightGBM + search, 2 logistic, blend)",
+            "survival": "Weibull AFT + value model",
+            "evaluation": "holdout metrics, backtest (refits), plots",
+        }
         for name in TRAIN_STAGES:
             p = per.get(name, {})
             cpu_s = f"{p['cpu_s']:.1f}" if p else ""
             peak = gib(p["peak_rss_sampled_bytes"]) if p else ""
-            lines.append(f"| train: {name} | {x['timings'].get(name, float('nan')):.1f} | {cpu_s} | {peak} | | "
-                         f"{labels[name]} |")
+            lines.append(
+                f"| train: {name} | {x['timings'].get(name, float('nan')):.1f} | {cpu_s} | {peak} | | {labels[name]} |"
+            )
         ev = x["evaluation"]
-        lines.append(f"| **train** (`train`, sum of the above) | **{x['train_s']:.1f}** | {x['train_cpu_s']:.1f} | "
-                     f"{gib(x['process_maxrss_bytes'])} | {load(x)} | own process, dataset resident "
-                     f"({gib(x['rss_before_train_bytes'])} GiB before); {x['frame']['rows']:,} snapshot rows; "
-                     f"winner {ev['winner']}{cached(x)} |")
+        lines.append(
+            f"| **train** (`train`, sum of the above) | **{x['train_s']:.1f}** | {x['train_cpu_s']:.1f} | "
+            f"{gib(x['process_maxrss_bytes'])} | {load(x)} | own process, dataset resident "
+            f"({gib(x['rss_before_train_bytes'])} GiB before); {x['frame']['rows']:,} snapshot rows; "
+            f"winner {ev['winner']}{cached(x)} |"
+        )
     if "log" in st:
         x = st["log"]
-        lines.append(f"| logging (`log_training`) | {x['log_s']:.1f} | {x['log_cpu_s']:.1f} | "
-                     f"{gib(x['process_maxrss_bytes'])} | {load(x)} | own process (train result unpickled first, "
-                     f"{x['unpickle_s']:.1f} s, not counted); artifacts {x['artifacts_bytes'] / 2**20:.0f} MiB, "
-                     f"model pickle {(x['model_pickle_bytes'] or 0) / 2**20:.1f} MiB{cached(x)} |")
+        lines.append(
+            f"| logging (`log_training`) | {x['log_s']:.1f} | {x['log_cpu_s']:.1f} | "
+            f"{gib(x['process_maxrss_bytes'])} | {load(x)} | own process (train result unpickled first, "
+            f"{x['unpickle_s']:.1f} s, not counted); artifacts {x['artifacts_bytes'] / 2**20:.0f} MiB, "
+            f"model pickle {(x['model_pickle_bytes'] or 0) / 2**20:.1f} MiB{cached(x)} |"
+        )
     if s:
         ok = "yes" if s["total_ok"] and s["peak_ok"] else "**NO**"
-        lines.append(f"| **total** (load + train + logging) | **{s['total_s']:.1f}** | | "
-                     f"**{gib(s['peak_bytes'])}** (max of the stages) | | target < "
-                     f"{TARGETS['total_seconds']:.0f} s and < {TARGETS['peak_gib']:.0f} GiB: {ok} |")
+        lines.append(
+            f"| **total** (load + train + logging) | **{s['total_s']:.1f}** | | "
+            f"**{gib(s['peak_bytes'])}** (max of the stages) | | target < "
+            f"{TARGETS['total_seconds']:.0f} s and < {TARGETS['peak_gib']:.0f} GiB: {ok} |"
+        )
     if "e2e" in st:
         x = st["e2e"]
         ok = "yes" if s.get("e2e_total_ok") and s.get("e2e_peak_ok") else "**NO**"
-        lines.append(f"| one process, like `churn train` (load + train + log) | {x['total_s']:.1f} | "
-                     f"{x['process_cpu_s']:.1f} | {gib(x['process_maxrss_bytes'])} | {load(x)} | "
-                     f"{x['load_s']:.1f} + {x['train_s']:.1f} + {x['log_s']:.1f} s; target: {ok}{cached(x)} |")
+        lines.append(
+            f"| one process, like `churn train` (load + train + log) | {x['total_s']:.1f} | "
+            f"{x['process_cpu_s']:.1f} | {gib(x['process_maxrss_bytes'])} | {load(x)} | "
+            f"{x['load_s']:.1f} + {x['train_s']:.1f} + {x['log_s']:.1f} s; target: {ok}{cached(x)} |"
+        )
     lines.append("")
     notes = [
         "seconds: wall time of the call itself (`train`'s per-stage timings as it returns them); CPU s: user + "
@@ -617,26 +735,37 @@ def to_markdown(r: dict) -> str:
     ]
     if "train" in st:
         x = st["train"]
-        notes.append(f"train's own `peak_rss_mb` (ru_maxrss so far at each stage end): "
-                     + ", ".join(f"{k} {v / 1024:.2f} GiB" for k, v in x["peak_rss_mb_reported"].items()) + ".")
+        notes.append(
+            "train's own `peak_rss_mb` (ru_maxrss so far at each stage end): "
+            + ", ".join(f"{k} {v / 1024:.2f} GiB" for k, v in x["peak_rss_mb_reported"].items())
+            + "."
+        )
         snaps = [p for p in x["progress"] if p["label"].startswith("features for snapshot")]
         if snaps:
             prev, parts = 0.0, []
             for p in snaps:
                 parts.append(f"{p['at_s'] - prev:.1f}")
                 prev = p["at_s"]
-            notes.append("features stage, seconds per snapshot (the first includes `entities_at` + labels for all "
-                         f"dates): {', '.join(parts)}.")
+            notes.append(
+                "features stage, seconds per snapshot (the first includes `entities_at` + labels for all "
+                f"dates): {', '.join(parts)}."
+            )
         ev = x["evaluation"]
-        cand = "; ".join(f"{k} AUC {v.get('roc_auc', float('nan')):.3f} / log loss {v.get('log_loss', float('nan')):.4f}"
-                         for k, v in ev["candidates"].items())
-        notes.append(f"Model: {ev['winner_description']}; holdout {ev['n_holdout']:,} customers, churn rate "
-                     f"{ev['holdout_churn_rate']:.3f}; {cand}. Fit rows {x['matrix']['fit_rows']:,}, "
-                     f"validation rows {x['matrix']['validation_rows']:,}, {len(x['matrix']['features'])} features.")
+        cand = "; ".join(
+            f"{k} AUC {v.get('roc_auc', float('nan')):.3f} / log loss {v.get('log_loss', float('nan')):.4f}"
+            for k, v in ev["candidates"].items()
+        )
+        notes.append(
+            f"Model: {ev['winner_description']}; holdout {ev['n_holdout']:,} customers, churn rate "
+            f"{ev['holdout_churn_rate']:.3f}; {cand}. Fit rows {x['matrix']['fit_rows']:,}, "
+            f"validation rows {x['matrix']['validation_rows']:,}, {len(x['matrix']['features'])} features."
+        )
     if "log" in st:
         x = st["log"]
-        notes.append(f"`load_model` of the champion in the log process (what scoring pays at start-up): "
-                     f"{x['load_model_s']:.1f} s.")
+        notes.append(
+            f"`load_model` of the champion in the log process (what scoring pays at start-up): "
+            f"{x['load_model_s']:.1f} s."
+        )
     lines += [f"- {n}" for n in notes]
     if "baseline" in st:
         b = st["baseline"]
@@ -651,15 +780,18 @@ def to_markdown(r: dict) -> str:
             f"{gib(b['bare_peak_rss_bytes'])} | configured tree size, {b['bare_trees']} trees; no tree-size search, "
             "no calibration, no other candidate, no features (the matrix is given) |",
             f"| LightGBM candidate as `train` fits it | {b['candidate_s']:.1f} | {b['candidate_cpu_s']:.1f} | "
-            f"{gib(b['process_maxrss_bytes'])} | {b['candidate_description']} (3 search fits on 100k rows + final "
+            f"{gib(b['process_maxrss_bytes'])} | {b['candidate_description']} (3 search fits on <= 100k "
+            "fit rows + final "
             "fit + calibration) |",
             "",
         ]
         if s:
-            lines.append(f"- Ratios: `train` / bare LightGBM **{s['ratio_train_over_bare']:.1f}x**; total (load + "
-                         f"train + logging) / bare **{s['ratio_total_over_bare']:.1f}x**; classifier stage / bare "
-                         f"{s['ratio_classifier_over_bare']:.1f}x; LightGBM candidate / bare "
-                         f"{s['ratio_candidate_over_bare']:.1f}x.")
+            lines.append(
+                f"- Ratios: `train` / bare LightGBM **{s['ratio_train_over_bare']:.1f}x**; total (load + "
+                f"train + logging) / bare **{s['ratio_total_over_bare']:.1f}x**; classifier stage / bare "
+                f"{s['ratio_classifier_over_bare']:.1f}x; LightGBM candidate / bare "
+                f"{s['ratio_candidate_over_bare']:.1f}x."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -669,10 +801,14 @@ def _idle_line(idle: dict) -> str:
     if idle.get("waited") is False:
         return f"Started without waiting for an idle machine (1-min load {idle['loadavg_1min_at_start']:.2f})."
     if idle.get("idle"):
-        return (f"Started on an idle machine (1-min load {idle['loadavg_1min_at_start']:.2f} after waiting "
-                f"{idle['waited_s']} s).")
-    return (f"**Machine not idle**: gave up waiting after {idle['waited_s']} s, 1-min load "
-            f"{idle['loadavg_1min_at_start']:.2f} at start.")
+        return (
+            f"Started on an idle machine (1-min load {idle['loadavg_1min_at_start']:.2f} after waiting "
+            f"{idle['waited_s']} s)."
+        )
+    return (
+        f"**Machine not idle**: gave up waiting after {idle['waited_s']} s, 1-min load "
+        f"{idle['loadavg_1min_at_start']:.2f} at start."
+    )
 
 
 if __name__ == "__main__":
