@@ -48,10 +48,13 @@ def prepare(out: Path) -> tuple[dict, list[float | None], str]:
     as_of = datetime(2024, 12, 1)
     tx_counts = pc.value_counts(data.transactions["customer_id"]).to_pylist()
     customer = min(tx_counts, key=lambda c: abs(c["counts"] - 50))["values"]
+
     def rows(t, cols):
         records = t.filter(pc.equal(t["customer_id"], customer)).select(cols).to_pylist()
-        return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items() if v is not None}
-                for r in records]
+        return [
+            {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items() if v is not None}
+            for r in records
+        ]
 
     transactions = rows(
         data.transactions, ["timestamp", "amount", "order_id", "quantity", "product_id", "category", "channel"]
