@@ -367,4 +367,3 @@ def _summarise(con: duckdb.DuckDBPyConnection, data: Dataset, tables: tuple[Tabl
     ).fetchone()
     per_type = dict(con.sql("SELECT event_type, count(*) FROM ev GROUP BY 1 ORDER BY 2 DESC").fetchall())
     return ValidationReport(tables, int(n_customers), first, last, per_type)
-

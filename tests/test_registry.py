@@ -107,8 +107,9 @@ def test_pyfunc_refuses_prospects(trained):
 
 def test_tier_thresholds_setting_overrides_the_models_own(registered, test_settings):
     assert load_model(test_settings).tier_thresholds == (0.3, 0.5, 0.7)
-    custom = test_settings.model_copy(update={"scoring": test_settings.scoring.model_copy(
-        update={"tier_thresholds": (0.2, 0.4, 0.8)})})
+    custom = test_settings.model_copy(
+        update={"scoring": test_settings.scoring.model_copy(update={"tier_thresholds": (0.2, 0.4, 0.8)})}
+    )
     model = load_model(custom)
     assert model.tier_thresholds == (0.2, 0.4, 0.8)
     scores = model.score(_holdout_rows(model), reasons=False)
@@ -117,6 +118,13 @@ def test_tier_thresholds_setting_overrides_the_models_own(registered, test_setti
 
 def _holdout_rows(model):
     rows = {name: [1.0] * 3 for name in model.feature_names}
-    rows.update({"customer_id": ["a", "b", "c"], "as_of": pd.to_datetime(["2024-01-01"] * 3),
-                 "frequency": [1, 3, 9], "recency_days": [5.0, 80.0, 200.0], "cancelled": [0, 0, 0]})
+    rows.update(
+        {
+            "customer_id": ["a", "b", "c"],
+            "as_of": pd.to_datetime(["2024-01-01"] * 3),
+            "frequency": [1, 3, 9],
+            "recency_days": [5.0, 80.0, 200.0],
+            "cancelled": [0, 0, 0],
+        }
+    )
     return pd.DataFrame(rows)

@@ -255,8 +255,15 @@ class BlendCandidate:
         return "mean of " + " and ".join(m.name for m in self.members)
 
 
-def fit_candidates(fit: pd.DataFrame, val: pd.DataFrame, features: list[str], *, settings, n_jobs=None,
-                   tree_size: tuple[int, int] | None = None) -> dict:
+def fit_candidates(
+    fit: pd.DataFrame,
+    val: pd.DataFrame,
+    features: list[str],
+    *,
+    settings,
+    n_jobs=None,
+    tree_size: tuple[int, int] | None = None,
+) -> dict:
     """Fit every candidate family on the same data. ``settings`` is the training section of the settings;
     ``tree_size`` (leaves, min child samples) skips LightGBM's tree-size search."""
     leaves, min_child = tree_size or (settings.lgbm_num_leaves, settings.lgbm_min_child_samples)
