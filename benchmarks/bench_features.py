@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -36,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-GIB = 1024**3
+from benchmarks.common import GIB, cpu, load_stage, machine_info, maxrss, read_clean, rss_now  # noqa: E402
+
 TARGETS = {"cg_1_seconds": 8.0, "cg_1_peak_gib": 2.0, "cg_n_seconds": 30.0, "speedup": 5.0, "single_p99_ms": 15.0}
 
 
@@ -241,7 +240,7 @@ def _run_stage(args: argparse.Namespace) -> None:
     if stage == "generate":
         out = stage_generate(Path(args.data), args.customers, args.seed)
     elif stage == "load":
-        out = stage_load(Path(args.data), datetime.fromisoformat(args.now), Path(args.clean))
+        out = load_stage(Path(args.data), datetime.fromisoformat(args.now), Path(args.clean))
     elif stage in ("cg_1", "cg_n", "pd_1", "pd_n"):
         dates = [date.fromisoformat(d) for d in args.dates.split(",")]
         out = stage_batch(args.impl, Path(args.clean), dates, Path(args.features), args.threads or None)
@@ -259,46 +258,7 @@ def stage_generate(data_dir: Path, customers: int, seed: int) -> dict:
 
     started = time.perf_counter()
     generate(data_dir, customers=customers, seed=seed, fmt="parquet", progress=lambda m: print(f"  {m}", flush=True))
-    return {"generate_s": time.perf_counter() - started, "peak_rss_bytes": _maxrss()}
-
-
-def stage_load(data_dir: Path, now: datetime, clean: Path) -> dict:
-    """load_dataset (read + validate), timed; the clean tables are kept as Arrow IPC for the other stages."""
-    import pyarrow as pa
-
-    from features.validate import load_dataset
-
-    t = time.perf_counter()
-    data, rejects = load_dataset(data_dir, now=now)
-    out: dict = {
-        "load_s": time.perf_counter() - t,
-        "peak_rss_bytes": _maxrss(),
-        "rows": {
-            "transactions": data.transactions.num_rows,
-            "events": data.events.num_rows,
-            "customers": data.customers.num_rows,
-            "rejected": rejects.num_rows,
-        },
-        "dataset_bytes": sum(t.nbytes for t in (data.transactions, data.events, data.customers)),
-    }
-    clean.mkdir(parents=True, exist_ok=True)
-    for name in ("transactions", "events", "customers"):
-        table = getattr(data, name)
-        with pa.OSFile(str(clean / f"{name}.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)  # keeps the chunking load_dataset produced (DuckDB scans chunks in parallel)
-    return out
-
-
-def _read_clean(clean: Path):
-    import pyarrow as pa
-
-    from features.dataset import Dataset
-
-    tables = {}
-    for name in ("transactions", "events", "customers"):
-        with pa.OSFile(str(clean / f"{name}.arrow"), "rb") as source:
-            tables[name] = pa.ipc.open_file(source).read_all()
-    return Dataset(**tables)
+    return {"generate_s": time.perf_counter() - started, "peak_rss_bytes": maxrss()}
 
 
 def stage_batch(impl: str, clean: Path, dates: list[date], features_path: Path, threads: int | None) -> dict:
@@ -310,26 +270,26 @@ def stage_batch(impl: str, clean: Path, dates: list[date], features_path: Path, 
 
     out: dict = {"impl": impl, "as_of": [str(d) for d in dates]}
     t = time.perf_counter()
-    data = _read_clean(clean)
+    data, _ = read_clean(clean)
     out["read_s"] = time.perf_counter() - t
     t = time.perf_counter()
     entities = entities_at(data, [datetime(d.year, d.month, d.day) for d in dates])
     out["entities_s"] = time.perf_counter() - t
     out["entities"] = entities.num_rows
-    out["rss_before_features_bytes"] = _rss_now()
+    out["rss_before_features_bytes"] = rss_now()
 
     if impl == "churnguard":
         t = time.perf_counter()
         compiled_sql(tuple(DEFAULT_EVENT_TYPES))
         out["compile_s"] = time.perf_counter() - t
         engine = FeatureEngine(threads=threads)
-        t, c = time.perf_counter(), _cpu()
+        t, c = time.perf_counter(), cpu()
         table = build_features(data, entities, engine=engine)
-        out["features_s"], out["features_cpu_s"] = time.perf_counter() - t, _cpu() - c
+        out["features_s"], out["features_cpu_s"] = time.perf_counter() - t, cpu() - c
     else:
         from benchmarks.pandas_reference import pandas_features, to_frames
 
-        t, c = time.perf_counter(), _cpu()
+        t, c = time.perf_counter(), cpu()
         frames = to_frames(data)
         out["to_pandas_s"] = time.perf_counter() - t
         del data
@@ -338,9 +298,9 @@ def stage_batch(impl: str, clean: Path, dates: list[date], features_path: Path, 
         frame = pandas_features(frames, ent)
         out["compute_s"] = time.perf_counter() - t
         out["features_s"] = out["to_pandas_s"] + out["compute_s"]
-        out["features_cpu_s"] = _cpu() - c
+        out["features_cpu_s"] = cpu() - c
         out["per_as_of_s"] = out["compute_s"] / len(dates)
-    out["peak_rss_bytes"] = _maxrss()
+    out["peak_rss_bytes"] = maxrss()
     out["output_rows"] = table.num_rows if impl == "churnguard" else len(frame)
 
     if impl == "churnguard":
@@ -485,52 +445,11 @@ def stage_single(calls: int) -> dict:
             diffs.append(col)
     out["values_equal"] = not diffs
     out["differing_columns"] = diffs
-    out["peak_rss_bytes"] = _maxrss()
+    out["peak_rss_bytes"] = maxrss()
     return out
 
 
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def _cpu() -> float:
-    """CPU seconds of this process, all threads (less sensitive than wall time to other load)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _rss_now() -> int:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
 # --------------------------------------------------------------------------------------------- reporting
-
-
-def machine_info() -> dict:
-    import duckdb
-    import pandas as pd
-
-    info = {
-        "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "duckdb": duckdb.__version__,
-        "pandas": pd.__version__,
-    }
-    try:
-        meminfo = Path("/proc/meminfo").read_text().splitlines()
-        total_kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
-        info["ram_gib"] = round(total_kib * 1024 / GIB, 1)
-        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-        info["cpu_model"] = models[0] if models else platform.processor()
-    except OSError:
-        pass
-    return info
 
 
 def _speedups(results: dict, snapshots: int) -> dict:

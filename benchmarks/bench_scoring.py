@@ -36,23 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_training import (  # noqa: E402 - after the sys.path set-up
+from benchmarks.bench_training import NOW, child, demo_data, fresh_settings, run_stage  # noqa: E402
+from benchmarks.common import (  # noqa: E402 - after the sys.path set-up
     GIB,
-    NOW,
     Marks,
     RssSampler,
-    child,
     code_version,
     cpu,
-    demo_data,
-    fresh_settings,
+    load_stage,
     machine_info,
     maxrss,
     read_clean,
     rss_now,
-    run_stage,
+    stage_parser,
     wait_for_idle,
-    write_clean,
+    write_report,
 )
 
 TARGETS = {"scoring_seconds": 60.0}
@@ -148,35 +146,15 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summarise(results),
         "targets": TARGETS,
     }
-    md = to_markdown(report)
-    (out / "scoring.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "scoring.md").write_text(md)
-    print()
-    print(md)
+    write_report(out, "scoring", report, to_markdown(report))
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--customers", type=int, default=1_000_000)
+    p = stage_parser(__doc__, STAGES)
     p.add_argument("--model-customers", type=int, default=50_000, help="demo customers the model is trained on")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--capacity", type=int, default=CAPACITY, help="outreach list size")
     p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help="score_batch chunk size")
     p.add_argument("--slice", type=int, default=50_000, help="customers of the reasons='all' stage")
-    p.add_argument(
-        "--stages",
-        default=",".join(STAGES),
-        help="comma-separated subset of " + ",".join(STAGES) + " (others keep their last results)",
-    )
-    p.add_argument("--regenerate", action="store_true", help="ignore cached demo data")
-    p.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine (1M runs wait)")
-    # internal: run one stage in this (child) process
-    p.add_argument("--stage", help=argparse.SUPPRESS)
-    p.add_argument("--spec", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -317,24 +295,7 @@ def stage_model(spec: dict) -> dict:
 
 
 def stage_load(spec: dict) -> dict:
-    from features.validate import load_dataset
-
-    t, c = time.perf_counter(), cpu()
-    data, rejects = load_dataset(Path(spec["data"]), now=NOW)
-    out: dict = {
-        "load_s": time.perf_counter() - t,
-        "load_cpu_s": cpu() - c,
-        "peak_rss_bytes": maxrss(),
-        "rows": {
-            "transactions": data.transactions.num_rows,
-            "events": data.events.num_rows,
-            "customers": data.customers.num_rows,
-            "rejected": rejects.num_rows,
-        },
-        "dataset_bytes": sum(t.nbytes for t in (data.transactions, data.events, data.customers)),
-    }
-    write_clean(data, rejects, Path(spec["clean"]))
-    return out
+    return load_stage(Path(spec["data"]), NOW, Path(spec["clean"]))
 
 
 def stage_features(spec: dict) -> dict:
@@ -573,7 +534,8 @@ def stage_check(spec: dict) -> dict:
             scores[c].null_count == 0 for c in ("churn_probability", "risk_tier", "recommended_action")
         ),
         "churn_probability in [0, 1]": pc.min(probability).as_py() >= 0 and pc.max(probability).as_py() <= 1,
-        f"outreach rows == {spec['capacity']:,} (capacity), all of them scored": outreach.num_rows == spec["capacity"]
+        "outreach rows == min(capacity, customers worth contacting), all of them scored": outreach.num_rows
+        == min(spec["capacity"], pc.sum(pc.greater(scores["expected_value_saved"], 0)).as_py() or 0)
         and pc.all(pc.is_in(outreach["customer_id"].cast(pa.string()), score_ids)).as_py(),
     }
     failed = [k for k, v in checks.items() if not v]
