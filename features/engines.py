@@ -2,8 +2,9 @@
 
 Both execute the *same* Ibis expression (``features.build.feature_query``), compiled once per dialect and cached;
 ``tests/test_engines.py`` checks on random histories that they return identical features. DuckDB has a fixed cost of
-~25-30 ms per query of this shape (planning plus per-pipeline set-up), which dominates when a request holds one
-customer; SQLite answers the same query in about a millisecond there, and is hopeless at millions of rows. The
+~35-40 ms per query of this shape (planning plus per-pipeline set-up), which dominates when a request holds one
+customer; SQLite answers the same query in ~5 ms there (``benchmarks/bench_features.py``), and is hopeless at
+millions of rows. The
 scoring API therefore uses ``SQLiteEngine``, which hands anything large to DuckDB.
 """
 
