@@ -4,8 +4,7 @@ Both execute the *same* Ibis expression (``features.build.feature_query``), comp
 ``tests/test_engines.py`` checks on random histories that they return identical features. DuckDB has a fixed cost of
 ~35-40 ms per query of this shape (planning plus per-pipeline set-up), which dominates when a request holds one
 customer; SQLite answers the same query in ~5 ms there (``benchmarks/bench_features.py``), and is hopeless at
-millions of rows. The
-scoring API therefore uses ``SQLiteEngine``, which hands anything large to DuckDB.
+millions of rows. The scoring API therefore uses ``SQLiteEngine``, which hands anything large to DuckDB.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from churnguard.settings import TrainingSettings
+
 RFM_FEATURES = ["recency_days", "frequency", "monetary_total"]
 TARGET = "churned"
 PROB_FLOOR = 1e-3
@@ -260,10 +262,10 @@ def fit_candidates(
     val: pd.DataFrame,
     features: list[str],
     *,
-    settings,
-    n_jobs=None,
+    settings: TrainingSettings,
+    n_jobs: int | None = None,
     tree_size: tuple[int, int] | None = None,
-) -> dict:
+) -> dict[str, LightGBMCandidate | LogisticCandidate | BlendCandidate]:
     """Fit every candidate family on the same data. ``settings`` is the training section of the settings;
     ``tree_size`` (leaves, min child samples) skips LightGBM's tree-size search."""
     leaves, min_child = tree_size or (settings.lgbm_num_leaves, settings.lgbm_min_child_samples)
