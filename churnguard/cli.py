@@ -7,15 +7,21 @@ No logic lives only here: tests and notebooks call the same functions in ``featu
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from churnguard.console import console, err_console, print_validation
 from churnguard.settings import Settings, load_settings, now_utc
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from features.dataset import Dataset
+    from features.registry import FeatureSpec
 
 app = typer.Typer(
     name="churn",
@@ -80,7 +86,9 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def load_data(data: Path, mapping: Path | None, maps: list[str] | None, settings: Settings, *, verbose: bool = False):
+def load_data(
+    data: Path, mapping: Path | None, maps: list[str] | None, settings: Settings, *, verbose: bool = False
+) -> tuple[Dataset, pa.Table]:
     """Every command that reads data validates it the same way and reports the counts."""
     from features.mapping import load_mapping
     from features.validate import load_dataset
@@ -411,7 +419,7 @@ def bento(
     )
 
 
-def _print_registry(specs, feature_set: str) -> None:
+def _print_registry(specs: Sequence[FeatureSpec], feature_set: str) -> None:
     from rich.table import Table
 
     table = Table(title=f"Feature registry: {feature_set} ({len(specs)} features)", title_justify="left")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys  # noqa: E402
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from features.dataset import ValidationReport
+
+if TYPE_CHECKING:
+    from serving.scoring import BatchResult
 
 # piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 140)
@@ -45,7 +49,7 @@ def print_validation(report: ValidationReport, *, verbose: bool = True) -> None:
 
 
 @contextmanager
-def progress(description: str, total: int | None = None) -> Iterator[callable]:
+def progress(description: str, total: int | None = None) -> Iterator[Callable[[int, str | None], None]]:
     """A progress bar; yields ``advance(n=1, description=None)``."""
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -105,7 +109,7 @@ def print_comparison(evaluation: dict, title: str = "Held-out comparison") -> No
         console.print(f"[yellow]warning:[/yellow] {w}")
 
 
-def print_batch_summary(result, model_version: str) -> None:
+def print_batch_summary(result: BatchResult, model_version: str) -> None:
     s = result.summary
     console.print(
         f"model {model_version}: [bold]{s['customers_scored']:,}[/bold] customers scored, "

@@ -119,7 +119,7 @@ class _SampleVariance:
     def __init__(self) -> None:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
 
-    def step(self, value) -> None:
+    def step(self, value: float | None) -> None:
         if value is not None:
             self.n += 1
             delta = value - self.mean

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -179,7 +180,9 @@ def _summary(scores: pd.DataFrame, outreach: pd.DataFrame, rejected: pd.DataFram
     }
 
 
-def write_batch(result: BatchResult, out, outreach_out=None, rejects_out=None) -> None:
+def write_batch(
+    result: BatchResult, out: Path, outreach_out: Path | None = None, rejects_out: Path | None = None
+) -> None:
     """Scores, outreach list and customer rejects, each written atomically (CSV or Parquet by extension)."""
     from features.io import write_table
 
@@ -207,7 +210,7 @@ def write_batch(result: BatchResult, out, outreach_out=None, rejects_out=None) -
         write_table(pa.Table.from_pandas(result.rejected, preserve_index=False), rejects_out)
 
 
-def _to_arrow(df: pd.DataFrame, path) -> pa.Table:
+def _to_arrow(df: pd.DataFrame, path: Path) -> pa.Table:
     """Lists (top_reasons) stay lists in Parquet and become ' | '-joined text in CSV."""
     if str(path).lower().endswith(".csv"):
         df = df.assign(top_reasons=[" | ".join(r) for r in df["top_reasons"]])

@@ -16,7 +16,7 @@ import hmac
 import json
 import logging
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import pandas as pd
@@ -31,9 +31,12 @@ from features.dataset import Dataset
 from features.engines import SQLiteEngine
 from serving.bento import BENTO_MODEL
 from serving.policy import load_policy
-from serving.schemas import Customers, FeatureRows, ModelCard, ScoreResponse, client_error, unique_ids
+from serving.schemas import CustomerHistory, Customers, FeatureRows, ModelCard, ScoreResponse, client_error, unique_ids
 from serving.scoring import SCORECARD_COLUMNS, Scored, score_dataset
 from training.scorecard import NOT_SCORABLE
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/docs", "/favicon.ico")
 _state: dict[str, Any] = {}
@@ -129,7 +132,7 @@ def _as_datetime(d: datetime | date) -> datetime:
     return d if isinstance(d, datetime) else datetime(d.year, d.month, d.day)
 
 
-def _request_dataset(customers) -> Dataset:
+def _request_dataset(customers: list[CustomerHistory]) -> Dataset:
     """Contract tables from a request; exact duplicate rows are dropped, as batch validation does."""
     tx, ev, cu = [], [], []
     for c in customers:
@@ -159,13 +162,13 @@ ChurnService.mount_asgi_app(Starlette(routes=[Route("/", _model_card, methods=["
 class ApiGuard:
     """Bearer-token check (when CHURN_API_TOKEN is set) and a request body size limit, as plain ASGI."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         settings = load_settings()
         self.token = settings.api_token.get_secret_value().encode() if settings.api_token else None
         self.max_body = settings.serving.max_body_bytes
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _is_open(scope["path"]):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
@@ -205,7 +208,7 @@ def _authorized(header: bytes, token: bytes) -> bool:
     return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), token)
 
 
-async def _send_json(send, status: int, body: dict, extra_headers: dict | None = None) -> None:
+async def _send_json(send: Send, status: int, body: dict, extra_headers: dict | None = None) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     headers += list((extra_headers or {}).items())

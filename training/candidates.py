@@ -30,7 +30,7 @@ PROB_FLOOR = 1e-3
 TUNING_ROWS = 100_000  # tree-size selection runs on a sample of this many fit rows
 
 
-def signed_log1p(x):
+def signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
@@ -67,7 +67,7 @@ class Calibrator:
         return LogisticRegression(C=1e6, max_iter=1000).fit(_logit(raw).reshape(-1, 1), y)
 
     @staticmethod
-    def _apply(method: str, model, raw: np.ndarray) -> np.ndarray:
+    def _apply(method: str, model: IsotonicRegression | LogisticRegression, raw: np.ndarray) -> np.ndarray:
         if method == "isotonic":
             return model.predict(raw)
         z = model.coef_[0, 0] * _logit(raw) + model.intercept_[0]

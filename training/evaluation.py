@@ -9,6 +9,7 @@ model is never worse than a baseline on the selection metric.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,12 @@ import pandas as pd
 from training.candidates import TARGET, fit_candidates
 from training.metrics import classification_metrics, gain_curve, reliability_table, survival_metrics, value_metrics
 from training.survival import TIMES
+
+if TYPE_CHECKING:
+    from churnguard.settings import TrainingSettings
+    from training.snapshots import SnapshotFrame
+    from training.survival import SurvivalModel
+    from training.value import ValueModel
 
 BASELINES = ("recency", "rfm_logit")
 SIMPLICITY = {"recency": 0, "rfm_logit": 1, "blend": 2, "lightgbm": 3}
@@ -83,7 +90,7 @@ def evaluate_candidates(models: dict, holdout: pd.DataFrame) -> tuple[dict[str, 
     return metrics, curves
 
 
-def evaluate_survival(survival, holdout: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
+def evaluate_survival(survival: SurvivalModel, holdout: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
     """On customers still active at the holdout date (the ones the survival model describes)."""
     active = holdout[holdout["duration_days"] > 0]
     pred = survival.predict(active)
@@ -97,14 +104,20 @@ def evaluate_survival(survival, holdout: pd.DataFrame) -> tuple[dict[str, float]
     return metrics, pred
 
 
-def evaluate_value(value_model, holdout: pd.DataFrame, horizon_days: int) -> dict[str, float]:
+def evaluate_value(value_model: ValueModel, holdout: pd.DataFrame, horizon_days: int) -> dict[str, float]:
     """Expected value scaled to the label window vs the spend seen in it, among customers who did buy."""
     buyers = holdout[holdout["future_spend"] > 0]
     predicted = value_model.predict(buyers) * horizon_days / 365.0
     return value_metrics(predicted, buyers["future_spend"].to_numpy())
 
 
-def backtest(frame, features: list[str], settings, tree_size: tuple[int, int], n_jobs=None) -> list[dict]:
+def backtest(
+    frame: SnapshotFrame,
+    features: list[str],
+    settings: TrainingSettings,
+    tree_size: tuple[int, int],
+    n_jobs: int | None = None,
+) -> list[dict]:
     """Rolling origin: each earlier snapshot with enough labelled history before it becomes a holdout in turn.
 
     Refits use the main model's tree size and at most BACKTEST_MAX_ROWS rows: the backtest measures how stable

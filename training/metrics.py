@@ -65,7 +65,11 @@ def gain_curve(y: np.ndarray, p: np.ndarray, points: int = 20) -> pd.DataFrame:
 
 
 def survival_metrics(
-    duration: np.ndarray, event: np.ndarray, surv: pd.DataFrame, median_time: np.ndarray, times=(30, 60, 90)
+    duration: np.ndarray,
+    event: np.ndarray,
+    surv: pd.DataFrame,
+    median_time: np.ndarray,
+    times: tuple[int, ...] = (30, 60, 90),
 ) -> dict[str, float]:
     """Concordance of predicted median time, integrated IPCW Brier score over ``times``, calibration at each t.
 
@@ -91,7 +95,7 @@ def ipcw_brier(duration: np.ndarray, event: np.ndarray, surv_at_t: np.ndarray, t
     """Brier score at time t with inverse-probability-of-censoring weights (Graf et al., 1999)."""
     censor_km = KaplanMeierFitter().fit(duration, 1 - event)
 
-    def g(x):
+    def g(x: np.ndarray) -> np.ndarray:
         return np.clip(censor_km.survival_function_at_times(x).to_numpy(), 1e-6, None)
 
     died = (duration <= t) & (event == 1)

@@ -9,6 +9,7 @@ so they cannot drift apart.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import mlflow.pyfunc
 import numpy as np
@@ -16,6 +17,11 @@ import pandas as pd
 
 from features.registry import FEATURE_SET, feature_registry
 from training.scorecard import LifecycleRules, lifecycle_stages, risk_tiers, top_reasons
+
+if TYPE_CHECKING:
+    from training.candidates import BlendCandidate, LightGBMCandidate, LogisticCandidate
+    from training.survival import SurvivalModel
+    from training.value import ValueModel
 
 SCORE_COLUMNS = [
     "customer_id",
@@ -41,9 +47,9 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
     def __init__(
         self,
         *,
-        classifier,
-        survival,
-        value,
+        classifier: LightGBMCandidate | LogisticCandidate | BlendCandidate,
+        survival: SurvivalModel,
+        value: ValueModel,
         horizon_days: int,
         event_types: tuple[str, ...],
         tier_thresholds: tuple[float, float, float],
@@ -69,7 +75,9 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self.trained_at = datetime.now().replace(microsecond=0)
 
     # MLflow entry point: params={"reasons": true} adds top_reasons (TreeSHAP, ~1 ms per row)
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         return self.score(model_input, reasons=bool((params or {}).get("reasons", False)))
 
     def score(self, features: pd.DataFrame, reasons: bool | np.ndarray = False) -> pd.DataFrame:

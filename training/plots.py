@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -10,8 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _save(fig, path: Path) -> Path:
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -53,7 +57,7 @@ def gain_chart(curves: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def survival_calibration(metrics: dict, path: Path, times=(30, 60, 90)) -> Path:
+def survival_calibration(metrics: dict, path: Path, times: tuple[int, ...] = (30, 60, 90)) -> Path:
     observed = [metrics[f"survival_churned_by_{t}d_observed"] for t in times]
     predicted = [metrics[f"survival_churned_by_{t}d_predicted"] for t in times]
     fig, ax = plt.subplots(figsize=(5.5, 4))

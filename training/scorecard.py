@@ -123,7 +123,7 @@ _NULL_TEXT = {
 }
 
 
-def _missing(v) -> bool:
+def _missing(v: object) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
@@ -161,7 +161,7 @@ _COUNT_NOUNS = {
 }
 
 
-def _window_count(feature: str, value) -> str | None:
+def _window_count(feature: str, value: float) -> str | None:
     """'orders_90d' = 2 -> 'only 2 orders in the last 90 days'; 'spend_30d' -> 'spent 0 in the last 30 days'."""
     head, _, tail = feature.rpartition("_")
     if not (tail.endswith("d") and tail[:-1].isdigit()):

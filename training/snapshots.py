@@ -12,6 +12,7 @@ is seen (and the ``season`` features are used); with a short history they are pa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -124,7 +125,7 @@ def build_snapshot_frame(
     event_types: tuple[str, ...],
     max_rows: int,
     seed: int,
-    progress=None,
+    progress: Callable[[int, str | None], None] | None = None,
 ) -> SnapshotFrame:
     """Labels first (cheap), then a seeded sample of labelled customers per snapshot, then their features."""
     from features.build import entities_at

@@ -38,7 +38,7 @@ TIMES = (30, 60, 90, 180)
 MAX_FIT_ROWS = 200_000
 
 
-def _clip(x):
+def _clip(x: np.ndarray) -> np.ndarray:
     return np.clip(x, -5.0, 5.0)
 
 
@@ -85,7 +85,7 @@ class SurvivalModel:
         x = np.hstack([x, missing[:, self.indicators_].astype("float64")])
         return _clip((x - self.mean_) / self.scale_)
 
-    def predict(self, df: pd.DataFrame, times=TIMES) -> pd.DataFrame:
+    def predict(self, df: pd.DataFrame, times: tuple[int, ...] = TIMES) -> pd.DataFrame:
         """``p_active_<t>d`` for each t and ``median_days_to_churn``, computed from the Weibull parameters.
 
         S(t) = exp(-(t / lambda)^rho), lambda = exp(beta . x), rho = exp(rho_0): the same as lifelines'

@@ -19,12 +19,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import version as pkg_version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from churnguard.settings import Settings
 from training.train import TrainResult
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from features.dataset import Dataset
+    from training.model import ChurnModel
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTION_TOLERANCE = 1e-4  # log loss difference treated as a tie
@@ -153,7 +160,7 @@ def _fingerprint(params: dict) -> str:
     return json.dumps({k: params[k] for k in keys}, sort_keys=True)
 
 
-def _alias_version(client, name: str, alias: str) -> str | None:
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -173,7 +180,7 @@ class Promotion:
     champion_before: str | None
 
 
-def promote(settings: Settings, *, data=None, model_name: str | None = None) -> Promotion:
+def promote(settings: Settings, *, data: Dataset | None = None, model_name: str | None = None) -> Promotion:
     """Move ``champion`` to the challenger if it is at least as good on the challenger's held-out snapshot.
 
     With ``data`` both models are scored on freshly built held-out features and labels; without it the stored
@@ -227,7 +234,7 @@ def promote(settings: Settings, *, data=None, model_name: str | None = None) -> 
     return Promotion(better, reason, challenger, champion)
 
 
-def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], data, tags: dict) -> dict:
+def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], data: Dataset, tags: dict) -> dict:
     import mlflow
 
     from features.build import build_features, entities_at
@@ -274,7 +281,7 @@ def resolve_version(settings: Settings, model_uri: str) -> str:
     return ref
 
 
-def load_model(settings: Settings, model_uri: str | None = None):
+def load_model(settings: Settings, model_uri: str | None = None) -> ChurnModel:
     """Load a registered ChurnModel once, resolving an alias to its version for the scorecards."""
     import mlflow
 

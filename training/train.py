@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -34,6 +35,10 @@ from training.scorecard import LifecycleRules
 from training.snapshots import SnapshotFrame, build_snapshot_frame, check_enough, plan_snapshots, seasons_covered
 from training.survival import SurvivalModel
 from training.value import ValueModel
+
+if TYPE_CHECKING:
+    from training.candidates import BlendCandidate, LightGBMCandidate, LogisticCandidate
+    from training.snapshots import SnapshotPlan
 
 Progress = Callable[[int, str | None], None]
 
@@ -151,7 +156,7 @@ def train(
     return TrainResult(model, evaluation, frame, plot_paths, params, timings, peaks)
 
 
-def _tree_size(lightgbm) -> tuple[int, int]:
+def _tree_size(lightgbm: LightGBMCandidate) -> tuple[int, int]:
     return lightgbm.num_leaves_, lightgbm.min_child_samples_
 
 
@@ -166,7 +171,7 @@ def data_fingerprint(data: Dataset) -> dict[str, str | int]:
     }
 
 
-def _season_warnings(plan) -> list[str]:
+def _season_warnings(plan: SnapshotPlan) -> list[str]:
     if seasons_covered(plan.train, plan.holdout):
         return []
     return [
@@ -181,7 +186,12 @@ def _normalised(s: pd.Series) -> pd.Series:
     return s / total if total > 0 else s
 
 
-def _plots(evaluation: Evaluation, curves: dict, winner, plot_dir: Path | None) -> dict[str, Path]:
+def _plots(
+    evaluation: Evaluation,
+    curves: dict,
+    winner: LightGBMCandidate | LogisticCandidate | BlendCandidate,
+    plot_dir: Path | None,
+) -> dict[str, Path]:
     out = Path(plot_dir or tempfile.mkdtemp(prefix="churnguard-plots-"))
     out.mkdir(parents=True, exist_ok=True)
     paths = {

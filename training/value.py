@@ -61,7 +61,7 @@ def _exposure(df: pd.DataFrame) -> np.ndarray:
 def _fit_nbd(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
     """Negative binomial (Gamma-Poisson) MLE for counts x over exposures t (days)."""
 
-    def nll(log_params):
+    def nll(log_params: np.ndarray) -> float:
         r, alpha = np.exp(log_params)
         ll = gammaln(r + x) - gammaln(r) + r * np.log(alpha / (alpha + t)) + x * np.log(t / (alpha + t))
         return -np.sum(ll)
@@ -75,7 +75,7 @@ def _fit_nbd(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
 def _fit_gamma_gamma(n: np.ndarray, m: np.ndarray) -> tuple[float, float, float]:
     """Gamma-Gamma MLE on (orders n, mean order value m); q is kept above 1 so the posterior mean exists."""
 
-    def nll(log_params):
+    def nll(log_params: np.ndarray) -> float:
         p, q, g = np.exp(log_params)
         q = q + 1.0
         ll = (
