@@ -113,6 +113,17 @@ def load_policy(path: Path | None = None) -> Policy:
         raise ValueError(f"{path}: {where}: {first['msg']}") from None
 
 
+def outreach_candidates(scores: pd.DataFrame, capacity: int | None = None) -> pd.DataFrame:
+    """Customers worth contacting (an action and positive expected value saved), best first, at most ``capacity``.
+
+    The order is total (ties broken by customer id), so the best ``capacity`` of a whole batch are among the best
+    ``capacity`` of its chunks: batch scoring keeps only those chunk rows' features for the outreach reasons.
+    """
+    eligible = scores[(scores["recommended_action"] != "no_action") & (scores["expected_value_saved"] > 0)]
+    ranked = eligible.sort_values(["expected_value_saved", "customer_id"], ascending=[False, True], kind="stable")
+    return ranked.head(capacity) if capacity is not None else ranked
+
+
 def select_outreach(
     scores: pd.DataFrame,
     *,
@@ -127,10 +138,7 @@ def select_outreach(
     can measure the campaign's lift by comparing them with the contacted ones later. Control customers count
     against capacity but not against the budget (they cost nothing).
     """
-    eligible = scores[(scores["recommended_action"] != "no_action") & (scores["expected_value_saved"] > 0)]
-    ranked = eligible.sort_values(["expected_value_saved", "customer_id"], ascending=[False, True], kind="stable")
-    if capacity is not None:
-        ranked = ranked.head(capacity)
+    ranked = outreach_candidates(scores, capacity)
     control = np.zeros(len(ranked), dtype=bool)
     n_control = int(round(len(ranked) * control_share))
     control[np.random.default_rng(seed).choice(len(ranked), size=n_control, replace=False)] = True

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from features.build import build_features, entities_at
 from features.dataset import Dataset
 from features.engines import Engine
-from serving.policy import Policy, select_outreach
+from serving.policy import Policy, outreach_candidates, select_outreach
 from training.model import SCORE_COLUMNS, ChurnModel
 from training.scorecard import NOT_SCORABLE, TIERS
 
@@ -36,6 +36,7 @@ REJECTED_INVALID = "every row of this customer failed validation (see `churn val
 class Scored:
     scores: pd.DataFrame  # SCORECARD_COLUMNS (+ value_band, action_cost for the outreach list)
     rejected: pd.DataFrame  # customer_id, reason
+    features: pd.DataFrame | None = None  # the scored customers' feature rows, aligned with ``scores``
 
 
 def score_dataset(
@@ -50,10 +51,12 @@ def score_dataset(
     features = build_features(data, entities, event_types=model.event_types, engine=engine).to_pandas()
     prospect = features["frequency"].to_numpy() < 1
     rejected = pd.DataFrame({"customer_id": features.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
-    cards = model.score(features.loc[~prospect], reasons=reasons)
+    scorable = features.loc[~prospect].reset_index(drop=True)
+    cards = model.score(scorable, reasons=reasons)
     actions = policy.assign(cards)
     scores = pd.concat([cards, actions], axis=1)
-    return Scored(scores[[*SCORECARD_COLUMNS, "value_band", "action_cost"]], rejected.reset_index(drop=True))
+    columns = [*SCORECARD_COLUMNS, "value_band", "action_cost"]
+    return Scored(scores[columns], rejected.reset_index(drop=True), scorable)
 
 
 # ------------------------------------------------------------------------------------------------ batch
@@ -88,19 +91,22 @@ def score_batch(
     """Score every customer known before ``as_of``, in chunks, then pick the outreach list and explain it."""
     say = progress or (lambda n=1, d=None: None)
     entities = entities_at(data, as_of)
-    parts, rejected = [], [_rejected_outside(data, entities, invalid_customer_ids)]
+    parts, rejected, candidates = [], [_rejected_outside(data, entities, invalid_customer_ids)], []
     for start in range(0, entities.num_rows, chunk_size):
         chunk = entities.slice(start, chunk_size)
         scored = score_dataset(data, chunk, model, policy, engine=engine, reasons=reasons == "all")
         parts.append(scored.scores)
         rejected.append(scored.rejected)
+        if reasons == "outreach":  # keep the feature rows the outreach list can draw from, not every customer's
+            best = outreach_candidates(scored.scores, capacity)["customer_id"]
+            candidates.append(scored.features[scored.features["customer_id"].isin(best)])
         say(chunk.num_rows, None)
     scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORECARD_COLUMNS)
     rejected_df = pd.concat(rejected, ignore_index=True)
     outreach = select_outreach(scores, capacity=capacity, budget=budget, control_share=control_share, seed=seed)
     if reasons == "outreach" and len(outreach):
         say(0, f"explaining {len(outreach):,} outreach customers")
-        _explain(data, model, scores, outreach, as_of, engine)
+        _explain(model, scores, outreach, pd.concat(candidates, ignore_index=True))
     n_input = _count_input_customers(data, invalid_customer_ids)
     if len(scores) + len(rejected_df) != n_input:
         raise AssertionError(
@@ -118,20 +124,13 @@ def score_batch(
     return BatchResult(scores, outreach, rejected_df, n_input, _summary(scores, outreach, rejected_df), warnings)
 
 
-def _explain(
-    data: Dataset,
-    model: ChurnModel,
-    scores: pd.DataFrame,
-    outreach: pd.DataFrame,
-    as_of: datetime,
-    engine: Engine | None,
-) -> None:
-    """top_reasons for the outreach customers only: TreeSHAP costs ~1 ms per customer, everybody would be minutes."""
-    ids = outreach["customer_id"].astype(str).tolist()
-    entities = pa.table(
-        {"customer_id": pa.array(ids, pa.string()), "as_of": pa.array([as_of] * len(ids), pa.timestamp("us"))}
-    )
-    features = build_features(data, entities, event_types=model.event_types, engine=engine).to_pandas()
+def _explain(model: ChurnModel, scores: pd.DataFrame, outreach: pd.DataFrame, candidates: pd.DataFrame) -> None:
+    """top_reasons for the outreach customers only: TreeSHAP costs ~1 ms per customer, everybody would be minutes.
+
+    ``candidates`` holds the feature rows kept while scoring (a superset of the outreach list), so nothing is
+    computed twice.
+    """
+    features = candidates[candidates["customer_id"].isin(outreach["customer_id"])]
     explained = dict(zip(features["customer_id"], model.reasons(features), strict=True))
     outreach["top_reasons"] = [explained[c] for c in outreach["customer_id"]]
     position = pd.Series(np.arange(len(scores)), index=scores["customer_id"])

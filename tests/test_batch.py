@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from features.build import as_entities
 from serving.policy import load_policy, select_outreach
-from serving.scoring import REJECTED_AFTER, REJECTED_INVALID, score_batch, write_batch
+from serving.scoring import REJECTED_AFTER, REJECTED_INVALID, score_batch, score_dataset, write_batch
 from training.scorecard import NOT_SCORABLE
 
 AS_OF = datetime(2024, 10, 1)
@@ -63,6 +64,7 @@ def test_chunking_does_not_change_scores(batch, demo_data, trained):
     b = one_chunk.scores.set_index("customer_id").sort_index()
     pd.testing.assert_series_equal(a["churn_probability"], b["churn_probability"])
     assert list(batch.outreach["customer_id"]) == list(one_chunk.outreach["customer_id"])
+    assert batch.outreach["top_reasons"].map(list).tolist() == one_chunk.outreach["top_reasons"].map(list).tolist()
 
 
 @pytest.mark.slow
@@ -80,6 +82,16 @@ def test_outreach_is_ranked_capped_and_has_an_exact_control_share(batch):
         (batch.scores["recommended_action"] != "no_action") & (batch.scores["expected_value_saved"] > 0)
     ]
     assert out["expected_value_saved"].min() >= eligible["expected_value_saved"].nlargest(150).min()
+
+
+@pytest.mark.slow
+def test_outreach_reasons_equal_explaining_those_customers_afresh(batch, demo_data, trained):
+    """The reasons come from feature rows kept while scoring chunk by chunk; they must be what a fresh call gives."""
+    data, _ = demo_data
+    ids = batch.outreach["customer_id"].tolist()
+    fresh = score_dataset(data, as_entities(ids, AS_OF), trained.model, load_policy(), reasons=True).scores
+    expected = dict(zip(fresh["customer_id"], fresh["top_reasons"].map(list), strict=True))
+    assert [list(r) for r in batch.outreach["top_reasons"]] == [expected[c] for c in ids]
 
 
 @pytest.mark.slow
