@@ -700,7 +700,8 @@ def to_markdown(r: dict) -> str:
         lines.append(
             f"| &nbsp;&nbsp;extra for outreach reasons | **{s['outreach_extra_s']:.1f}** | | | | difference "
             f"of the two runs; `_explain` itself measured {s['outreach_explain_s'] or 0:.1f} s "
-            f"(features again for the {x['outreach_with_reasons']:,} outreach customers + TreeSHAP) |"
+            f"(TreeSHAP and reason texts for the {x['outreach_with_reasons']:,} outreach customers, from the feature "
+            "rows kept while scoring) |"
         )
     if "reasons_all" in st:
         x = st["reasons_all"]
