@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_training import NOW, child, demo_data, fresh_settings, run_stage  # noqa: E402
+from benchmarks.bench_training import NOW, demo_data, fresh_settings  # noqa: E402
 from benchmarks.common import (  # noqa: E402 - after the sys.path set-up
     GIB,
     Marks,
@@ -46,8 +46,12 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path set-up
     load_stage,
     machine_info,
     maxrss,
+    previous_results,
     read_clean,
+    requested_stages,
     rss_now,
+    run_stage,
+    run_stages,
     stage_parser,
     wait_for_idle,
     write_report,
@@ -70,10 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     work = out / "work" / f"scoring_{args.customers}"
     work.mkdir(parents=True, exist_ok=True)
-    stages = [s for s in args.stages.split(",") if s]
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise SystemExit(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+    stages = requested_stages(args.stages, STAGES)
 
     model_data, model_generation = demo_data(out, args.model_customers, args.seed, args.regenerate)
     data_dir, generation = demo_data(out, args.customers, args.seed, args.regenerate)
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         "slice": args.slice,
         "seed": args.seed,
     }
-    results: dict[str, dict] = {}
-    previous = work / "results.json"
-    if previous.exists() and set(STAGES) - set(stages):  # a partial run keeps the other stages' last results
-        results = {k: dict(v, cached=True) for k, v in json.loads(previous.read_text()).items() if k not in stages}
+    results = previous_results(work, STAGES, stages)
     needs_model = {"score", "outreach", "reasons_all", "baseline"} & set(stages)
     if needs_model and "model" not in stages and not (work / "mlflow" / "mlflow.db").exists():
         stages.insert(0, "model")
@@ -112,17 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     ):
         stages.insert(0, "load")
     if "model" in stages:  # set-up on the small data: no need for an idle machine
-        print("[model] ...", flush=True)
-        results["model"] = child(__file__, "model", spec, work / "model.json")
-        print(f"[model] {_headline('model', results['model'])}", flush=True)
+        run_stages(__file__, ["model"], spec, work, results, _headline)
     idle = wait_for_idle(enabled=not args.no_wait and args.customers >= 500_000)
-    for name in STAGES[1:]:
-        if name not in stages:
-            continue
-        print(f"[{name}] ...", flush=True)
-        results[name] = child(__file__, name, spec, work / f"{name}.json")
-        print(f"[{name}] {_headline(name, results[name])}", flush=True)
-        previous.write_text(json.dumps(results, indent=2, default=str))
+    run_stages(__file__, [n for n in STAGES[1:] if n in stages], spec, work, results, _headline)
 
     report = {
         "machine": machine_info(),

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import shutil
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -40,14 +38,19 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path set-up
     GIB,
     Marks,
     RssSampler,
+    child,
     code_version,
     cpu,
     dir_bytes,
     load_stage,
     machine_info,
     maxrss,
+    previous_results,
     read_clean,
+    requested_stages,
     rss_now,
+    run_stage,
+    run_stages,
     stage_parser,
     wait_for_idle,
     write_report,
@@ -72,10 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     work = out / "work" / f"training_{args.customers}"
     work.mkdir(parents=True, exist_ok=True)
-    stages = [s for s in args.stages.split(",") if s]
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise SystemExit(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+    stages = requested_stages(args.stages, STAGES)
 
     data_dir, generation = demo_data(out, args.customers, args.seed, args.regenerate)
     manifest = json.loads((data_dir / "manifest.json").read_text())
@@ -88,19 +88,10 @@ def main(argv: list[str] | None = None) -> None:
 
     clean, mlflow_dir = work / "clean", work / "mlflow"
     spec = {"data": str(data_dir), "clean": str(clean), "work": str(work), "mlflow_dir": str(mlflow_dir)}
-    results: dict[str, dict] = {}
-    previous = work / "results.json"
-    if previous.exists() and set(STAGES) - set(stages):  # a partial run keeps the other stages' last results
-        results = {k: dict(v, cached=True) for k, v in json.loads(previous.read_text()).items() if k not in stages}
     if "train" in stages and "load" not in stages and not (clean / "transactions.arrow").exists():
         stages.insert(0, "load")
-    for name in STAGES:
-        if name not in stages:
-            continue
-        print(f"[{name}] ...", flush=True)
-        results[name] = child(__file__, name, spec, work / f"{name}.json")
-        print(f"[{name}] {_headline(name, results[name])}", flush=True)
-        previous.write_text(json.dumps(results, indent=2, default=str))
+    results = previous_results(work, STAGES, stages)
+    run_stages(__file__, [n for n in STAGES if n in stages], spec, work, results, _headline)
 
     report = {
         "machine": machine_info(),
@@ -143,42 +134,6 @@ def _headline(name: str, r: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
-
-
-def child(script: str, stage: str, spec: dict, result: Path) -> dict:
-    """Run one stage in a fresh interpreter; return its JSON result plus wall time, CPU, load and peak RSS."""
-    cmd = [
-        sys.executable,
-        str(Path(script).resolve()),
-        "--stage",
-        stage,
-        "--spec",
-        json.dumps(spec, default=str),
-        "--result",
-        str(result),
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # MLflow goes to our temp dir
-    result.unlink(missing_ok=True)
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"stage {stage} failed (exit {code}): {' '.join(cmd)}")
-    out = json.loads(result.read_text())
-    out["process_wall_s"] = time.perf_counter() - started
-    out["process_cpu_s"] = usage.ru_utime + usage.ru_stime
-    out["loadavg_1min"] = [load_before, os.getloadavg()[0]]  # other work on the machine skews timings
-    out["process_maxrss_bytes"] = usage.ru_maxrss * 1024  # whole child, incl. writing its output
-    return out
-
-
-def run_stage(stage: str, spec: dict, result: str, functions: dict) -> None:
-    if stage not in functions:
-        raise SystemExit(f"unknown stage {stage}")
-    out = functions[stage](spec)
-    Path(result).write_text(json.dumps(out, indent=2, default=str))
 
 
 def demo_data(out: Path, customers: int, seed: int, regenerate: bool = False) -> tuple[Path, float | None]:

@@ -9,8 +9,10 @@ import json
 import os
 import resource
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -228,3 +230,74 @@ def write_report(out: Path, name: str, report: dict, markdown: str) -> None:
     (out / f"{name}.md").write_text(markdown)
     print()
     print(markdown)
+
+
+# --------------------------------------------------------------------------------------------- stage processes
+
+
+def child(script: str, stage: str, spec: dict, result: Path) -> dict:
+    """Run one stage in a fresh interpreter; return its JSON result plus wall time, CPU, load and peak RSS."""
+    cmd = [
+        sys.executable,
+        str(Path(script).resolve()),
+        "--stage",
+        stage,
+        "--spec",
+        json.dumps(spec, default=str),
+        "--result",
+        str(result),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # MLflow goes to our temp dir
+    result.unlink(missing_ok=True)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"stage {stage} failed (exit {code}): {' '.join(cmd)}")
+    out = json.loads(result.read_text())
+    out["process_wall_s"] = time.perf_counter() - started
+    out["process_cpu_s"] = usage.ru_utime + usage.ru_stime
+    out["loadavg_1min"] = [load_before, os.getloadavg()[0]]  # other work on the machine skews timings
+    out["process_maxrss_bytes"] = usage.ru_maxrss * 1024  # whole child, incl. writing its output
+    return out
+
+
+def run_stage(stage: str, spec: dict, result: str, functions: dict) -> None:
+    if stage not in functions:
+        raise SystemExit(f"unknown stage {stage}")
+    out = functions[stage](spec)
+    Path(result).write_text(json.dumps(out, indent=2, default=str))
+
+
+def requested_stages(text: str, known: tuple[str, ...]) -> list[str]:
+    stages = [s for s in text.split(",") if s]
+    unknown = set(stages) - set(known)
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(known)}")
+    return stages
+
+
+def previous_results(work: Path, known: tuple[str, ...], stages: list[str]) -> dict[str, dict]:
+    """A partial run keeps the other stages' last results (flagged ``cached``)."""
+    previous = work / "results.json"
+    if not previous.exists() or not set(known) - set(stages):
+        return {}
+    return {k: dict(v, cached=True) for k, v in json.loads(previous.read_text()).items() if k not in stages}
+
+
+def run_stages(
+    script: str,
+    names: list[str],
+    spec: dict,
+    work: Path,
+    results: dict[str, dict],
+    headline: Callable[[str, dict], str],
+) -> None:
+    """Each stage in its own process, in order; results are saved after each so an interrupted run can resume."""
+    for name in names:
+        print(f"[{name}] ...", flush=True)
+        results[name] = child(script, name, spec, work / f"{name}.json")
+        print(f"[{name}] {headline(name, results[name])}", flush=True)
+        (work / "results.json").write_text(json.dumps(results, indent=2, default=str))

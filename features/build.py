@@ -27,11 +27,10 @@ from churnguard.settings import DEFAULT_EVENT_TYPES
 from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS
 from features.dataset import Dataset
 from features.duck import connect
-from features.engines import TABLE_NAMES, Engine, default_engine
+from features.engines import POSITION, TABLE_NAMES, Engine, default_engine
 from features.registry import FeatureSpec, feature_registry
 
 KEYS = ("customer_id", "as_of")
-POSITION = "position"  # entity row number, carried through the query so results come back in entity order
 ROUND_DECIMALS = 9
 ENTITY_SCHEMA = pa.schema([("customer_id", pa.string()), ("as_of", pa.timestamp("us"))])
 _QUERY_ENTITY_SCHEMA = pa.schema([*ENTITY_SCHEMA, pa.field(POSITION, pa.int64())])
@@ -46,8 +45,9 @@ def build_features(
 ) -> pa.Table:
     """Features for each (customer_id, as_of) entity: ``customer_id``, ``as_of`` and one column per feature.
 
-    Rows come back in the order of ``entities``. The query runs once per distinct ``as_of`` (it groups by customer
-    only, which is cheaper than grouping by customer and date), and that keeps memory flat for many snapshots.
+    Rows come back in the order of ``entities``. The query runs once per distinct ``as_of`` (within one date each
+    entity is one customer, so every aggregate groups by a single integer key), and that keeps memory flat for
+    many snapshots.
     """
     entities = check_entities(entities)
     engine = (engine or default_engine()).for_size(data.transactions.num_rows + data.events.num_rows)
@@ -106,7 +106,7 @@ def feature_query(event_types: tuple[str, ...]) -> ir.Table:
     """The whole feature computation as one Ibis expression over unbound contract tables.
 
     The entity table holds customers at a single as_of (``build_features`` runs it once per date), so sources
-    aggregate per customer.
+    aggregate per entity position, i.e. per customer.
     """
     specs = feature_registry(event_types)
     tx, ev, cu, _ = contract_tables()

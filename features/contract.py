@@ -5,9 +5,10 @@ and batch validation (``features/validate.py``) derives its SQL checks and the c
 the API and the batch reader cannot disagree on what a valid transaction is.
 
 Time stamps are naive UTC, kept to the second (finer parts are dropped: churn is measured in days, and every
-feature engine then sees identical values). Amounts are in the business's currency; refunds and cancellations
-are valid rows
-with a negative amount (they are a churn signal, not noise).
+feature engine then sees identical values); the cut happens where tables are built (batch validation's SQL and
+``Dataset``), so parsed request rows keep their raw value and duplicate detection compares what was sent.
+Amounts are in the business's currency; refunds and cancellations are valid rows with a negative amount (they
+are a churn signal, not noise).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ OptionalText = Annotated[str, StringConstraints(strip_whitespace=True, max_lengt
 
 
 def _naive_utc(ts: datetime) -> datetime:
-    """Aware time stamps are converted to UTC; naive ones are taken as UTC already; kept to the second."""
+    """Aware time stamps are converted to UTC; naive ones are taken as UTC already."""
     if ts.tzinfo is not None:
         from datetime import UTC
 
         ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return ts.replace(microsecond=0)
+    return ts
 
 
 def _finite(x: float) -> float:

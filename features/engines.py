@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from features.dataset import Dataset
 from features.duck import connect
 
+POSITION = "position"  # entity row number, carried through the query so results come back in entity order
 TABLE_NAMES = {
     "transactions": "cg_transactions",
     "events": "cg_events",
@@ -148,11 +149,11 @@ def _sqlite_values(column: pa.ChunkedArray) -> list:
 
 def _typed_result(columns: dict[str, tuple], schema: pa.Schema, entities: pa.Table) -> pa.Table:
     """SQLite's Python values in the expected schema; entity columns come from the entity table by position."""
-    position = np.asarray(columns["position"], dtype=np.int64)
-    rows = pa.array(np.searchsorted(entities["position"].to_numpy(), position))  # entity positions are ascending
+    position = np.asarray(columns[POSITION], dtype=np.int64)
+    rows = pa.array(np.searchsorted(entities[POSITION].to_numpy(), position))  # entity positions are ascending
     arrays = []
     for field in schema:
-        if field.name in entities.column_names and field.name != "position":
+        if field.name in entities.column_names and field.name != POSITION:
             arrays.append(entities[field.name].take(rows))
         else:
             arrays.append(pa.array(columns[field.name], field.type))

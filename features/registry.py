@@ -184,15 +184,16 @@ def _events(event_types: tuple[str, ...]) -> list[FeatureSpec]:
     """Over ``event_types``: one row per (customer, as_of, event type) with counts per window (``n_30``: last 30
     days, ``n_prev_30``: 30-60 days, ``n_90``) and the ages of the type's last and first event."""
 
-    def total(name: str, column: str, desc: str) -> FeatureSpec:
-        return FeatureSpec(
-            name, "int64", desc, "event_types", lambda e, c=column: e[c].sum(), fill=0, group="engagement"
-        )
+    def count(name: str, column: str, desc: str, event_type: str | None = None) -> FeatureSpec:
+        def expr(e: ir.Table) -> ir.Value:
+            return e[column].sum(where=e.event_type == event_type) if event_type else e[column].sum()
+
+        return FeatureSpec(name, "int64", desc, "event_types", expr, fill=0, group="engagement")
 
     specs = [
-        total("events_30d", "n_30", "Engagement events of any type in the last 30 days."),
-        total("events_90d", "n_90", "Engagement events of any type in the last 90 days."),
-        total("events_prev_30d", "n_prev_30", "Events 30-60 days before as_of."),
+        count("events_30d", "n_30", "Engagement events of any type in the last 30 days."),
+        count("events_90d", "n_90", "Engagement events of any type in the last 90 days."),
+        count("events_prev_30d", "n_prev_30", "Events 30-60 days before as_of."),
         FeatureSpec(
             "days_since_last_event",
             "float64",
@@ -211,38 +212,10 @@ def _events(event_types: tuple[str, ...]) -> list[FeatureSpec]:
         ),
     ]
     for et in event_types:
-
-        def of_type(column: str, et: str = et):
-            return lambda e: e[column].sum(where=e.event_type == et)
-
         specs += [
-            FeatureSpec(
-                f"{et}_30d",
-                "int64",
-                f"'{et}' events in the last 30 days.",
-                "event_types",
-                of_type("n_30"),
-                fill=0,
-                group="engagement",
-            ),
-            FeatureSpec(
-                f"{et}_90d",
-                "int64",
-                f"'{et}' events in the last 90 days.",
-                "event_types",
-                of_type("n_90"),
-                fill=0,
-                group="engagement",
-            ),
-            FeatureSpec(
-                f"{et}_prev_30d",
-                "int64",
-                f"'{et}' events 30-60 days before as_of.",
-                "event_types",
-                of_type("n_prev_30"),
-                fill=0,
-                group="engagement",
-            ),
+            count(f"{et}_30d", "n_30", f"'{et}' events in the last 30 days.", et),
+            count(f"{et}_90d", "n_90", f"'{et}' events in the last 90 days.", et),
+            count(f"{et}_prev_30d", "n_prev_30", f"'{et}' events 30-60 days before as_of.", et),
             FeatureSpec(
                 f"{et}_days_since_last",
                 "float64",
@@ -293,6 +266,10 @@ def _max_known(*ages: ir.NumericValue) -> ir.NumericValue:
 def _min_known(*ages: ir.NumericValue) -> ir.NumericValue:
     smallest = ibis.least(*[ibis.coalesce(a, _NONE) for a in ages])
     return ibis.ifelse(smallest >= _NONE, ibis.null("float64"), smallest)
+
+
+def _year_angle(w: ir.Table) -> ir.FloatingValue:
+    return w.as_of.day_of_year() * (2 * math.pi / 365.25)
 
 
 def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
@@ -374,7 +351,7 @@ def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
             "float64",
             "sin(2 pi day-of-year(as_of) / 365.25): where in the year we stand.",
             "derived",
-            lambda w: (w.as_of.day_of_year() * (2 * math.pi / 365.25)).sin(),
+            lambda w: _year_angle(w).sin(),
             group="season",
         ),
         FeatureSpec(
@@ -382,7 +359,7 @@ def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
             "float64",
             "cos(2 pi day-of-year(as_of) / 365.25).",
             "derived",
-            lambda w: (w.as_of.day_of_year() * (2 * math.pi / 365.25)).cos(),
+            lambda w: _year_angle(w).cos(),
             group="season",
         ),
     ]

@@ -2,8 +2,8 @@
 
 ``serving/service.py`` serves ``churnguard:latest`` from the model store (``churn serve`` puts the champion there
 first); a bento built afterwards contains that model, so ``bentoml containerize`` gives an image that needs no
-MLflow server. Builds never lock packages over the
-network (``lock_packages: false`` in bentofile.yaml; ``serving/requirements.txt`` holds the pins).
+MLflow server. Builds never lock packages over the network (``lock_packages: false`` in bentofile.yaml;
+``serving/requirements.txt`` holds the pins).
 """
 
 from __future__ import annotations

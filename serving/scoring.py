@@ -113,15 +113,8 @@ def score_batch(
             f"customer accounting broken: {len(scores)} scored + {len(rejected_df)} rejected != "
             f"{n_input} input customers"
         )
-    warnings = (
-        []
-        if model.season_covered(as_of)
-        else [
-            f"as_of {as_of:%Y-%m-%d} falls in a season none of the training snapshots covers "
-            f"({', '.join(f'{d:%b %d}' for d in model.training_snapshots)}): churn rates may differ from training"
-        ]
-    )
-    return BatchResult(scores, outreach, rejected_df, n_input, _summary(scores, outreach, rejected_df), warnings)
+    summary = _summary(scores, outreach, rejected_df)
+    return BatchResult(scores, outreach, rejected_df, n_input, summary, model.season_warnings(as_of))
 
 
 def _explain(model: ChurnModel, scores: pd.DataFrame, outreach: pd.DataFrame, candidates: pd.DataFrame) -> None:

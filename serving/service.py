@@ -114,17 +114,12 @@ class ChurnService:
 
     def _response(self, scored: Scored, as_of: datetime) -> ScoreResponse:
         records = scored.scores[SCORECARD_COLUMNS].to_dict(orient="records")
-        warnings = (
-            []
-            if self.model.season_covered(as_of)
-            else [f"as_of {as_of:%Y-%m-%d} falls in a season the model's training snapshots do not cover"]
-        )
         return ScoreResponse(
             model_version=self.model.model_version,
             as_of=as_of,
             scores=records,
             rejected=scored.rejected.to_dict(orient="records"),
-            warnings=warnings,
+            warnings=self.model.season_warnings(as_of),
         )
 
 

@@ -18,8 +18,7 @@ from training.scorecard import NOT_SCORABLE
 AS_OF = datetime(2024, 10, 1)
 
 
-@pytest.fixture(scope="module")
-def batch(demo_data, trained):
+def _score_demo(demo_data, trained, chunk_size: int):
     data, rejects = demo_data
     return score_batch(
         data,
@@ -27,11 +26,16 @@ def batch(demo_data, trained):
         load_policy(),
         as_of=AS_OF,
         invalid_customer_ids=rejects["customer_id"],
-        chunk_size=700,
+        chunk_size=chunk_size,
         capacity=150,
         control_share=0.2,
         seed=3,
     )
+
+
+@pytest.fixture(scope="module")
+def batch(demo_data, trained):
+    return _score_demo(demo_data, trained, chunk_size=700)
 
 
 @pytest.mark.slow
@@ -48,18 +52,7 @@ def test_every_input_customer_is_scored_or_rejected_with_a_reason(batch, demo_da
 
 @pytest.mark.slow
 def test_chunking_does_not_change_scores(batch, demo_data, trained):
-    data, rejects = demo_data
-    one_chunk = score_batch(
-        data,
-        trained.model,
-        load_policy(),
-        as_of=AS_OF,
-        invalid_customer_ids=rejects["customer_id"],
-        chunk_size=100_000,
-        capacity=150,
-        control_share=0.2,
-        seed=3,
-    )
+    one_chunk = _score_demo(demo_data, trained, chunk_size=100_000)
     a = batch.scores.set_index("customer_id").sort_index()
     b = one_chunk.scores.set_index("customer_id").sort_index()
     pd.testing.assert_series_equal(a["churn_probability"], b["churn_probability"])

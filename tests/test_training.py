@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -145,3 +146,12 @@ def test_survival_fast_preprocessing_equals_the_sklearn_pipeline(trained):
     expected = survival.fitter_.predict_survival_function(X, times=[30, 90]).T.to_numpy()
     got = survival.predict(rows)[["p_active_30d", "p_active_90d"]].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_season_warning_when_scoring_outside_the_training_seasons(trained):
+    """Batch and API both take this warning from the model."""
+    model = copy.copy(trained.model)
+    model.training_snapshots = (datetime(2024, 1, 15), datetime(2024, 2, 15))
+    assert model.season_warnings(datetime(2025, 2, 1)) == []
+    (warning,) = model.season_warnings(datetime(2025, 7, 1))
+    assert "2025-07-01" in warning and "Jan 15, Feb 15" in warning

@@ -257,6 +257,9 @@ class BlendCandidate:
         return "mean of " + " and ".join(m.name for m in self.members)
 
 
+Candidate = LightGBMCandidate | LogisticCandidate | BlendCandidate  # what a ChurnModel's classifier can be
+
+
 def fit_candidates(
     fit: pd.DataFrame,
     val: pd.DataFrame,
@@ -265,7 +268,7 @@ def fit_candidates(
     settings: TrainingSettings,
     n_jobs: int | None = None,
     tree_size: tuple[int, int] | None = None,
-) -> dict[str, LightGBMCandidate | LogisticCandidate | BlendCandidate]:
+) -> dict[str, Candidate]:
     """Fit every candidate family on the same data. ``settings`` is the training section of the settings;
     ``tree_size`` (leaves, min child samples) skips LightGBM's tree-size search."""
     leaves, min_child = tree_size or (settings.lgbm_num_leaves, settings.lgbm_min_child_samples)

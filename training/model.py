@@ -19,7 +19,7 @@ from features.registry import FEATURE_SET, feature_registry
 from training.scorecard import LifecycleRules, lifecycle_stages, risk_tiers, top_reasons
 
 if TYPE_CHECKING:
-    from training.candidates import BlendCandidate, LightGBMCandidate, LogisticCandidate
+    from training.candidates import Candidate
     from training.survival import SurvivalModel
     from training.value import ValueModel
 
@@ -47,7 +47,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
     def __init__(
         self,
         *,
-        classifier: LightGBMCandidate | LogisticCandidate | BlendCandidate,
+        classifier: Candidate,
         survival: SurvivalModel,
         value: ValueModel,
         horizon_days: int,
@@ -129,10 +129,17 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         if missing:
             raise ValueError(f"feature rows lack {len(missing)} column(s) of {self.feature_set}: {missing[:5]}")
 
-    def season_covered(self, as_of: datetime) -> bool:
+    def season_warnings(self, as_of: datetime) -> list[str]:
+        """A warning when ``as_of`` falls in a season no training snapshot covers (batch and API show the same)."""
         from training.snapshots import seasons_covered
 
-        return seasons_covered(self.training_snapshots, as_of)
+        if seasons_covered(self.training_snapshots, as_of):
+            return []
+        dates = ", ".join(f"{d:%b %d}" for d in self.training_snapshots)
+        return [
+            f"as_of {as_of:%Y-%m-%d} falls in a season none of the training snapshots covers ({dates}): "
+            "churn rates may differ from training"
+        ]
 
     def card(self) -> dict:
         """What the API's /model endpoint and the CLI show about this model."""

@@ -69,13 +69,20 @@ class SurvivalModel:
         X["duration_days"] = df["duration_days"].to_numpy()
         X["event"] = df["event"].to_numpy()
         self.fitter_ = WeibullAFTFitter(penalizer=self.penalizer).fit(X, "duration_days", "event")
+        lam = self.fitter_.params_["lambda_"]
+        self.beta_ = lam.drop("Intercept").reindex(self.columns_).fillna(0.0).to_numpy()
+        self.intercept_ = float(lam["Intercept"])
+        self.rho_ = float(np.exp(self.fitter_.params_["rho_"]["Intercept"]))
         return self
 
     def _transform(self, df: pd.DataFrame, fit: bool = False) -> pd.DataFrame:
+        """The sklearn pipeline, with named columns (what lifelines fits on)."""
         x = df[self.features_].astype("float64")
         arr = self.preprocess_.fit_transform(x) if fit else self.preprocess_.transform(x)
-        names = [n.replace("missingindicator_", "missing_") for n in self.preprocess_.get_feature_names_out()]
-        return pd.DataFrame(arr, columns=names, index=df.index)
+        if fit:
+            out = self.preprocess_.get_feature_names_out()
+            self.columns_ = [n.replace("missingindicator_", "missing_") for n in out]
+        return pd.DataFrame(arr, columns=self.columns_, index=df.index)
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """The fitted preprocessing as plain numpy (the sklearn pipeline's own checks cost ms per API call)."""
@@ -91,13 +98,8 @@ class SurvivalModel:
         S(t) = exp(-(t / lambda)^rho), lambda = exp(beta . x), rho = exp(rho_0): the same as lifelines'
         ``predict_survival_function`` but vectorised over customers, so a million rows take a fraction of a second.
         """
-        X = self.transform(df)
-        params = self.fitter_.params_
-        lam = params["lambda_"]
-        names = [n.replace("missingindicator_", "missing_") for n in self.preprocess_.get_feature_names_out()]
-        beta = lam.drop("Intercept").reindex(names).fillna(0.0).to_numpy()
-        log_lambda = X @ beta + lam["Intercept"]
-        rho = np.exp(params["rho_"]["Intercept"])
+        log_lambda = self.transform(df) @ self.beta_ + self.intercept_
+        rho = self.rho_
         out = {f"p_active_{t}d": np.exp(-np.exp(rho * (np.log(t) - log_lambda))) for t in times}
         out["median_days_to_churn"] = np.exp(log_lambda) * np.log(2.0) ** (1.0 / rho)
         return pd.DataFrame(out, index=df.index)

@@ -236,6 +236,7 @@ def promote(settings: Settings, *, data: Dataset | None = None, model_name: str 
 
 def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], data: Dataset, tags: dict) -> dict:
     import mlflow
+    import pyarrow as pa
 
     from features.build import build_features, entities_at
     from features.labels import build_labels
@@ -244,6 +245,8 @@ def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], d
     as_of = datetime.fromisoformat(tags["holdout_as_of"])
     horizon = int(tags["horizon_days"])
     labels = build_labels(data, entities_at(data, as_of), horizon_days=horizon).to_pandas()
+    entities = pa.Table.from_pandas(labels[["customer_id", "as_of"]], preserve_index=False)
+    labelled: dict[tuple[str, ...], pd.DataFrame] = {}  # features per event-type set: usually both models share one
     out: dict = {"n": len(labels)}
     for role, version in versions.items():
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
@@ -252,13 +255,10 @@ def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], d
                 f"the {role} (v{version}) predicts a {model.horizon_days}-day horizon, the challenger "
                 f"{horizon} days: they cannot be compared"
             )
-        entities = labels[["customer_id", "as_of"]]
-        import pyarrow as pa
-
-        feats = build_features(
-            data, pa.Table.from_pandas(entities, preserve_index=False), event_types=model.event_types
-        ).to_pandas()
-        merged = feats.merge(labels, on=["customer_id", "as_of"])
+        if model.event_types not in labelled:
+            feats = build_features(data, entities, event_types=model.event_types).to_pandas()
+            labelled[model.event_types] = feats.merge(labels, on=["customer_id", "as_of"])
+        merged = labelled[model.event_types]
         p = model.classifier.predict_proba(merged)
         out[role] = classification_metrics(merged["churned"].to_numpy(), p)
     return out

@@ -37,7 +37,7 @@ from training.survival import SurvivalModel
 from training.value import ValueModel
 
 if TYPE_CHECKING:
-    from training.candidates import BlendCandidate, LightGBMCandidate, LogisticCandidate
+    from training.candidates import Candidate, LightGBMCandidate
     from training.snapshots import SnapshotPlan
 
 Progress = Callable[[int, str | None], None]
@@ -189,7 +189,7 @@ def _normalised(s: pd.Series) -> pd.Series:
 def _plots(
     evaluation: Evaluation,
     curves: dict,
-    winner: LightGBMCandidate | LogisticCandidate | BlendCandidate,
+    winner: Candidate,
     plot_dir: Path | None,
 ) -> dict[str, Path]:
     out = Path(plot_dir or tempfile.mkdtemp(prefix="churnguard-plots-"))
