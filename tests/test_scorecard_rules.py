@@ -100,9 +100,7 @@ def stage_features() -> pd.DataFrame:
 
 def stage(features: pd.DataFrame, customer_id: str, p: float, rules: LifecycleRules | None = None) -> str:
     row = features.loc[[customer_id]].reset_index()
-    (out,) = lifecycle_stages(
-        row, np.array([p]), horizon_days=H, high_threshold=HIGH, rules=rules or LifecycleRules()
-    )
+    (out,) = lifecycle_stages(row, np.array([p]), horizon_days=H, high_threshold=HIGH, rules=rules or LifecycleRules())
     return out
 
 
