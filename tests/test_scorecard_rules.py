@@ -5,10 +5,8 @@ Feature rows come from ``build_features`` over small hand-written purchase histo
 H = 90 days, default ``LifecycleRules``: new < 60 days, loyal = 5+ orders and 180+ days of tenure), so the stage
 rules are checked against the features they read, not against numbers typed into a frame.
 
-The value-at-risk tests score through a ``ChurnModel`` assembled from hand-set parts whose outputs can be
-computed on paper: a logistic classifier on ``recency_days`` alone (raw = sigmoid(0.5 x recency - 20), identity
-Platt calibration), a constant-hazard survival model (S(t) = exp(-t / 100)) and a value model with given
-parameters.
+The value-at-risk tests score through ``tests/hand_model.py``: a ``ChurnModel`` assembled from hand-set parts
+whose outputs can be computed on paper.
 """
 
 from __future__ import annotations
@@ -20,12 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
 
 from features.build import build_features, entities_at
-from model.churn_model import ChurnModel
-from model.classifiers import Calibrator, LogisticClassifier
 from model.scorecard import (
     DEFAULT_TIER_THRESHOLDS,
     SCORECARD_COLUMNS,
@@ -34,12 +28,11 @@ from model.scorecard import (
     lifecycle_stages,
     risk_tiers,
 )
-from model.survival import SurvivalModel
-from model.value import ValueModel
 from serving.policy import POLICY_COLUMNS, Policy
 from serving.scoring import with_actions
 from serving.settings import ScoringSettings
 from tests.conftest import dataset, ts, tx
+from tests.hand_model import hand_model
 from training.settings import TrainingSettings
 
 AS_OF = datetime(2024, 7, 1)
@@ -213,56 +206,10 @@ def test_valid_tier_thresholds_pass_unchanged():
     assert ScoringSettings(tier_thresholds=(0.2, 0.4, 0.8)).tier_thresholds == (0.2, 0.4, 0.8)
 
 
-# ------------------------------------------------------------------------------------------------ a hand-set model
+# ------------------------------------------------------------------------------------------------ value at risk
 
-
-def _logistic(coef: float, intercept: float) -> LogisticRegression:
-    """A one-feature logistic regression with given parameters (what fitting would leave behind)."""
-    model = LogisticRegression()
-    model.classes_ = np.array([0, 1])
-    model.coef_ = np.array([[coef]])
-    model.intercept_ = np.array([intercept])
-    model.n_features_in_ = 1
-    return model
-
-
-def hand_model(tier_thresholds: tuple[float, float, float] = DEFAULT_TIER_THRESHOLDS) -> ChurnModel:
-    """churn probability = sigmoid(0.5 x recency_days - 20): recency 40 -> 0.5 exactly, 39 -> sigmoid(-0.5),
-    42 -> sigmoid(1); S(t) = exp(-t / 100); value: r=1, alpha=165, p=2, q=3, gamma=60."""
-    classifier = LogisticClassifier(
-        name="recency_by_hand",
-        features=["recency_days"],
-        medians=np.array([0.0]),
-        pipeline=Pipeline([("logistic", _logistic(0.5, -20.0))]),
-        calibrator=Calibrator("sigmoid", _logistic(1.0, 0.0)),  # identity: sigmoid(1 x logit(raw) + 0)
-    )
-    survival = SurvivalModel(
-        features=["recency_days"],
-        columns=["recency_days"],
-        medians=np.array([0.0]),
-        indicators=np.array([], dtype=int),
-        mean=np.array([0.0]),
-        scale=np.array([1.0]),
-        beta=np.array([0.0]),
-        intercept=math.log(100.0),  # lambda = 100 days
-        rho=1.0,
-    )
-    return ChurnModel(
-        classifier=classifier,
-        survival=survival,
-        value=ValueModel(r=1.0, alpha=165.0, p=2.0, q=3.0, gamma=60.0),
-        horizon_days=H,
-        event_types=(),
-        tier_thresholds=tier_thresholds,
-        lifecycle=LifecycleRules(),
-        training_snapshots=(datetime(2024, 1, 1),),
-        holdout=datetime(2024, 4, 1),
-        metrics={},
-        model_version="hand/1",
-    )
-
-
-# The shipped policy's rules, with its numbers written here so that tuning policy.yaml does not move these tests.
+# A policy shaped like the shipped one (serving/policy.yaml), its numbers written here so that tuning that file does
+# not move these tests.
 POLICY = Policy.model_validate(
     {
         "value_bands": {"high": 500, "medium": 100},
