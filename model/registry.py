@@ -55,7 +55,9 @@ def mlflow_client(settings: MlflowSettings) -> MlflowClient:
 
     for uri in (settings.tracking, settings.registry):
         if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(uri.removeprefix("sqlite:///")).parent
+            with registry_errors(settings, f"creating the store's folder {folder}"):
+                folder.mkdir(parents=True, exist_ok=True)
     with registry_errors(settings, "connecting"):
         return MlflowClient(tracking_uri=settings.tracking, registry_uri=settings.registry)
 

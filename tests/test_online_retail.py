@@ -37,7 +37,7 @@ def test_online_retail_validates_features_and_labels(online_retail_dir):
     assert 0.2 < churn_rate < 0.7
 
 
-def test_online_retail_trains_and_the_winner_is_at_least_as_good_as_every_baseline(online_retail_dir, tmp_path):
+def test_online_retail_trains_and_the_winner_beats_recency_on_what_it_was_not_selected_on(online_retail_dir, tmp_path):
     from churnguard.settings import Settings
     from training.train import train
 
@@ -48,7 +48,10 @@ def test_online_retail_trains_and_the_winner_is_at_least_as_good_as_every_baseli
     result = train(data, s.training, s.labels, s.features, run_backtest=False)
     ev = result.evaluation
     assert ev.holdout_as_of == "2011-09-10"
-    for baseline in ("recency", "rfm_logit"):
-        assert ev.candidates[ev.winner]["log_loss"] <= ev.candidates[baseline]["log_loss"]
-    assert ev.candidates[ev.winner]["roc_auc"] > 0.7
+    # chosen by held-out log loss (lowest there by construction); judged here on the other metrics
+    winner, recency = ev.candidates[ev.winner], ev.candidates["recency"]
+    assert winner["roc_auc"] > 0.7
+    assert winner["roc_auc"] > recency["roc_auc"] + 0.02
+    assert winner["brier"] < recency["brier"]
+    assert winner["ece"] < recency["ece"]
     assert ev.warnings  # one year of data: the September holdout's season is not covered by training

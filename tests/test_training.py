@@ -6,11 +6,13 @@ import copy
 from datetime import date, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from scipy.stats import spearmanr
 
 from features.dataset import Dataset
+from training.evaluation import BASELINES
 from training.snapshots import NotEnoughDataError, plan_snapshots
 from training.train import train
 
@@ -18,11 +20,21 @@ pytestmark = pytest.mark.slow
 
 
 def test_model_beats_the_baselines_out_of_time(trained):
+    """The winner is chosen by held-out log loss, so its log loss there is the lowest by construction (the rule
+    itself is pinned in test_metrics.py). These checks can fail: the winner against each baseline on metrics it was
+    not selected on, and its family against each baseline on the backtest's earlier snapshots, where nothing was
+    selected."""
     ev = trained.evaluation
     winner = ev.candidates[ev.winner]
-    for baseline in ("recency", "rfm_logit"):
-        assert winner["log_loss"] <= ev.candidates[baseline]["log_loss"]
-    assert ev.candidates["lightgbm"]["roc_auc"] > ev.candidates["recency"]["roc_auc"] + 0.01
+    earlier = pd.DataFrame(ev.backtest).query("origin < @ev.holdout_as_of")
+    assert earlier["origin"].nunique() >= 2
+    log_loss = earlier.pivot(index="origin", columns="model", values="log_loss")
+    for name in (b for b in BASELINES if b != ev.winner):
+        baseline = ev.candidates[name]
+        assert winner["roc_auc"] > baseline["roc_auc"] + 0.01, name
+        assert winner["pr_auc"] > baseline["pr_auc"], name
+        assert winner["brier"] < baseline["brier"], name
+        assert (log_loss[ev.winner] < log_loss[name]).all(), log_loss
     # the held-out snapshot is after every training snapshot's label window
     plan = trained.frame.plan
     assert all(d + timedelta(days=plan.horizon_days) <= plan.holdout for d in plan.train)

@@ -2,13 +2,14 @@
 
 A fit that does not converge is not silently used: ``fit_value_model`` warns (``ConvergenceWarning``, which the
 training run puts in the evaluation report) when the optimiser stopped without converging, and refuses
-(``ValueFitError``) when the parameters are not finite numbers, because every expected value would then be
-meaningless.
+(``ValueFitError``) when the likelihood is not a number for the customers given (zero exposure, an infinite
+order value) or the parameters are not finite numbers, because every expected value would then be meaningless.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,7 @@ def fit_nbd(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
         return -np.sum(ll)
 
     start = np.log([1.0, max(np.mean(t) / max(np.mean(x), 1e-3), 1.0)])
+    _finite_at_start(nll, start, "order rate (Gamma-Poisson)")
     res = minimize(nll, start, method="Nelder-Mead", options={"maxiter": 2000, "xatol": 1e-6, "fatol": 1e-6})
     r, alpha = _checked(res, "order rate (Gamma-Poisson)")
     return float(r), float(alpha)
@@ -72,9 +74,22 @@ def fit_gamma_gamma(n: np.ndarray, m: np.ndarray) -> tuple[float, float, float]:
         return -np.sum(ll)
 
     start = np.log([2.0, 2.0, max(np.median(m), 1.0)])
+    _finite_at_start(nll, start, "spend per order (Gamma-Gamma)")
     res = minimize(nll, start, method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6})
     p, q, g = _checked(res, "spend per order (Gamma-Gamma)")
     return float(p), float(q + 1.0), float(g)
+
+
+def _finite_at_start(nll: Callable[[np.ndarray], float], start: np.ndarray, what: str) -> None:
+    """A likelihood that is not a number where the search starts is one everywhere (bad inputs, not a hard fit):
+    say so at once instead of spending every iteration on it and blaming the optimiser."""
+    with np.errstate(all="ignore"):
+        value = nll(start)
+    if not np.isfinite(value):
+        raise ValueFitError(
+            f"the {what} likelihood is not a finite number for these customers (zero or negative exposure, or "
+            "non-finite order values?): expected values would be meaningless"
+        )
 
 
 def _checked(res: OptimizeResult, what: str) -> np.ndarray:
