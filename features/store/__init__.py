@@ -44,6 +44,7 @@ from features.mapping import Mapping
 from features.validate import RawTable, load_dataset, validate_tables
 
 TABLE_NAMES = ("transactions", "events", "customers")
+KEYS_SCHEMA = pa.schema([pa.field("customer_id", pa.string(), nullable=False), ("customer_key", pa.int64())])
 CONTRACTS: dict[str, TableContract] = {"transactions": TRANSACTIONS, "events": EVENTS, "customers": CUSTOMERS}
 
 

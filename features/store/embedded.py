@@ -63,6 +63,7 @@ from features.dataset import Dataset, ValidationReport
 from features.duck import connect
 from features.store import (
     CONTRACTS,
+    KEYS_SCHEMA,
     TABLE_NAMES,
     AppendResult,
     BatchInfo,
@@ -71,14 +72,13 @@ from features.store import (
     new_batch_id,
     records,
 )
-from features.store.identity import ROW_ID, probe, row_ids
+from features.store.identity import ROW_ID, current_probe, row_ids
 from features.validate import REJECTS_SCHEMA
 
 FORMAT = "1"
 CATALOG = "catalog.sqlite"
 SEGMENTS = "segments"
 ROWS_PER_RECORD_BATCH = 131_072  # readers bisect within one record batch; DuckDB scans batches in parallel
-KEYS_SCHEMA = pa.schema([pa.field("customer_id", pa.string(), nullable=False), ("customer_key", pa.int64())])
 _SQL = {"string": "TEXT", "timestamp": "INTEGER", "float64": "REAL"}  # time stamps: microseconds since the epoch
 
 
@@ -138,7 +138,7 @@ class EmbeddedStore:
                     f"{columns}, row_id INTEGER NOT NULL, UNIQUE ({unique}))"
                 )
             c.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('row_id_probe', ?)", (_probe(),))
+            c.execute("INSERT OR IGNORE INTO meta VALUES ('row_id_probe', ?)", (current_probe(),))
         found = dict(con.execute("SELECT key, value FROM meta").fetchall())
         if found["format"] != FORMAT:
             raise StoreError(f"store {self.path}: format {found['format']}, this version reads format {FORMAT}")
@@ -281,7 +281,7 @@ class EmbeddedStore:
     # ------------------------------------------------------------------------------------------ writes
 
     def _check_probe(self) -> None:
-        if _probe() != self._probe:
+        if current_probe() != self._probe:
             raise StoreError(
                 f"store {self.path}: its row ids were computed by another DuckDB hash function than this one "
                 "(DuckDB was upgraded); rebuild the store by ingesting the source files into a new one"
@@ -500,10 +500,10 @@ class _Snapshot:
     def current_customers(self, hot: pa.Table, pick: Any = None) -> pa.Table:
         """The latest version of each customer (later batches win, the API's hot rows win over segments)."""
         pick = pick or (lambda seg: seg.table)
-        parts = [pick(seg) for seg in self.segments["customers"]] + [hot.select(_SEGMENT_SCHEMA['customers'].names)]
+        parts = [pick(seg) for seg in self.segments["customers"]] + [hot.select(_SEGMENT_SCHEMA["customers"].names)]
         parts = [p for p in parts if p.num_rows]
         if len(parts) <= 1:
-            return _concat(_SEGMENT_SCHEMA['customers'], parts)
+            return _concat(_SEGMENT_SCHEMA["customers"], parts)
         stacked = pa.concat_tables(parts)
         order = pa.array(np.arange(stacked.num_rows, dtype=np.int64))
         con = connect()
@@ -513,7 +513,7 @@ class _Snapshot:
             "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY __order DESC) = 1 ORDER BY customer_id"
         ).to_arrow_table()
         con.close()
-        return latest.cast(_SEGMENT_SCHEMA['customers'])
+        return latest.cast(_SEGMENT_SCHEMA["customers"])
 
     def ids(self, con: sqlite3.Connection) -> pa.ChunkedArray:
         """Every customer id with a row: the key registry (all segment rows) plus the API's hot rows."""
@@ -704,17 +704,6 @@ def _fsync(path: Path) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
-
-
-_PROBE: list[str] = []
-
-
-def _probe() -> str:
-    if not _PROBE:
-        con = connect()
-        _PROBE.append(probe(con))
-        con.close()
-    return _PROBE[0]
 
 
 def _thread_duck(local: threading.local) -> Any:

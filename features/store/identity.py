@@ -22,13 +22,14 @@ differs, instead of silently duplicating every row on the next ingest.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 from features.contract import CUSTOMERS, TableContract
-from features.duck import quote
+from features.duck import connect, quote
 
 ROW_ID = "row_id"
 _INPUT = "cg_identity_input"
@@ -87,3 +88,13 @@ def probe(con: duckdb.DuckDBPyConnection) -> str:
     }
     table = pa.Table.from_pylist([row], schema=TRANSACTIONS.arrow_schema)
     return str(row_ids(con, TRANSACTIONS, table)[0].as_py())
+
+
+@lru_cache(maxsize=1)
+def current_probe() -> str:
+    """:func:`probe` with this process's DuckDB, computed once."""
+    con = connect()
+    try:
+        return probe(con)
+    finally:
+        con.close()
