@@ -24,6 +24,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from features.store.settings import StoreSettings
+
 ENV_PREFIX = "CHURN_"
 CONFIG_FILE = "churnguard.toml"
 
@@ -128,6 +130,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     scoring: ScoringSettings = ScoringSettings()
     serving: ServingSettings = ServingSettings()
+    store: StoreSettings = StoreSettings()
 
     @classmethod
     def settings_customise_sources(

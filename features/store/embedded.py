@@ -61,7 +61,7 @@ import pyarrow.compute as pc
 from features.contract import CUSTOMERS
 from features.dataset import Dataset, ValidationReport
 from features.duck import connect
-from features.store import (
+from features.store.base import (
     CONTRACTS,
     KEYS_SCHEMA,
     TABLE_NAMES,
