@@ -47,12 +47,12 @@ def row_ids(con: duckdb.DuckDBPyConnection, contract: TableContract, table: pa.T
         con.unregister(_INPUT)
     ids = hashes.to_numpy().astype(np.uint64, copy=False)
     if contract is not CUSTOMERS:
-        _number_copies(con, table["customer_id"], ids)
+        ids = _number_copies(con, table["customer_id"], ids)
     return pa.array(ids.view(np.int64))
 
 
-def _number_copies(con: duckdb.DuckDBPyConnection, customer_id: pa.ChunkedArray, ids: np.ndarray) -> None:
-    """In place: the k-th (k >= 2) row with the same customer and content hash gets ``hash(hash, k)``.
+def _number_copies(con: duckdb.DuckDBPyConnection, customer_id: pa.ChunkedArray, ids: np.ndarray) -> np.ndarray:
+    """The ids with the k-th (k >= 2) row with the same customer and content hash gets ``hash(hash, k)``.
 
     The grouping runs on the 64-bit hashes (cheap); only the few rows in repeated groups are numbered."""
     frame = pa.table({"pos": pa.array(np.arange(len(ids), dtype=np.int64)), "customer_id": customer_id, "h": ids})
@@ -69,7 +69,9 @@ def _number_copies(con: duckdb.DuckDBPyConnection, customer_id: pa.ChunkedArray,
     finally:
         con.unregister(_INPUT)
     if copies.num_rows:
+        ids = ids.copy()
         ids[copies["pos"].to_numpy()] = copies["id"].to_numpy()
+    return ids
 
 
 def probe(con: duckdb.DuckDBPyConnection) -> str:
