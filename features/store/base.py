@@ -127,17 +127,14 @@ def new_batch_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def records(contract: TableContract, rows: Iterable[Any] | pa.Table) -> pa.Table:
-    """API rows (dicts or the contract's pydantic models) as a contract table, time stamps cut to the second."""
-    if not isinstance(rows, pa.Table):
-        rows = [r.model_dump() if isinstance(r, BaseModel) else r for r in rows]
-    return _contract_table(contract, rows)
-
-
-def _contract_table(contract: TableContract, rows: Any) -> pa.Table:
-    parts = {"transactions": (), "events": (), "customers": ()}
-    parts[contract.name] = rows
-    return getattr(Dataset.from_records(**parts), contract.name)
+def records(transactions: Iterable[Any] = (), events: Iterable[Any] = (), customers: Iterable[Any] = ()) -> dict:
+    """API rows (dicts or the contract's pydantic models) as contract tables, time stamps cut to the second."""
+    given = {"transactions": transactions, "events": events, "customers": customers}
+    for name, rows in given.items():
+        if not isinstance(rows, pa.Table):
+            given[name] = [r.model_dump() if isinstance(r, BaseModel) else r for r in rows]
+    data = Dataset.from_records(**given)
+    return {name: getattr(data, name) for name in TABLE_NAMES}
 
 
 def _redact(url: str) -> str:

@@ -339,15 +339,15 @@ class EmbeddedStore:
         """Already-validated rows (the API's): one SQLite transaction; rows already stored are skipped."""
         self._check_probe()
         duck = _thread_duck(self._local)
-        given = {"transactions": transactions, "events": events, "customers": customers}
-        tables = {name: records(CONTRACTS[name], rows) for name, rows in given.items()}
-        tables = {name: _with_row_ids(duck, name, t) for name, t in tables.items()}
+        tables = records(transactions, events, customers)
+        tables = {name: _with_row_ids(duck, name, t) for name, t in tables.items() if t.num_rows}
         ids = sorted({i for t in tables.values() for i in t["customer_id"].to_pylist()})
         added, present, updated = {}, {}, 0
         with self._transaction(immediate=True) as con:
             snap = self._open(self._live(con))
-            for name, table in tables.items():
-                if table.num_rows == 0:
+            for name in TABLE_NAMES:
+                table = tables.get(name)
+                if table is None:
                     added[name] = present[name] = 0
                     continue
                 hot = _hot_rows(con, name, ids)

@@ -208,8 +208,7 @@ class PostgresStore:
         self._check_probe()
         duck = getattr(self._local, "duck", None) or connect(threads=1)
         self._local.duck = duck
-        given = {"transactions": transactions, "events": events, "customers": customers}
-        tables = {name: _with_row_ids(duck, name, records(CONTRACTS[name], rows)) for name, rows in given.items()}
+        tables = {name: _with_row_ids(duck, name, t) for name, t in records(transactions, events, customers).items()}
         ids = sorted({i for t in tables.values() for i in t["customer_id"].to_pylist()})
         added, present, updated = {}, {}, 0
         with self._small() as con, con.transaction():
