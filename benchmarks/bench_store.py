@@ -194,13 +194,26 @@ def stage_single(spec: dict) -> dict:
     rng = random.Random(spec["seed"])
     for i in rng.sample(ids, 50):  # warm-up
         store.rows_for([i])
-    times, rows = [], 0
+    import pyarrow as pa
+
+    from features.build import ENTITY_SCHEMA, build_features
+    from features.engines import SQLiteEngine
+
+    engine = SQLiteEngine()  # the API's engine for one customer
+    times, with_features, rows = [], [], 0
     for i in rng.sample(ids, spec["calls"]):
         t = time.perf_counter()
         data = store.rows_for([i])
         times.append(time.perf_counter() - t)
+        build_features(data, pa.table({"customer_id": [i], "as_of": [NOW]}, schema=ENTITY_SCHEMA), engine=engine)
+        with_features.append(time.perf_counter() - t)
         rows += data.transactions.num_rows + data.events.num_rows
-    return {**_percentiles(times), "customers": len(ids), "mean_rows_per_customer": rows / spec["calls"]}
+    return {
+        **_percentiles(times),
+        "with_features": _percentiles(with_features),
+        "customers": len(ids),
+        "mean_rows_per_customer": rows / spec["calls"],
+    }
 
 
 def stage_append(spec: dict) -> dict:
@@ -268,6 +281,11 @@ def _markdown(report: dict) -> str:
         lines.append(
             f"| `rows_for([id])`, {r['customers']:,} customers | p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms "
             f"| | {r['mean_rows_per_customer']:.0f} rows per customer |"
+        )
+        f = r["with_features"]
+        lines.append(
+            f"| `rows_for([id])` + `build_features` (SQLite engine, as the API) | p50 {f['p50_ms']:.2f} ms, "
+            f"p99 {f['p99_ms']:.2f} ms | | |"
         )
     if "append" in s:
         r = s["append"]

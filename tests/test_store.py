@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -142,6 +142,18 @@ def test_rejects_are_kept_with_their_batch_id(store, demo):
     assert store.rejects(again.batch_id).num_rows == rejects.num_rows
     with pytest.raises(StoreError, match="no batch"):
         store.rejects("no-such-batch")
+
+
+def test_raw_tables_and_validated_datasets_ingest_like_a_folder(store, demo):
+    from features.mapping import Mapping
+    from features.validate import read_folder
+
+    expected, rejects = load_dataset(demo, now=NOW)
+    first = ingest(store, read_folder(demo, Mapping()), now=NOW)
+    assert first.added["events"] == expected.events.num_rows and first.rejected == rejects.num_rows
+    again = ingest(store, expected, now=NOW, rejects=rejects)
+    assert again.added == dict.fromkeys(TABLES, 0) and store.rejects(again.batch_id).num_rows == rejects.num_rows
+    assert_same(store.dataset(), expected)
 
 
 def test_a_broken_file_writes_nothing(store, tmp_path):
@@ -346,3 +358,65 @@ def test_cli_ingest(settings, demo, tmp_path, monkeypatch):
     store = open_store(settings, tmp_path)
     assert len(store.batches()) == 2
     store.close()
+
+
+def test_embedded_store_compacts_once_too_many_batches_hold_segments(demo, early, tmp_path):
+    store = open_store(StoreSettings(path=tmp_path / "store", compact_after=2), tmp_path)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "transactions.csv").write_text("customer_id,timestamp,amount\nnew-1,2024-05-01 10:00:00,5\n")
+    ingest(store, early, now=NOW)
+    ingest(store, demo, now=NOW)
+    ingest(store, demo, now=NOW)  # adds nothing: holds no segment, does not count
+    assert [b.kind for b in store.batches()] == ["ingest"] * 3
+    ingest(store, extra, now=NOW)
+    assert [b.kind for b in store.batches()] == ["ingest"] * 4 + ["compact"]
+    expected, _ = load_dataset(demo, now=NOW)
+    assert counts(store.dataset()) == (expected.transactions.num_rows + 1, *counts(expected)[1:])
+    assert len(list((tmp_path / "store" / "segments").glob("*/transactions.arrow"))) == 1
+    store.close()
+
+
+def test_row_ids_of_a_few_rows_equal_the_bulk_ones():
+    """The API path (query parameters) and the ingest path (Arrow) must give every row the same identity."""
+    import random
+
+    from features.contract import EVENTS, TRANSACTIONS
+    from features.duck import connect
+    from features.store.identity import SMALL, row_ids
+
+    rng = random.Random(3)
+
+    def maybe(value):
+        return value if rng.random() < 0.6 else None
+
+    rows = [
+        {
+            "customer_id": rng.choice(["a", "b", "ü-ß", "x" * 50]),
+            "timestamp": datetime(2024, 1, 1) + timedelta(seconds=37 * i),  # distinct rows: copies come below
+            "amount": rng.choice([0.0, -0.0, 1e300, -3.25, 7.1]),
+            "order_id": maybe(rng.choice(["o1", "o'2", ""])),
+            "quantity": maybe(rng.choice([1.0, 2.5])),
+            "product_id": maybe("p"),
+            "category": maybe("c"),
+            "channel": maybe("web"),
+        }
+        for i in range(300)
+    ]
+    rows += [dict(rows[0]), dict(rows[0])]  # copies get their own ids
+    table = pa.Table.from_pylist(rows, schema=TRANSACTIONS.arrow_schema)
+    con = connect()
+    bulk = row_ids(con, TRANSACTIONS, table).to_pylist()
+    assert len(set(bulk)) == len(rows)
+    for start in range(0, 300, 7):  # the distinct rows; a copy's id depends on the copies before it in its batch
+        part = table.slice(start, min(7, 300 - start))
+        assert part.num_rows <= SMALL
+        assert row_ids(con, TRANSACTIONS, part).to_pylist() == bulk[start : start + part.num_rows]
+    copies = table.slice(len(rows) - 3, 3)  # rows[0] is not in it, so its two copies are the 1st and 2nd here
+    assert row_ids(con, TRANSACTIONS, copies).to_pylist() == [bulk[-3], bulk[0], bulk[-2]]
+    event = pa.Table.from_pylist(
+        [{"customer_id": "a", "timestamp": datetime(2024, 5, 1), "event_type": "session"}], schema=EVENTS.arrow_schema
+    )
+    assert (
+        row_ids(con, EVENTS, event).to_pylist() == row_ids(con, EVENTS, pa.concat_tables([event] * 200)).to_pylist()[:1]
+    )

@@ -382,7 +382,7 @@ class EmbeddedStore:
 
     def _compact_if_needed(self) -> None:
         with self._transaction() as con:
-            live = len(self._live(con))
+            live = sum(bool(set(files) & set(TABLE_NAMES)) for _, files in self._live(con))
         if live > self.compact_after:
             self._compact()
 
