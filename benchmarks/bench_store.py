@@ -60,19 +60,23 @@ def main(argv: list[str] | None = None) -> None:
         return
     out, data = Path(args.out), Path(args.data)
     work = out / "work" / f"store_{args.backend}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    stages = [s for s in args.stages.split(",") if s]
+    if "ingest" in stages:  # a fresh, empty store; other stages reuse the last run's
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     if not (data / "transactions.csv").exists() and not (data / "transactions.parquet").exists():
         subprocess.run(_churn("generate", "--out", str(data), "--customers", str(args.customers)), check=True)
     manifest = json.loads((data / "manifest.json").read_text())
-    stages = [s for s in args.stages.split(",") if s]
     if args.backend == "postgres":
         from tests.postgres import postgres_cluster
 
         server = postgres_cluster(durable=True)
     else:
         server = nullcontext(None)
+    previous = out / f"store_{args.backend}.json"
     results: dict[str, dict] = {}
+    if previous.exists() and set(STAGES) - set(stages):  # a partial run keeps the other stages' last results
+        results = {k: dict(v, cached=True) for k, v in json.loads(previous.read_text())["stages"].items()}
     with server as url:
         env = {**os.environ, "CHURN_DATA_DIR": str(work), "CHURN_STORE__URL": url or ""}
         if not url:
@@ -161,10 +165,8 @@ def stage_read(spec: dict) -> dict:
     for name in ("transactions", "events", "customers"):
         table = getattr(data, name)
         con.register("t", table)
-        lengths = " + ".join(
-            f'coalesce(length(CAST("{c}" AS VARCHAR)), 0)' for c in table.column_names
-        )  # touches every value
-        con.sql(f"SELECT sum({lengths}) FROM t").fetchall()
+        touch_all = ", ".join(f'max("{c}")' for c in table.column_names)  # reads every value of every column
+        con.sql(f"SELECT {touch_all} FROM t").fetchall()
         con.unregister("t")
     scan_s = time.perf_counter() - t
     rss_store = maxrss()
@@ -273,7 +275,7 @@ def _markdown(report: dict) -> str:
     if "read" in s:
         r = s["read"]
         lines.append(
-            f"| `store.dataset()` / + first scan of every column | {r['dataset_s']:.2f} s / "
+            f"| `store.dataset()` / + first read of every value | {r['dataset_s']:.2f} s / "
             f"{r['dataset_s'] + r['first_scan_s']:.2f} s | | `load_dataset` of the files: {r['load_dataset_s']:.1f} s |"
         )
     if "single" in s:

@@ -631,7 +631,9 @@ def _hot_rows(con: sqlite3.Connection, name: str, ids: Sequence[str] | None = No
             where = f" WHERE customer_id IN ({', '.join('?' * len(part))}) ORDER BY customer_id, seq"
             rows += con.execute(query + where, part).fetchall()
     schema = _SEGMENT_SCHEMA[name]
-    columns_data = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
+    if not rows:
+        return schema.empty_table()
+    columns_data = list(zip(*rows, strict=True))
     arrays = []
     for f, values in zip(schema, columns_data, strict=True):
         if pa.types.is_timestamp(f.type):
