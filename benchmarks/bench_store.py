@@ -222,9 +222,10 @@ def stage_append(spec: dict) -> dict:
     store = _store(spec)
     ids = store.customer_ids().to_pylist()
     rng = random.Random(spec["seed"] + 1)
+    fresh = random.Random(time.time_ns())  # amounts unlike any earlier run's: an earlier run's rows are stored
     times = []
     for n, i in enumerate(rng.sample(ids, spec["calls"] + 50)):
-        row = {"customer_id": i, "timestamp": datetime(2025, 12, 31, 12, 0, n % 60), "amount": 10.0 + n}
+        row = {"customer_id": i, "timestamp": datetime(2025, 12, 31, 12, 0, n % 60), "amount": fresh.random()}
         t = time.perf_counter()
         result = store.append(transactions=[row])
         elapsed = time.perf_counter() - t
