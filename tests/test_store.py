@@ -36,7 +36,7 @@ TABLES = ("transactions", "events", "customers")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     """A small demo business as CSV, with messy rows of every kind (so there are rejects)."""
-    from features.demo import generate
+    from churnguard.demo import generate
 
     out = tmp_path_factory.mktemp("store-demo")
     generate(out, customers=400, seed=11, months=12, fmt="csv")

@@ -1,16 +1,17 @@
-"""The store's settings section and error, importable without loading the store itself (the CLI's settings)."""
+"""The store's settings section (composed into ``churnguard/settings.py``) and its error, importable without
+loading the store itself."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from features.settings import Section
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(Section):
     """Where the customer store lives (``CHURN_STORE__URL``, ``CHURN_STORE__PATH``, ...)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str | None = Field(
         None, description="postgresql://user:pass@host:port/db for PostgreSQL; unset: the embedded store."
