@@ -34,6 +34,12 @@ can drop the last commits). Batches are committed with ``FULL``. The hot rows ar
 by every read and folded into a segment by ``compact()``, which runs after an ingest once more than
 ``compact_after`` batches hold segments (lookups probe each segment).
 
+End to end on the same data (``benchmarks/bench_store.py``, same busy machine): ``churn ingest`` 354 s wall / 208 s
+CPU against 284 s / 192 s for ``churn validate`` of the same files, at the same peak memory (7.2 GiB, validation's);
+a second ingest adds 0 rows in 363 s; ``dataset()`` 0.18 s against ~600 s for ``load_dataset``; one customer's rows
+p50 2.5 ms, p99 13.7 ms; a one-row ``append`` p50 12.8 ms, p99 28.6 ms (mostly DuckDB's per-query cost for the row
+hash at a load average of 10 on 2 cores).
+
 Linux and macOS keep a memory-mapped file readable after it is unlinked, which is what lets compaction delete
 retired segments while a reader still holds them; readers that raced a compaction re-read the catalog.
 """
