@@ -462,5 +462,39 @@ def _print_registry(specs: Sequence[FeatureSpec], feature_set: str) -> None:
     console.print(table)
 
 
+@app.command()
+@friendly_errors
+def ingest(data: DataOpt, mapping: MappingOpt = None, map_: MapOpt = None) -> None:
+    """Validate a folder like `churn validate` and append its kept rows to the customer store, as one batch."""
+    from features.contract import now_utc
+    from features.mapping import load_mapping
+    from features.store import ingest as ingest_into
+    from features.store import open_store
+
+    settings = _settings()
+    store = open_store(settings.store, settings.data_dir)
+    try:
+        with console.status(f"validating {data} and writing to the store at {store.location} ..."):
+            result = ingest_into(
+                store,
+                data,
+                now=now_utc(),
+                mapping=load_mapping(data, mapping, map_),
+                reject_future=settings.validation.reject_future,
+            )
+    finally:
+        store.close()
+    print_validation(result.report, verbose=True)
+    for name, added in result.added.items():
+        line = f"  {name}: {added:,} added, {result.present[name]:,} already in the store"
+        if name == "customers" and result.updated_customers:
+            line += f", {result.updated_customers:,} updated"
+        console.print(line)
+    console.print(
+        f"batch [bold]{result.batch_id}[/bold] committed to {store.location} ({result.rejected:,} rejected rows kept "
+        "with it)"
+    )
+
+
 if __name__ == "__main__":
     app()

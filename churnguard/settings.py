@@ -9,6 +9,7 @@
 | training     | training/settings.py   | training |
 | scoring      | serving/settings.py    | batch scoring, the API |
 | serving      | serving/settings.py    | the API |
+| store        | features/store/settings.py | the customer store (``churn ingest``, reads) |
 
 Defaults are the laptop setup (local files, DuckDB, MLflow on SQLite under ``data_dir``). Environment variables
 (``CHURN_<SECTION>__<KEY>``, e.g. ``CHURN_LABELS__HORIZON_DAYS=60``), a ``.env`` file and an optional
@@ -35,6 +36,7 @@ from pydantic_settings import (
 )
 
 from features.settings import FeatureSettings, LabelSettings, ValidationSettings
+from features.store.settings import StoreSettings
 from model.settings import MlflowSettings
 from serving.settings import ScoringSettings, ServingSettings
 from training.settings import TrainingSettings
@@ -65,6 +67,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     scoring: ScoringSettings = ScoringSettings()
     serving: ServingSettings = ServingSettings()
+    store: StoreSettings = StoreSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,8 @@ import pytest
 
 from features.dataset import Dataset
 
+pytest_plugins = ["tests.postgres"]
+
 ROOT = Path(__file__).resolve().parents[1]
 ONLINE_RETAIL = ROOT.parent / "shared" / "data" / "online_retail.parquet"
 ONLINE_RETAIL_MAPPING = ROOT / "examples" / "online_retail.yaml"

@@ -1,0 +1,147 @@
+"""Types and entry points of the customer store (see ``features/store/__init__.py``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS, TableContract
+from features.dataset import Dataset, ValidationReport
+from features.mapping import Mapping
+from features.store.settings import StoreError, StoreSettings
+from features.validate import RawTable, load_dataset, validate_tables
+
+TABLE_NAMES = ("transactions", "events", "customers")
+KEYS_SCHEMA = pa.schema([pa.field("customer_id", pa.string(), nullable=False), ("customer_key", pa.int64())])
+CONTRACTS: dict[str, TableContract] = {"transactions": TRANSACTIONS, "events": EVENTS, "customers": CUSTOMERS}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    batch_id: str
+    report: ValidationReport
+    rejected: int
+    added: dict[str, int]
+    present: dict[str, int]
+    updated_customers: int = 0
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    added: dict[str, int]
+    present: dict[str, int]
+    updated_customers: int = 0
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    batch_id: str
+    kind: str  # "ingest" or "compact"
+    source: str
+    committed_at: datetime
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """What every backend offers (``EmbeddedStore``, ``PostgresStore``)."""
+
+    location: str
+
+    def write_batch(
+        self, data: Dataset, rejects: pa.Table, *, batch_id: str, source: str, report: ValidationReport
+    ) -> IngestResult: ...
+
+    def append(
+        self, transactions: Iterable[Any] = (), events: Iterable[Any] = (), customers: Iterable[Any] = ()
+    ) -> AppendResult: ...
+
+    def dataset(self) -> Dataset: ...
+
+    def rows_for(self, customer_ids: Sequence[str]) -> Dataset: ...
+
+    def customer_ids(self) -> pa.Array: ...
+
+    def customer_keys(self) -> pa.Table: ...
+
+    def chunks(self, customers_per_chunk: int) -> Iterator[Dataset]: ...
+
+    def batches(self) -> list[BatchInfo]: ...
+
+    def rejects(self, batch_id: str | None = None) -> pa.Table: ...
+
+    def compact(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(settings: StoreSettings, data_dir: Path) -> Store:
+    """The store the settings name: PostgreSQL when ``url`` is set, else the embedded one under ``data_dir``."""
+    if settings.url:
+        if not settings.url.startswith(("postgresql://", "postgres://")):
+            raise StoreError(f"setting store.url: unsupported URL {_redact(settings.url)!r} (use postgresql://...)")
+        from features.store.postgres import PostgresStore
+
+        return PostgresStore(settings.url)
+    from features.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(settings.path or Path(data_dir) / "store", compact_after=settings.compact_after)
+
+
+def ingest(
+    store: Store,
+    source: Path | Sequence[RawTable] | Dataset,
+    *,
+    now: datetime,
+    mapping: Mapping | None = None,
+    reject_future: bool = True,
+    rejects: pa.Table | None = None,
+) -> IngestResult:
+    """Validate ``source`` (a folder, raw tables, or a ``Dataset`` validated already, with its ``rejects``) and
+    append the kept rows as one batch. A broken input raises before anything is written."""
+    if isinstance(source, Dataset):
+        if source.report is None:
+            raise ValueError("ingest of a Dataset needs the one validation returned (with its report)")
+        data, rejected, name = source, rejects, "dataset"
+    elif isinstance(source, Path | str):
+        data, rejected = load_dataset(Path(source), now=now, mapping=mapping, reject_future=reject_future)
+        name = str(source)
+    else:
+        data, rejected = validate_tables(list(source), now=now, reject_future=reject_future)
+        name = ", ".join(t.source for t in source)
+    from features.validate import REJECTS_SCHEMA
+
+    rejected = rejected if rejected is not None else REJECTS_SCHEMA.empty_table()
+    assert data.report is not None
+    return store.write_batch(data, rejected, batch_id=new_batch_id(), source=name, report=data.report)
+
+
+def new_batch_id() -> str:
+    """Sortable by time, unique: ``20261202T170501-3f9c2a1b``."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def records(transactions: Iterable[Any] = (), events: Iterable[Any] = (), customers: Iterable[Any] = ()) -> dict:
+    """API rows (dicts or the contract's pydantic models) as contract tables, time stamps cut to the second."""
+    given = {"transactions": transactions, "events": events, "customers": customers}
+    for name, rows in given.items():
+        if not isinstance(rows, pa.Table):
+            given[name] = [r.model_dump() if isinstance(r, BaseModel) else r for r in rows]
+    data = Dataset.from_records(**given)
+    return {name: getattr(data, name) for name in TABLE_NAMES}
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url

@@ -1,0 +1,84 @@
+"""A throwaway PostgreSQL cluster for the tests (a pytest plugin, loaded from ``tests/conftest.py``).
+
+The server binaries (``initdb``, ``pg_ctl``) refuse to run as root, and the test suite runs as root on the
+developers' machines and in CI: the cluster then runs as the ``postgres`` user, in a temp folder owned by it,
+listening on loopback only, on a free port, with trust authentication (nothing else can reach it). It lives for the
+test session and is stopped (and its folder removed) at the end. Without the binaries the tests that need it are
+skipped with the reason; everything else runs.
+
+``benchmarks/bench_store.py`` starts one the same way through :func:`postgres_cluster`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+BINARIES = ("initdb", "pg_ctl", "postgres")
+
+
+def missing_binaries() -> list[str]:
+    return [b for b in BINARIES if shutil.which(b) is None]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_as_owner(command: str, owner: str | None) -> None:
+    """Run a shell command, as ``owner`` when we are root (the server will not run as root)."""
+    argv = ["su", owner, "-s", "/bin/bash", "-c", command] if owner else ["bash", "-c", command]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command!r} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
+
+
+@contextmanager
+def postgres_cluster(*, durable: bool = False) -> Iterator[str]:
+    """Start a fresh cluster on 127.0.0.1 and a free port; yield its URL; stop it and delete it afterwards.
+
+    Tests run it without fsync (nothing to keep); ``durable=True`` keeps the server's defaults (benchmarks)."""
+    owner = "postgres" if os.geteuid() == 0 else None
+    base = Path(tempfile.mkdtemp(prefix="churnguard-pg-"))
+    if owner:
+        shutil.chown(base, user=owner)
+    data, log, port = base / "db", base / "log", _free_port()
+    pg_ctl = shutil.which("pg_ctl")
+    started = False
+    try:
+        _run_as_owner(
+            f"{shlex.quote(str(shutil.which('initdb')))} -D {data} -U postgres --auth=trust -E UTF8 --no-sync "
+            "> /dev/null",
+            owner,
+        )
+        options = f"-k {base} -p {port} -c listen_addresses=127.0.0.1"
+        if not durable:
+            options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        _run_as_owner(f"{shlex.quote(str(pg_ctl))} -D {data} -o '{options}' -l {log} -w start > /dev/null", owner)
+        started = True
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if started:
+            _run_as_owner(f"{shlex.quote(str(pg_ctl))} -D {data} -m immediate -w stop > /dev/null", owner)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a throwaway PostgreSQL server for this test session (skips when the binaries are not installed)."""
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"PostgreSQL server binaries not on PATH ({', '.join(missing)}): PostgreSQL store tests skipped")
+    with postgres_cluster() as url:
+        yield url
