@@ -187,12 +187,11 @@ class _Reply:
         if content_type.startswith(PROBLEM_JSON):
             problem = json.loads(body)
             problem.setdefault("instance", self.path)
-            problem["request_id"] = self.request_id
         elif status in (404, 405):
             problem = problem_body(status, f"no route {self.method} {self.path}", instance=self.path)
         else:
             problem = problem_body(status, _detail(status, body, content_type), instance=self.path)
-            problem["request_id"] = self.request_id
+        problem["request_id"] = self.request_id
         await self.json(status, problem, headers=keep, media_type=PROBLEM_JSON)
 
     async def problem(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
