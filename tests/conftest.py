@@ -82,3 +82,40 @@ def registered(trained, test_settings):
     from training.tracking import log_training
 
     return log_training(trained, test_settings.mlflow)
+
+
+# ------------------------------------------------------------------------------------------------ the API
+API_TOKEN = "test-token-123"
+
+
+@pytest.fixture(scope="session")
+def api_client(registered, test_settings):
+    """The service in-process (BentoML's ASGI app), serving the session's champion, with one API key."""
+    import json
+    import os
+
+    from starlette.testclient import TestClient
+
+    env = {
+        "CHURN_DATA_DIR": str(test_settings.data_dir),
+        "CHURN_SCORING__MODEL_URI": "models:/churnguard@champion",
+        "CHURN_SERVING__API_KEYS": json.dumps({"crm": API_TOKEN}),
+        "CHURN_SERVING__MAX_BODY_BYTES": "2000000",
+        "CHURN_SERVING__RELOAD_INTERVAL_S": "0",
+        "CHURN_SERVING__RATE_LIMIT_PER_MINUTE": "1000000",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        from serving.service import ChurnService
+
+        with TestClient(
+            ChurnService.to_asgi(), headers={"Authorization": f"Bearer {API_TOKEN}"}, raise_server_exceptions=False
+        ) as c:
+            yield c
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

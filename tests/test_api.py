@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from starlette.testclient import TestClient
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-123"  # tests/conftest.py::API_TOKEN, the key the session's api_client sends
 AS_OF = "2024-10-01"
 
 
 @pytest.fixture(scope="module")
-def client(registered, test_settings):
-    env = {
-        "CHURN_DATA_DIR": str(test_settings.data_dir),
-        "CHURN_SCORING__MODEL_URI": "models:/churnguard@champion",
-        "CHURN_SERVING__API_KEYS": json.dumps({"crm": TOKEN}),
-        "CHURN_SERVING__MAX_BODY_BYTES": "2000000",
-        "CHURN_SERVING__RELOAD_INTERVAL_S": "0",
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        from serving.service import ChurnService
-
-        with TestClient(ChurnService.to_asgi(), headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-            yield c
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def client(api_client):
+    return api_client
 
 
 def history(data, customer_id: str) -> dict:
