@@ -80,7 +80,13 @@ BENCH_KEY = "bench-key"
 
 
 def serve(
-    target: str, port: int, data_dir: str, out: Path, workers: int = 1, log: Path | None = None
+    target: str,
+    port: int,
+    data_dir: str,
+    out: Path,
+    workers: int = 1,
+    log: Path | None = None,
+    threads: int | None = None,
 ) -> tuple[subprocess.Popen, float]:
     """Our service exactly as `churn serve` launches it (with an API key); the bare service with `bentoml serve`."""
     from churnguard.settings import Settings
@@ -100,6 +106,8 @@ def serve(
     environ["CHURN_SERVING__RATE_LIMIT_PER_MINUTE"] = "10000000"
     environ["CHURN_SERVING__RATE_LIMIT_BURST"] = "10000"
     environ["BENTOML_HOME"] = str(out / "api_bentoml")
+    if threads:
+        environ["CHURN_SERVING__THREADS"] = str(threads)
     plan = plan_launch(
         settings.serving,
         settings.scoring,

@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--baseline-seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=None, help="default: the machine's cores, as churn serve")
+    parser.add_argument("--threads", type=int, default=None, help="request threads per worker (serving.threads)")
     parser.add_argument("--one-worker", action="store_true", help="also load a one-worker server")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = parser.parse_args()
@@ -89,8 +90,10 @@ def main() -> None:
     body, _, data_dir = prepare(args.out)
     workers = args.workers or os.cpu_count() or 1
     url = "http://127.0.0.1:3721/v1/score"
-    results: dict = {"machine": {"cores": os.cpu_count()}, "workers": workers}
-    proc, cold = serve("ours", 3721, data_dir, args.out, workers=workers, log=args.out / "load_server.log")
+    results: dict = {"machine": {"cores": os.cpu_count()}, "workers": workers, "threads": args.threads}
+    proc, cold = serve(
+        "ours", 3721, data_dir, args.out, workers=workers, log=args.out / "load_server.log", threads=args.threads
+    )
     try:
         results["cold_start_s"] = cold
         run_phase(url, body, 1, 5)  # warm every worker's connection pool and caches
@@ -102,7 +105,9 @@ def main() -> None:
     finally:
         stop(proc)
     if args.one_worker:
-        proc, _ = serve("ours", 3722, data_dir, args.out, workers=1, log=args.out / "load_server_1w.log")
+        proc, _ = serve(
+            "ours", 3722, data_dir, args.out, workers=1, log=args.out / "load_server_1w.log", threads=args.threads
+        )
         try:
             run_phase("http://127.0.0.1:3722/v1/score", body, args.clients, 5)
             print(f"{args.clients} clients on one worker, {args.seconds:g} s ...", flush=True)
@@ -115,7 +120,8 @@ def main() -> None:
     base = results["one client"]["throughput_rps"]
     lines = [
         f"# API under load (POST /v1/score, one customer with {len(body['customers'][0]['transactions'])} "
-        f"transactions + {len(body['customers'][0]['events'])} events, reasons on; {workers} workers)",
+        f"transactions + {len(body['customers'][0]['events'])} events, reasons on; {workers} workers, "
+        f"{args.threads or 'default'} threads each)",
         "",
         f"Machine: {os.cpu_count()} cores; server cold start {cold:.1f} s. 1-minute load average before/after each "
         "phase is in the table: other jobs sharing the CPU lower every number, the ratio stays comparable.",

@@ -178,21 +178,32 @@ class RateLimiter:
         return con
 
     def acquire(self, key: str, per_minute: int, now: float | None = None) -> float:
-        """0 when the request may go ahead, else the seconds until it would be allowed."""
-        now = time.time() if now is None else now
+        """0 when the request may go ahead, else the seconds until it would be allowed.
+
+        The clock is read after the write lock is taken: a worker that waited for the lock (another worker
+        descheduled while holding it) must not judge the bucket with a stale "now".
+        """
         interval = 60.0 / per_minute
         tolerance = interval * (self.burst - 1)
         con = self._connection()
-        row = con.execute(
-            "INSERT INTO gcra (key, tat) VALUES (:key, :now + :t) "
-            "ON CONFLICT (key) DO UPDATE SET tat = max(tat, :now) + :t WHERE max(tat, :now) - :now <= :tol "
-            "RETURNING tat",
-            {"key": key, "now": now, "t": interval, "tol": tolerance},
-        ).fetchone()
-        if row is not None:
-            return 0.0
-        (tat,) = con.execute("SELECT tat FROM gcra WHERE key = ?", (key,)).fetchone()
-        return max(tat - tolerance - now, 0.001)
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            at = time.time() if now is None else now
+            row = con.execute(
+                "INSERT INTO gcra (key, tat) VALUES (:key, :now + :t) "
+                "ON CONFLICT (key) DO UPDATE SET tat = max(tat, :now) + :t WHERE max(tat, :now) - :now <= :tol "
+                "RETURNING tat",
+                {"key": key, "now": at, "t": interval, "tol": tolerance},
+            ).fetchone()
+            wait = 0.0
+            if row is None:
+                (tat,) = con.execute("SELECT tat FROM gcra WHERE key = ?", (key,)).fetchone()
+                wait = max(tat - tolerance - at, 0.001)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return wait
 
 
 def retry_after(seconds: float) -> str:

@@ -3,8 +3,8 @@
 ``churn serve`` needs none of this: the service reads and follows the registry itself. A bento is for running
 without a registry: ``bentofile.yaml`` lists ``churnguard:latest`` (so the bento carries the model) and sets
 ``CHURN_SERVING__MODEL_SOURCE=bento`` (so ``serving/service.py`` serves that copy), and ``bentoml containerize``
-gives an image that needs no MLflow server. The model artifact carries its own code (``code_paths``), so the store copy loads anywhere.
-Builds never lock packages over the network (``lock_packages: false`` in bentofile.yaml;
+gives an image that needs no MLflow server. The model artifact carries its own code (``code_paths``), so the
+store copy loads anywhere. Builds never lock packages over the network (``lock_packages: false`` in bentofile.yaml;
 ``serving/requirements.txt`` holds the pins).
 """
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("churnguard.api")
 OPEN_PATHS = frozenset({"/", "/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/v1/openapi.json"})
 OPEN_PREFIXES = ("/static_content/", "/assets/")
+PROBES = frozenset({"/readyz", "/livez", "/healthz", "/metrics"})
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -70,7 +72,11 @@ class ApiGuard:
                 await reply.problem(500, f"internal error; the server log has request id {request_id}")
         finally:
             ms = (time.perf_counter() - started) * 1000
-            log.info("%s %s %s %s %.1fms key=%s", request_id, scope.get("method"), path, reply.status, ms, key_name)
+            probe = path in PROBES and (reply.status or 500) < 400  # health checks every few seconds: not news
+            level = logging.DEBUG if probe else logging.INFO
+            log.log(
+                level, "%s %s %s %s %.1fms key=%s", request_id, scope.get("method"), path, reply.status, ms, key_name
+            )
 
     async def _handle(self, scope: Scope, receive: Receive, reply: _Reply, headers: dict, path: str) -> str:
         if path == "/readyz":
@@ -97,7 +103,12 @@ class ApiGuard:
                 await reply.problem(403, f"API key {key.name!r} lacks the {needed!r} scope")
                 return key_name
             if self.limiter is not None:
-                wait = self.limiter.acquire(key.name, key.rate_limit_per_minute)
+                try:
+                    wait = self.limiter.acquire(key.name, key.rate_limit_per_minute)
+                except sqlite3.Error as e:  # its state file is a dependency like any other: unavailable, not 500
+                    log.error("rate limiter state %s unusable: %s", self.limiter.path, e)
+                    await reply.problem(503, "the rate limiter is unavailable; try again shortly")
+                    return key_name
                 if wait > 0:
                     await reply.problem(
                         429,

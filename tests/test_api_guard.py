@@ -194,3 +194,34 @@ def test_body_limit_by_length_and_by_stream(tmp_path):
 
     r = c.post("/v1/score", content=stream())
     assert r.status_code == 413 and r.json()["status"] == 413
+
+
+def test_a_worker_that_waited_for_the_lock_judges_with_a_fresh_clock(tmp_path):
+    """Round 1 of this limiter read the clock before waiting for the write lock; under CPU contention a worker
+    blocked for 70 ms judged a 10-million-per-minute key as over its limit."""
+    import sqlite3
+    import threading
+
+    limiter = RateLimiter(tmp_path / "rl.sqlite", burst=100)
+    assert limiter.acquire("crm", 10_000_000) == 0
+    holder = sqlite3.connect(tmp_path / "rl.sqlite", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another worker holds the write lock for 300 ms, and admits a request
+
+    def other_worker_admits_and_commits() -> None:
+        holder.execute("UPDATE gcra SET tat = ? WHERE key = 'crm'", (time.time() + 6e-6,))
+        holder.execute("COMMIT")
+
+    threading.Timer(0.3, other_worker_admits_and_commits).start()
+    # 100 requests' tolerance at this rate is ~0.6 ms: a clock read before the wait would be 300 ms stale
+    assert limiter.acquire("crm", 10_000_000) == 0
+    holder.close()
+
+
+def test_an_unusable_rate_limit_store_is_a_503_problem(tmp_path):
+    c = _client(tmp_path, api_keys={"crm": "tok"})
+    guard = c.app
+    guard.limiter.path.unlink()
+    guard.limiter.path.mkdir()  # the file is now a folder: every new connection fails
+    guard.limiter._local = __import__("threading").local()
+    r = c.post("/v1/score", headers=_bearer("tok"))
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"

@@ -173,3 +173,29 @@ def test_the_service_picks_up_a_promotion_without_restart(trained, tmp_path_fact
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.mark.slow
+def test_bento_mode_serves_the_packed_model_without_a_registry(registered, test_settings, tmp_path, monkeypatch):
+    """What a built bento runs: the model from BentoML's store (`churn bento` put the champion there), no polling."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from starlette.testclient import TestClient
+
+    from serving.bento import import_champion
+
+    previous = BentoMLContainer.bentoml_home.get()
+    BentoMLContainer.bentoml_home.set(str(tmp_path / "bentoml"))
+    try:
+        tag = import_champion(test_settings.mlflow)
+        monkeypatch.setenv("CHURN_DATA_DIR", str(tmp_path / "no-registry-here"))
+        monkeypatch.setenv("CHURN_SERVING__MODEL_SOURCE", "bento")
+        monkeypatch.delenv("CHURN_SCORING__MODEL_URI", raising=False)
+        from serving.service import ChurnService
+
+        with TestClient(ChurnService.to_asgi()) as c:
+            info = c.get("/v1/model").json()
+            assert info["model_version"] == "churnguard/1" and info["source"] == f"bento {tag}"
+            assert c.get("/readyz").json()["last_check"] is None  # nothing to follow
+        assert not (tmp_path / "no-registry-here" / "mlflow.db").exists()  # the registry was never opened
+    finally:
+        BentoMLContainer.bentoml_home.set(previous)
