@@ -106,16 +106,39 @@ def api_client(registered, test_settings):
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    try:
+    try:  # the service and its middleware read the settings while starting; nothing else sees these variables
         from serving.service import ChurnService
 
-        with TestClient(
+        client = TestClient(
             ChurnService.to_asgi(), headers={"Authorization": f"Bearer {API_TOKEN}"}, raise_server_exceptions=False
-        ) as c:
-            yield c
+        )
+        client.__enter__()
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    try:
+        yield client
+    finally:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def second_service_app(monkeypatch):
+    """Build another in-process app of the service next to the session's.
+
+    BentoML keeps one service instance per process (``get_current_service``, which also binds the routes' ``self``)
+    and registers its Prometheus metrics once per app: the extra app is built with metrics off, and the session's
+    instance is put back afterwards.
+    """
+    import importlib
+
+    bentoml_service = importlib.import_module("_bentoml_sdk.service")  # the module (its package exports a decorator)
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", "services.churnguard.metrics.enabled=false")
+    previous = bentoml_service._current_service
+    from serving.service import ChurnService
+
+    yield ChurnService.to_asgi
+    bentoml_service.set_current_service(previous)

@@ -90,7 +90,7 @@ def test_the_background_thread_follows_the_alias():
 
 
 @pytest.mark.slow
-def test_the_service_picks_up_a_promotion_without_restart(trained, tmp_path_factory):
+def test_the_service_picks_up_a_promotion_without_restart(trained, tmp_path_factory, second_service_app):
     from starlette.testclient import TestClient
 
     from churnguard.settings import Settings
@@ -123,9 +123,7 @@ def test_the_service_picks_up_a_promotion_without_restart(trained, tmp_path_fact
         "as_of": "2024-06-01",
     }
     try:
-        from serving.service import ChurnService
-
-        with TestClient(ChurnService.to_asgi(), headers={"Authorization": "Bearer tok"}) as c:
+        with TestClient(second_service_app(), headers={"Authorization": "Bearer tok"}) as c:
             assert c.get("/v1/model").json()["model_version"] == "churnguard/1"
             stop = threading.Event()
 
@@ -176,7 +174,9 @@ def test_the_service_picks_up_a_promotion_without_restart(trained, tmp_path_fact
 
 
 @pytest.mark.slow
-def test_bento_mode_serves_the_packed_model_without_a_registry(registered, test_settings, tmp_path, monkeypatch):
+def test_bento_mode_serves_the_packed_model_without_a_registry(
+    registered, test_settings, tmp_path, monkeypatch, second_service_app
+):
     """What a built bento runs: the model from BentoML's store (`churn bento` put the champion there), no polling."""
     from bentoml._internal.configuration.containers import BentoMLContainer
     from starlette.testclient import TestClient
@@ -190,9 +190,7 @@ def test_bento_mode_serves_the_packed_model_without_a_registry(registered, test_
         monkeypatch.setenv("CHURN_DATA_DIR", str(tmp_path / "no-registry-here"))
         monkeypatch.setenv("CHURN_SERVING__MODEL_SOURCE", "bento")
         monkeypatch.delenv("CHURN_SCORING__MODEL_URI", raising=False)
-        from serving.service import ChurnService
-
-        with TestClient(ChurnService.to_asgi()) as c:
+        with TestClient(second_service_app()) as c:
             info = c.get("/v1/model").json()
             assert info["model_version"] == "churnguard/1" and info["source"] == f"bento {tag}"
             assert c.get("/readyz").json()["last_check"] is None  # nothing to follow
