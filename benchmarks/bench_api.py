@@ -1,10 +1,12 @@
-"""API latency: single-customer POST /score (~50 transactions, ~100 events) against a bare BentoML service that
+"""API latency: single-customer POST /v1/score (~50 transactions, ~100 events) against a bare BentoML service that
 only runs the LightGBM booster on a ready feature row, 1,000 sequential keep-alive requests each, same run.
 
     uv run python benchmarks/bench_api.py [--requests 1000] [--out benchmarks/out]
 
-Both services run with `bentoml serve` in their own processes, with the same champion model (trained here on demo
-data into a private MLflow store). Reported: cold start to /readyz, p50 / p99 / mean latency, and the p50 ratio.
+Our service runs as `churn serve` starts it (``serving.launch.plan_launch``: `python -m bentoml serve`, an API key,
+the rate limiter and request ids on the path), one worker here so both services get the same share of the
+machine; the bare one with `bentoml serve`. Both use the same champion model (trained here on demo data into a
+private MLflow store). Reported: cold start to /readyz, p50 / p99 / mean latency, and the p50 ratio.
 """
 
 from __future__ import annotations
@@ -74,32 +76,75 @@ def prepare(out: Path) -> tuple[dict, list[float | None], str]:
     return body, row, str(settings.data_dir.resolve())
 
 
-def serve(target: str, port: int, data_dir: str, out: Path) -> tuple[subprocess.Popen, float]:
-    """``bentoml serve`` as `churn serve` runs it: the champion synced into a (private) BentoML model store."""
-    env = {**os.environ, "CHURN_DATA_DIR": data_dir, "BENTOML_HOME": str(out / "api_bentoml")}
-    env.pop("CHURN_API_TOKEN", None)
-    env.pop("CHURN_SCORING__MODEL_URI", None)
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        ["bentoml", "serve", target, "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+BENCH_KEY = "bench-key"
+
+
+def serve(
+    target: str,
+    port: int,
+    data_dir: str,
+    out: Path,
+    workers: int = 1,
+    log: Path | None = None,
+    threads: int | None = None,
+) -> tuple[subprocess.Popen, float]:
+    """Our service exactly as `churn serve` launches it (with an API key); the bare service with `bentoml serve`."""
+    from churnguard.settings import Settings
+    from serving.launch import plan_launch
+
+    overrides = {
+        "port": port,
+        "host": "127.0.0.1",
+        "workers": workers,
+        "api_keys": {"bench": BENCH_KEY},
+        "rate_limit_per_minute": 10_000_000,
+        "rate_limit_burst": 10_000,
+    }
+    settings = Settings(data_dir=Path(data_dir), serving=overrides)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CHURN_")}
+    environ["CHURN_SERVING__API_KEYS"] = json.dumps({"bench": BENCH_KEY})
+    environ["CHURN_SERVING__RATE_LIMIT_PER_MINUTE"] = "10000000"
+    environ["CHURN_SERVING__RATE_LIMIT_BURST"] = "10000"
+    environ["BENTOML_HOME"] = str(out / "api_bentoml")
+    if threads:
+        environ["CHURN_SERVING__THREADS"] = str(threads)
+    plan = plan_launch(
+        settings.serving,
+        settings.scoring,
+        settings.mlflow,
+        data_dir=settings.data_dir,
+        model_uri=settings.model_uri,
+        environ=environ,
     )
-    for _ in range(600):
+    argv = plan.argv if target == "ours" else [*plan.argv[:4], target, *plan.argv[5:]]
+    start = time.perf_counter()
+    sink = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=plan.env, stdout=sink, stderr=subprocess.STDOUT)
+    for _ in range(6000):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{target} exited with {proc.returncode}" + (f"; see {log}" if log else ""))
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return proc, time.perf_counter() - start
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    proc.kill()
+    stop(proc)
     raise RuntimeError(f"{target} did not become ready")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM: BentoML stops its workers and frees the port (tests/test_served.py checks it)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def measure(url: str, body: dict, n: int) -> dict:
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, headers={"Authorization": f"Bearer {BENCH_KEY}"}) as client:
         for _ in range(50):
             client.post(url, json=body).raise_for_status()
         latencies = []
@@ -125,11 +170,6 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     body, row, data_dir = prepare(args.out)
-    os.environ["BENTOML_HOME"] = str(args.out / "api_bentoml")
-    from churnguard.settings import Settings
-    from serving.bento import import_champion
-
-    import_champion(Settings(data_dir=Path(data_dir)).mlflow)
     results: dict = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
         "request": {
@@ -137,18 +177,17 @@ def main() -> None:
             "events": len(body["customers"][0]["events"]),
         },
     }
-    ours, ours_start = serve("serving.service:ChurnService", 3711, data_dir, args.out)
+    ours, ours_start = serve("ours", 3711, data_dir, args.out)
     try:
-        results["churnguard /score (with reasons)"] = {
-            **measure("http://127.0.0.1:3711/score", body, args.requests),
+        results["churnguard /v1/score (with reasons)"] = {
+            **measure("http://127.0.0.1:3711/v1/score", body, args.requests),
             "cold_start_s": ours_start,
         }
-        results["churnguard /score (reasons=false)"] = measure(
-            "http://127.0.0.1:3711/score", {**body, "reasons": False}, args.requests
+        results["churnguard /v1/score (reasons=false)"] = measure(
+            "http://127.0.0.1:3711/v1/score", {**body, "reasons": False}, args.requests
         )
     finally:
-        ours.terminate()
-        ours.wait()
+        stop(ours)
     bare, bare_start = serve("benchmarks.bare_service:BareBooster", 3712, data_dir, args.out)
     try:
         results["bare BentoML + LightGBM booster"] = {
@@ -156,8 +195,7 @@ def main() -> None:
             "cold_start_s": bare_start,
         }
     finally:
-        bare.terminate()
-        bare.wait()
+        stop(bare)
     base = results["bare BentoML + LightGBM booster"]["p50_ms"]
     lines = [
         f"# API latency ({args.requests:,} sequential requests, keep-alive; "

@@ -412,27 +412,55 @@ def quickstart(
 @friendly_errors
 def serve(
     port: Annotated[int | None, typer.Option(help="Port (default from settings: 3000).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model URI (default models:/<name>@champion).")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to listen on (default: 127.0.0.1 without API keys, 0.0.0.0 with them)."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Server processes (default: the machine's cores).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Registry URI to serve and follow (default models:/<name>@champion).")
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unauthenticated", help="Listen on a non-loopback interface without API keys (prints a warning)."
+        ),
+    ] = False,
 ) -> None:
-    """Serve the scoring API (BentoML) with the champion model, resolved once at start-up."""
-    import os
-    import subprocess
+    """Serve the scoring API (BentoML, /v1 routes). It follows the registry alias: a promotion is served without
+    a restart. The server replaces this process, so SIGTERM stops it cleanly."""
+    from serving.launch import exec_server, plan_launch
 
-    from serving.bento import import_champion
-
-    settings = _settings(serving={"port": port}, scoring={"model_uri": model})
-    with console.status("syncing the champion into BentoML's model store..."):
-        tag = import_champion(settings.mlflow, settings.model_uri)
-    port = settings.serving.port
-    console.print(f"serving {tag} on http://localhost:{port} (docs at /, health at /readyz)")
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "CHURN_DATA_DIR": str(settings.data_dir.resolve()),
-    }
-    env.pop("CHURN_SCORING__MODEL_URI", None)  # serve what is in the store: the synced champion
-    cmd = ["bentoml", "serve", "serving.service:ChurnService", "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    settings = _settings(
+        serving={
+            "port": port,
+            "host": host,
+            "workers": workers,
+            "allow_unauthenticated": allow_unauthenticated or None,
+        },
+        scoring={"model_uri": model},
+    )
+    with console.status("checking the model registry..."):
+        launch = plan_launch(
+            settings.serving,
+            settings.scoring,
+            settings.mlflow,
+            data_dir=settings.data_dir,
+            model_uri=settings.model_uri,
+        )
+    for note in launch.notes:
+        console.print(note)
+    for warning in launch.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}")
+    what = launch.model_version or "the model packed in this bento"
+    shown = "localhost" if launch.host in ("127.0.0.1", "0.0.0.0") else launch.host
+    console.print(
+        f"serving {what} on http://{shown}:{launch.port}/v1 (docs at /, health at /readyz); "
+        f"following {settings.model_uri} every {settings.serving.reload_interval_s:g} s"
+        if launch.model_version and settings.serving.reload_interval_s
+        else f"serving {what} on http://{shown}:{launch.port}/v1 (docs at /, health at /readyz)"
+    )
+    exec_server(launch)
 
 
 @app.command()

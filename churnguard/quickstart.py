@@ -109,7 +109,7 @@ def run_quickstart(
   not scored       {rejected}
 
   MLflow UI:       uv run mlflow ui --backend-store-uri {settings.tracking_uri}
-  scoring API:     uv run churn serve        (then POST http://localhost:{settings.serving.port}/score)
+  scoring API:     uv run churn serve        (then POST http://localhost:{settings.serving.port}/v1/score)
 """)
     return QuickstartResult(demo_dir, report, scores, outreach, rejected, model.model_version)
 

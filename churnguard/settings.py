@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,7 +59,6 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Project data dir: demo data, MLflow store, outputs.")
-    api_token: SecretStr | None = Field(None, description="When set, scoring API calls need 'Bearer <token>'.")
     validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
     labels: LabelSettings = LabelSettings()
@@ -95,7 +94,11 @@ class Settings(BaseSettings):
             section["tracking_uri"] = default_uri
         if not section.get("artifact_root"):
             section["artifact_root"] = (data_dir / "mlartifacts").resolve()
-        return {**data, "mlflow": section}
+        serving = data.get("serving") or {}
+        serving = dict(serving.model_dump() if isinstance(serving, ServingSettings) else serving)
+        if not serving.get("state_dir"):
+            serving["state_dir"] = (data_dir / "serve").resolve()
+        return {**data, "mlflow": section, "serving": serving}
 
     @property
     def tracking_uri(self) -> str:

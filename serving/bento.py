@@ -1,9 +1,10 @@
 """Packing the scoring API: the champion goes into BentoML's model store, then ``bentoml build`` packs it.
 
-``serving/service.py`` serves ``churnguard:latest`` from the model store (``churn serve`` puts the champion there
-first); a bento built afterwards contains that model, so ``bentoml containerize`` gives an image that needs no
-MLflow server. The model artifact carries its own code (``code_paths``), so the store copy loads anywhere.
-Builds never lock packages over the network (``lock_packages: false`` in bentofile.yaml;
+``churn serve`` needs none of this: the service reads and follows the registry itself. A bento is for running
+without a registry: ``bentofile.yaml`` lists ``churnguard:latest`` (so the bento carries the model) and sets
+``CHURN_SERVING__MODEL_SOURCE=bento`` (so ``serving/service.py`` serves that copy), and ``bentoml containerize``
+gives an image that needs no MLflow server. The model artifact carries its own code (``code_paths``), so the
+store copy loads anywhere. Builds never lock packages over the network (``lock_packages: false`` in bentofile.yaml;
 ``serving/requirements.txt`` holds the pins).
 """
 
@@ -16,7 +17,7 @@ from model.registry import CHAMPION, download_model, registered_version
 from model.settings import MlflowSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-BENTO_MODEL = "churnguard:latest"  # what serving/service.py loads
+BENTO_MODEL = "churnguard:latest"  # what a bento carries and serving/service.py serves in bento mode
 
 
 def import_champion(settings: MlflowSettings, model_uri: str | None = None) -> str:

@@ -78,7 +78,7 @@ class Policy(_Strict):
         band = self.value_band(scores["expected_value_12m"].to_numpy(float))
         action = np.full(len(scores), None, dtype=object)
         for rule in self.rules:
-            match = np.array([a is None for a in action])
+            match = np.array([a is None for a in action], dtype=bool)  # dtype: an empty frame is fine too
             if rule.stage:
                 match &= scores["lifecycle_stage"].isin(rule.stage).to_numpy()
             if rule.tier:
@@ -86,8 +86,8 @@ class Policy(_Strict):
             if rule.value:
                 match &= np.isin(band, rule.value)
             action[match] = rule.action
-        cost = np.array([self.actions[a].cost for a in action])
-        save = np.array([self.actions[a].save_rate for a in action])
+        cost = np.array([self.actions[a].cost for a in action], dtype=float)
+        save = np.array([self.actions[a].save_rate for a in action], dtype=float)
         return pd.DataFrame(
             {
                 "value_band": band,

@@ -1,4 +1,4 @@
-"""Request and response bodies of the scoring API.
+"""Request and response bodies of the scoring API (``/v1``).
 
 Transactions and events reuse the data contract's pydantic models (``features/contract.py``), so the API accepts
 exactly what batch validation keeps: refunds (negative amounts) are valid; unparseable dates, non-finite numbers,
@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from features.contract import CustomerId, EventFields, Timestamp, TransactionFields
+from model.churn_model import ModelCard
 from model.scorecard import SCORECARD
 
 MAX_CUSTOMERS_PER_REQUEST = 1000
@@ -22,19 +23,20 @@ MAX_ROWS_PER_CUSTOMER = 100_000
 class CustomerHistory(BaseModel):
     """One customer's raw history; only rows before ``as_of`` are used."""
 
-    # OpenAPI 3.0 (BentoML) takes one model-level "example", not the list "examples"
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "example": {
-                "customer_id": "c1",
-                "transactions": [
-                    {"timestamp": "2024-03-02T10:00:00", "amount": 60.0, "order_id": "o1"},
-                    {"timestamp": "2024-05-01T10:00:00", "amount": 42.5, "order_id": "o2"},
-                    {"timestamp": "2024-05-04T09:00:00", "amount": -12.5, "order_id": "o2"},
-                ],
-                "events": [{"timestamp": "2024-05-20T18:00:00", "event_type": "email_open"}],
-            }
+            "examples": [
+                {
+                    "customer_id": "c1",
+                    "transactions": [
+                        {"timestamp": "2024-03-02T10:00:00", "amount": 60.0, "order_id": "o1"},
+                        {"timestamp": "2024-05-01T10:00:00", "amount": 42.5, "order_id": "o2"},
+                        {"timestamp": "2024-05-04T09:00:00", "amount": -12.5, "order_id": "o2"},
+                    ],
+                    "events": [{"timestamp": "2024-05-20T18:00:00", "event_type": "email_open"}],
+                }
+            ]
         },
     )
 
@@ -59,18 +61,18 @@ Customers = Annotated[
 ]
 
 
-def client_error(loc: tuple, message: str) -> ValidationError:
-    """A 400 with the same body shape as pydantic's own (``detail[].loc`` names the field at fault)."""
-    return ValidationError.from_exception_data(
-        "Input", [{"type": "value_error", "loc": loc, "input": None, "ctx": {"error": ValueError(message)}}]
-    )
-
-
 def unique_ids(items: list, field: str) -> None:
+    """Each customer once per request: a 400 naming the second occurrence."""
+    from serving.problems import Problem, field_error
+
     seen: set[str] = set()
     for i, item in enumerate(items):
         if item.customer_id in seen:
-            raise client_error((field, i, "customer_id"), f"{item.customer_id!r} appears more than once")
+            raise Problem(
+                400,
+                f"customer {item.customer_id!r} appears more than once",
+                errors=[field_error((field, i, "customer_id"), f"{item.customer_id!r} appears more than once")],
+            )
         seen.add(item.customer_id)
 
 
@@ -97,7 +99,29 @@ class FeatureRow(BaseModel):
         return v
 
 
-FeatureRows = Annotated[list[FeatureRow], Field(min_length=1, max_length=MAX_CUSTOMERS_PER_REQUEST)]
+FeatureRows = Annotated[
+    list[FeatureRow], Field(min_length=1, max_length=MAX_CUSTOMERS_PER_REQUEST, description="1 to 1,000 rows.")
+]
+AsOf = Timestamp | date | None
+
+
+class ScoreRequest(BaseModel):
+    """``POST /v1/score``: customers with their raw history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customers: Customers
+    as_of: AsOf = Field(None, description="Features use rows strictly before this time; default: now (UTC).")
+    reasons: bool = Field(True, description="Compute top_reasons (about 1 ms per customer).")
+
+
+class FeatureScoreRequest(BaseModel):
+    """``POST /v1/score_features``: precomputed feature rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: FeatureRows
+    reasons: bool = Field(True, description="Compute top_reasons (about 1 ms per customer).")
 
 
 # The scorecard's fields, types and descriptions come from its one definition (model/scorecard.py).
@@ -119,3 +143,27 @@ class ScoreResponse(BaseModel):
     scores: list[Scorecard]  # type: ignore[valid-type]
     rejected: list[Rejected] = Field(description="Customers that could not be scored, with the reason.")
     warnings: list[str] = Field(default_factory=list)
+
+
+# The model card's fields come from its one definition (model/churn_model.py::ModelCard), plus what is serving it.
+_CardFields = create_model(
+    "_CardFields", **{n: (f.type, ...) for n, f in ModelCard.__dataclass_fields__.items() if n != "holdout_metrics"}
+)
+
+
+class ModelInfo(_CardFields):  # type: ignore[valid-type, misc]
+    """The model being served: its card, where it came from and when this worker loaded it."""
+
+    holdout_metrics: dict[str, float] = Field(default_factory=dict)
+    source: str = Field(description="The registry alias the service follows, or the bento the model came in.")
+    loaded_at: datetime = Field(description="When this worker loaded the model (UTC).")
+    reload_error: str | None = Field(None, description="Why the last check for a newer model failed, if it did.")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready, or not_ready (with a 503).")
+    model_version: str | None = None
+    source: str | None = None
+    loaded_at: datetime | None = None
+    last_check: datetime | None = None
+    reload_error: str | None = None

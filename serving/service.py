@@ -1,129 +1,231 @@
-"""The scoring API (BentoML): the champion model behind ``POST /score``, ``POST /score_features`` and ``GET /model``.
+"""The scoring API (BentoML): versioned routes under ``/v1``, one error shape, keys, hot model reload.
 
-The model is resolved once at start-up: ``churnguard:latest`` from BentoML's model store, which ``churn serve``
-syncs to the registry's champion first (and which a built bento carries). ``CHURN_SCORING__MODEL_URI`` loads a
-model straight from the MLflow registry instead (used by the tests and for debugging). Features come from the
-same ``build_features`` as batch scoring, through ``serving.scoring.score_dataset``; requests run the compiled
-definitions on the small-data engine (SQLite, see ``features/engines.py``), which answers in milliseconds.
+| route | |
+|---|---|
+| ``POST /v1/score`` | customers with their raw history -> scorecards (+ the customers not scored, and why) |
+| ``POST /v1/score_features`` | precomputed feature rows -> scorecards |
+| ``GET /v1/model`` | the served model's card, where it came from, when it was loaded |
+| ``/readyz``, ``/livez``, ``/metrics``, ``/docs.json`` (= ``/v1/openapi.json``), ``/`` (docs) | open |
 
-Security: with ``CHURN_API_TOKEN`` set, every call except health, metrics and docs needs
-``Authorization: Bearer <token>`` (compared in constant time). Bodies over ``serving.max_body_bytes`` get 413.
+The routes are a FastAPI app mounted into the BentoML service (BentoML's own ``@bentoml.api`` routes are POST-only
+and cannot carry path parameters or a valid OpenAPI document); BentoML still runs the server: workers, metrics,
+health, timeouts, ``bentoml build``. Request validation, our own checks and every other error answer
+``application/problem+json`` (``serving/problems.py``, ``serving/middleware.py``).
+
+The model: followed from the registry (``scoring.model_uri``, default the champion alias) and swapped without a
+restart when the alias moves (``serving/reload.py``); or, in a built bento (``serving.model_source = "bento"``),
+the one packed into it. Features come from the same ``build_features`` as batch scoring, through
+``serving.scoring.score_dataset``, on the small-data engine (SQLite, see ``features/engines.py``).
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import bentoml
 import pandas as pd
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from churnguard.settings import load_settings  # the service's edge: it builds its own settings (see the contract)
 from features.build import as_entities
 from features.contract import now_utc
 from features.dataset import Dataset
 from features.engines import SQLiteEngine
-from model.churn_model import ChurnModel, ModelCard
-from model.registry import load_local_model, load_model
+from model.churn_model import ChurnModel
+from model.registry import load_local_model, load_model, registered_version
 from model.scorecard import NOT_SCORABLE, SCORECARD_COLUMNS
 from serving.bento import BENTO_MODEL
-from serving.policy import load_policy
-from serving.schemas import CustomerHistory, Customers, FeatureRows, ScoreResponse, client_error, unique_ids
+from serving.middleware import ApiGuard
+from serving.openapi import install_openapi
+from serving.policy import Policy, load_policy
+from serving.problems import (
+    MALFORMED_JSON,
+    PROBLEM_JSON,
+    Problem,
+    field_error,
+    openapi_responses,
+    problem_body,
+    validation_errors,
+)
+from serving.reload import ModelFollower, Served
+from serving.schemas import (
+    CustomerHistory,
+    FeatureScoreRequest,
+    ModelInfo,
+    Readiness,
+    ScoreRequest,
+    ScoreResponse,
+    unique_ids,
+)
 from serving.scoring import Scored, score_dataset, with_actions
 
-if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+log = logging.getLogger("churnguard.api")
+API_VERSION = "1"
+SCORING_ERRORS = openapi_responses(400, 401, 403, 413, 429, 503)
 
-OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/docs", "/favicon.ico")
-model_app = FastAPI(title="churnguard model card")
+api = FastAPI(
+    title="churnguard scoring API",
+    version=API_VERSION,
+    description="Churn scorecards for a CRM. Errors are RFC 9457 problem documents (application/problem+json).",
+    openapi_url="/v1/openapi.json",
+    docs_url=None,
+    redoc_url=None,
+    generate_unique_id_function=lambda route: route.name,  # operationId = the method name: score, model_info, ...
+)
 
 
-@bentoml.service(name="churnguard", traffic={"timeout": 30}, workers=1)
-@bentoml.asgi_app(model_app, path="/model")
+@bentoml.service(name="churnguard", workers="cpu_count", traffic={"timeout": 30})
+@bentoml.asgi_app(api, path="/")
 class ChurnService:
-    bento_model = bentoml.models.BentoModel(BENTO_MODEL)
-
     def __init__(self) -> None:
         configure_logging()
         self.settings = load_settings()
-        self.model = self._load_model()
-        self.policy = load_policy(self.settings.scoring.policy_file)
+        self.policy: Policy = load_policy(self.settings.scoring.policy_file)
         self.engine = SQLiteEngine()
-        self._warm_up()
+        _limit_threads(self.settings.serving.threads)
+        self.follower = self._follower()
+        self.follower.start()
+        log.info("serving %s from %s", self.follower.current.version, self.follower.source)
 
-    def _load_model(self) -> ChurnModel:
-        """The model named by ``scoring.model_uri`` from the registry, else the one synced into BentoML's store."""
-        if self.settings.scoring.model_uri:
-            model = load_model(self.settings.mlflow, self.settings.scoring.model_uri)
-        else:
-            stored = self.bento_model
+    def _follower(self) -> ModelFollower:
+        s = self.settings
+        if s.serving.model_source == "bento":
+            stored = bentoml.models.get(BENTO_MODEL)
+            path = Path(stored.path_of("mlflow_model"))
             version = stored.info.labels.get("registry_version", str(stored.tag))
-            model = load_local_model(Path(stored.path_of("mlflow_model")), version)
-        return model.with_overrides(tier_thresholds=self.settings.scoring.tier_thresholds)
+            return ModelFollower(
+                lambda v: self._prepare(load_local_model(path, v)), initial=version, source=f"bento {stored.tag}"
+            )
+        uri = s.model_uri
 
-    @model_app.get("/")
-    def model_card(self) -> ModelCard:
-        """Version, training dates, horizon, features and held-out metrics of the model being served."""
-        return self.model.card()
+        def resolve() -> str:
+            return registered_version(s.mlflow, uri)
 
-    def _warm_up(self) -> None:
-        """Compile the feature SQL and touch every model once, so the first real request is as fast as the rest."""
-        t = datetime(2024, 1, 1)
-        data = Dataset.from_records([{"customer_id": "warm-up", "timestamp": t, "amount": 1.0}])
-        score_dataset(
-            data,
-            as_entities(["warm-up"], datetime(2024, 2, 1)),
-            self.model,
-            self.policy,
-            engine=self.engine,
-            reasons=True,
+        return ModelFollower(
+            lambda version: self._prepare(load_model(s.mlflow, f"models:/{version}")),
+            initial=resolve(),
+            source=uri,
+            resolve=resolve,
+            interval_s=s.serving.reload_interval_s,
         )
 
-    @bentoml.api
-    def score(self, customers: Customers, as_of: datetime | date | None = None, reasons: bool = True) -> ScoreResponse:
-        """Score customers from their raw history (the same features as batch scoring). ``as_of`` defaults to now."""
-        unique_ids(customers, "customers")
-        when = _as_datetime(as_of) if as_of else now_utc()
-        data = _request_dataset(customers)
-        entities = as_entities([c.customer_id for c in customers], when)
-        scored = score_dataset(data, entities, self.model, self.policy, engine=self.engine, reasons=reasons)
-        return self._response(scored, when)
+    def _prepare(self, model: ChurnModel) -> ChurnModel:
+        """Apply the tier overrides, then compile the feature SQL and touch every model part once, so the first
+        request on a new model is as fast as the rest."""
+        model = model.with_overrides(tier_thresholds=self.settings.scoring.tier_thresholds)
+        data = Dataset.from_records([{"customer_id": "warm-up", "timestamp": datetime(2024, 1, 1), "amount": 1.0}])
+        entities = as_entities(["warm-up"], datetime(2024, 2, 1))
+        score_dataset(data, entities, model, self.policy, engine=self.engine, reasons=True)
+        return model
 
-    @bentoml.api
-    def score_features(self, rows: FeatureRows, reasons: bool = True) -> ScoreResponse:
-        """Score precomputed feature rows (every feature of GET /model's list, null where undefined)."""
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self.follower.stop()
+
+    def readiness(self) -> Readiness:
+        f = self.follower
+        served = f.current
+        return Readiness(
+            status="ready",
+            model_version=served.version,
+            source=served.source,
+            loaded_at=served.loaded_at,
+            last_check=f.last_check,
+            reload_error=f.reload_error,
+        )
+
+    # ------------------------------------------------------------------------------------------- routes
+
+    @api.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        responses=SCORING_ERRORS,
+        summary="Score customers from their raw history",
+        tags=["scoring"],
+    )
+    def score(self, body: ScoreRequest) -> ScoreResponse:
+        """1 to 1,000 customers with their transactions and events; rows at or after `as_of` are ignored.
+        Features come from the same definitions as batch scoring, so the same data gives the same scorecard.
+        A customer with no purchase before `as_of` is listed in `rejected` with the reason."""
+        served = self.follower.current  # this request's model, whatever a reload does meanwhile
+        unique_ids(body.customers, "customers")
+        when = _as_datetime(body.as_of) if body.as_of else now_utc()
+        data = _request_dataset(body.customers)
+        entities = as_entities([c.customer_id for c in body.customers], when)
+        scored = score_dataset(data, entities, served.model, self.policy, engine=self.engine, reasons=body.reasons)
+        return _response(served, scored, when)
+
+    @api.post(
+        "/v1/score_features",
+        response_model=ScoreResponse,
+        responses=SCORING_ERRORS,
+        summary="Score precomputed feature rows",
+        tags=["scoring"],
+    )
+    def score_features(self, body: FeatureScoreRequest) -> ScoreResponse:
+        """Every feature listed by `GET /v1/model`, null where undefined. A row with `frequency` below 1 (no
+        purchase before its `as_of`) is listed in `rejected`."""
+        served = self.follower.current
+        rows = body.rows
         unique_ids(rows, "rows")
-        names = self.model.feature_names
+        names = served.model.feature_names
+        known = set(names)
+        errors = []
         for i, row in enumerate(rows):
             missing = [n for n in names if n not in row.features]
-            unknown = [n for n in row.features if n not in set(names)]
+            unknown = [n for n in row.features if n not in known]
             if missing or unknown:
                 what = f"missing {missing[:5]}" if missing else f"unknown {unknown[:5]}"
-                raise client_error(("rows", i, "features"), f"{what} (GET /model lists the {len(names)} features)")
+                errors.append(field_error(("rows", i, "features"), f"{what} (GET /v1/model lists the features)"))
+        if errors:
+            raise Problem(400, f"{len(errors)} row(s) do not carry the model's {len(names)} features", errors=errors)
         frame = pd.DataFrame(
             [{"customer_id": r.customer_id, "as_of": _as_datetime(r.as_of), **r.features} for r in rows]
         )
         frame[names] = frame[names].astype("float64")
-        prospect = frame["frequency"].fillna(0) < 1
-        scores = with_actions(self.model.score(frame.loc[~prospect], reasons=reasons), self.policy)
+        prospect = frame["frequency"].fillna(0).to_numpy() < 1
+        cards = served.model.score(frame.loc[~prospect].reset_index(drop=True), reasons=body.reasons)
+        scores = with_actions(cards, self.policy)
         rejected = pd.DataFrame({"customer_id": frame.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
         as_of = frame["as_of"].max().to_pydatetime()
-        return self._response(Scored(scores, rejected), as_of)
+        return _response(served, Scored(scores, rejected), as_of)
 
-    def _response(self, scored: Scored, as_of: datetime) -> ScoreResponse:
-        records = scored.scores[list(SCORECARD_COLUMNS)].to_dict(orient="records")
-        return ScoreResponse(
-            model_version=self.model.model_version,
-            as_of=as_of,
-            scores=records,
-            rejected=scored.rejected.to_dict(orient="records"),
-            warnings=self.model.season_warnings(as_of),
+    @api.get(
+        "/v1/model",
+        response_model=ModelInfo,
+        responses=openapi_responses(401, 403, 429, 503),
+        summary="The model being served",
+        tags=["model"],
+    )
+    def model_info(self) -> ModelInfo:
+        """Version, training dates, horizon, features, held-out metrics; where the model came from and when this
+        worker loaded it. After a promotion, `model_version` changes here within `serving.reload_interval_s`."""
+        served = self.follower.current
+        return ModelInfo(
+            **served.model.card().to_dict(),
+            source=served.source,
+            loaded_at=served.loaded_at,
+            reload_error=self.follower.reload_error,
         )
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _response(served: Served, scored: Scored, as_of: datetime) -> ScoreResponse:
+    records = scored.scores[list(SCORECARD_COLUMNS)].to_dict(orient="records")
+    return ScoreResponse(
+        model_version=served.version,
+        as_of=as_of,
+        scores=records,
+        rejected=scored.rejected.to_dict(orient="records"),
+        warnings=served.model.season_warnings(as_of),
+    )
 
 
 def _as_datetime(d: datetime | date) -> datetime:
@@ -141,94 +243,57 @@ def _request_dataset(customers: list[CustomerHistory]) -> Dataset:
     return Dataset.from_records(tx, ev, cu)
 
 
-# ------------------------------------------------------------------------------------------------ middleware
+def _limit_threads(threads: int) -> None:
+    """Requests run in a thread pool; its size is per worker (``serving.threads``)."""
+    import contextlib
+
+    import anyio.to_thread
+
+    with contextlib.suppress(RuntimeError):  # outside the server's event loop (a plain import): nothing to size
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
 
 
-class ApiGuard:
-    """Bearer-token check (when CHURN_API_TOKEN is set) and a request body size limit, as plain ASGI."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        settings = load_settings()
-        self.token = settings.api_token.get_secret_value().encode() if settings.api_token else None
-        self.max_body = settings.serving.max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_open(scope["path"]):
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        if self.token is not None and not _authorized(headers.get(b"authorization", b""), self.token):
-            return await _send_json(
-                send, 401, {"error": "missing or invalid bearer token"}, {b"www-authenticate": b"Bearer"}
-            )
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await _send_json(send, 413, {"error": f"request body over {self.max_body:,} bytes"})
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body:
-                raise _BodyTooLarge
-            return message
-
-        try:
-            return await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            return await _send_json(send, 413, {"error": f"request body over {self.max_body:,} bytes"})
+# ------------------------------------------------------------------------------------------------ errors
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _problem(
+    request: Request, status: int, detail: str, *, errors: list | None = None, kind: tuple[str, str] | None = None
+) -> JSONResponse:
+    body = problem_body(status, detail, instance=request.url.path, errors=errors, kind=kind)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
-def _is_open(path: str) -> bool:
-    return path == "/" or path in OPEN_PATHS or path.startswith("/static_content/")
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors, malformed = validation_errors(exc.errors())
+    if malformed:
+        return _problem(request, 400, errors[0]["detail"], errors=errors, kind=MALFORMED_JSON)
+    detail = f"{len(errors)} invalid field{'s' if len(errors) != 1 else ''}: " + ", ".join(
+        e["field"] for e in errors[:5]
+    )
+    return _problem(request, 400, detail, errors=errors)
 
 
-def _authorized(header: bytes, token: bytes) -> bool:
-    scheme, _, value = header.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), token)
+@api.exception_handler(Problem)
+async def _our_problem(request: Request, exc: Problem) -> JSONResponse:
+    body = problem_body(exc.status, exc.detail, instance=request.url.path, errors=exc.errors, kind=exc.kind)
+    return JSONResponse(body, status_code=exc.status, media_type=PROBLEM_JSON, headers=exc.headers)
 
 
-async def _send_json(send: Send, status: int, body: dict, extra_headers: dict | None = None) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    headers += list((extra_headers or {}).items())
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    body = problem_body(exc.status_code, str(exc.detail), instance=request.url.path)
+    return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers)
 
 
-ChurnService.add_asgi_middleware(ApiGuard)
+install_openapi(api)
+ChurnService.add_asgi_middleware(ApiGuard, settings=lambda: load_settings().serving)
 
 
 # ------------------------------------------------------------------------------------------------ logging
 
 
-class _ClientErrorFilter(logging.Filter):
-    """A bad request is the client's problem: log one line, not a 25-line traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from pydantic import ValidationError
-
-        exc = record.exc_info[1] if record.exc_info else None
-        client_error = isinstance(exc, ValidationError) or (
-            isinstance(exc, bentoml.exceptions.BentoMLException) and exc.error_code.value < 500
-        )
-        if client_error:
-            record.msg = f"{record.getMessage()}: client error: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            record.args = ()
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
 def configure_logging() -> None:
-    """The service process's logging, set once at its edge: one line per client error, no MLflow chatter."""
-    logger = logging.getLogger("bentoml._internal.server.http_app")
-    if not any(isinstance(f, _ClientErrorFilter) for f in logger.filters):
-        logger.addFilter(_ClientErrorFilter())
+    """The service process's logging, set once at its edge: our request lines at INFO, no MLflow chatter."""
+    logging.getLogger("churnguard").setLevel(logging.INFO)
     logging.getLogger("mlflow").setLevel(logging.ERROR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from features.settings import Section
 from model.scorecard import check_tier_thresholds
@@ -35,5 +35,49 @@ class ScoringSettings(Section):
 
 
 class ServingSettings(Section):
+    """The scoring API (``churn serve``): where it listens, who may call it, how it follows the registry."""
+
+    host: str | None = Field(
+        None,
+        description="Interface to listen on. Default: 0.0.0.0 when API keys are configured, else 127.0.0.1 only "
+        "(a service without keys is reachable from this machine alone).",
+    )
     port: int = Field(3000, ge=1, le=65535)
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Listen on a non-loopback interface with no API key configured (prints a warning): anyone who "
+        "can reach the port can read scores.",
+    )
+    keys_file: Path | None = Field(
+        None,
+        description="TOML file of named API keys ([keys.<name>] sha256 = '<hex digest of the token>', optional "
+        "rate_limit_per_minute, revoked = true). Re-read when it changes: revoking one key needs no restart.",
+    )
+    api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Named API keys as JSON, e.g. CHURN_SERVING__API_KEYS=\'{"crm": "<token>"}\'.',
+    )
+    rate_limit_per_minute: int = Field(
+        600, ge=1, description="Requests per minute per API key (a key's own limit in the keys file wins)."
+    )
+    rate_limit_burst: int = Field(60, ge=1, description="Requests a key may send at once above its steady rate.")
+    state_dir: Path | None = Field(
+        None, description="Where the workers share rate-limit state; default <data_dir>/serve (filled by Settings)."
+    )
+    workers: int | None = Field(None, ge=1, le=64, description="Server processes; default: the machine's cores.")
+    threads: int = Field(4, ge=1, le=64, description="Request threads per worker.")
+    reload_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="How often the service checks the registry alias for a new model (0: load once at start).",
+    )
+    model_source: Literal["registry", "bento"] = Field(
+        "registry",
+        description="registry: load and follow scoring.model_uri (default the champion alias); bento: serve the "
+        "model packed into the bento (`churn bento`), without a registry.",
+    )
     max_body_bytes: int = Field(20_000_000, ge=1000, description="Larger request bodies get 413.")
+    timeout_s: int = Field(30, ge=1, description="Requests running longer are cut off by the server.")
+
+    def keys_configured(self) -> bool:
+        return bool(self.api_keys) or self.keys_file is not None

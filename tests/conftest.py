@@ -84,3 +84,63 @@ def registered(trained, test_settings):
     from training.tracking import log_training
 
     return log_training(trained, test_settings.mlflow)
+
+
+# ------------------------------------------------------------------------------------------------ the API
+API_TOKEN = "test-token-123"
+
+
+@pytest.fixture(scope="session")
+def api_client(registered, test_settings):
+    """The service in-process (BentoML's ASGI app), serving the session's champion, with one API key."""
+    import json
+    import os
+
+    from starlette.testclient import TestClient
+
+    env = {
+        "CHURN_DATA_DIR": str(test_settings.data_dir),
+        "CHURN_SCORING__MODEL_URI": "models:/churnguard@champion",
+        "CHURN_SERVING__API_KEYS": json.dumps({"crm": API_TOKEN}),
+        "CHURN_SERVING__MAX_BODY_BYTES": "2000000",
+        "CHURN_SERVING__RELOAD_INTERVAL_S": "0",
+        "CHURN_SERVING__RATE_LIMIT_PER_MINUTE": "1000000",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:  # the service and its middleware read the settings while starting; nothing else sees these variables
+        from serving.service import ChurnService
+
+        client = TestClient(
+            ChurnService.to_asgi(), headers={"Authorization": f"Bearer {API_TOKEN}"}, raise_server_exceptions=False
+        )
+        client.__enter__()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield client
+    finally:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def second_service_app(monkeypatch):
+    """Build another in-process app of the service next to the session's.
+
+    BentoML keeps one service instance per process (``get_current_service``, which also binds the routes' ``self``)
+    and registers its Prometheus metrics once per app: the extra app is built with metrics off, and the session's
+    instance is put back afterwards.
+    """
+    import importlib
+
+    bentoml_service = importlib.import_module("_bentoml_sdk.service")  # the module (its package exports a decorator)
+    monkeypatch.setenv("BENTOML_CONFIG_OPTIONS", "services.churnguard.metrics.enabled=false")
+    previous = bentoml_service._current_service
+    from serving.service import ChurnService
+
+    yield ChurnService.to_asgi
+    bentoml_service.set_current_service(previous)

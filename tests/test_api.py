@@ -1,43 +1,23 @@
-"""The scoring API through BentoML's ASGI app: scorecards, auth, 4xx for bad input, and API == batch."""
+"""The scoring API through BentoML's ASGI app: /v1 scorecards, keys, problem documents for bad input, API == batch."""
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from starlette.testclient import TestClient
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-123"  # tests/conftest.py::API_TOKEN, the key the session's api_client sends
 AS_OF = "2024-10-01"
 
 
 @pytest.fixture(scope="module")
-def client(registered, test_settings):
-    env = {
-        "CHURN_DATA_DIR": str(test_settings.data_dir),
-        "CHURN_SCORING__MODEL_URI": "models:/churnguard@champion",
-        "CHURN_API_TOKEN": TOKEN,
-        "CHURN_SERVING__MAX_BODY_BYTES": "2000000",
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        from serving.service import ChurnService
-
-        with TestClient(ChurnService.to_asgi(), headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-            yield c
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def client(api_client):
+    return api_client
 
 
 def history(data, customer_id: str) -> dict:
@@ -70,7 +50,7 @@ def sample_ids(demo_data):
 
 def test_score_returns_scorecards(client, demo_data, sample_ids):
     data, _ = demo_data
-    r = client.post("/score", json={"customers": [history(data, c) for c in sample_ids], "as_of": AS_OF})
+    r = client.post("/v1/score", json={"customers": [history(data, c) for c in sample_ids], "as_of": AS_OF})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model_version"] == "churnguard/1"
@@ -101,7 +81,7 @@ def test_api_equals_batch_for_the_same_customer_data(client, demo_data, sample_i
         as_of=as_of,
         invalid_customer_ids=rejects["customer_id"],
     ).scores.set_index("customer_id")
-    r = client.post("/score", json={"customers": [history(data, c) for c in sample_ids], "as_of": AS_OF})
+    r = client.post("/v1/score", json={"customers": [history(data, c) for c in sample_ids], "as_of": AS_OF})
     api = r.json()["scores"]
     assert len(api) >= 10
     for card in api:
@@ -135,19 +115,66 @@ def test_refunds_are_valid_and_prospects_are_rejected_with_a_reason(client):
         ],
         "as_of": "2024-06-01",
     }
-    r = client.post("/score", json=body)
+    r = client.post("/v1/score", json=body)
     assert r.status_code == 200, r.text
     assert [s["customer_id"] for s in r.json()["scores"]] == ["r1"]
     assert r.json()["rejected"][0]["customer_id"] == "p1"
     assert "no purchase before as_of" in r.json()["rejected"][0]["reason"]
 
 
-def test_model_endpoint(client):
-    r = client.get("/model")
+def test_nobody_with_a_purchase_before_as_of_is_200_with_everybody_rejected(client):
+    """Round 1 answered 500 here (the policy step failed on an empty frame)."""
+    cases = [
+        [{"customer_id": "new", "events": [{"timestamp": "2024-05-01T10:00:00", "event_type": "session"}]}],
+        [{"customer_id": "empty", "transactions": []}],
+        [{"customer_id": "later", "transactions": [{"timestamp": "2024-07-01T10:00:00", "amount": 5.0}]}],
+        [{"customer_id": "a"}, {"customer_id": "b", "signup_date": "2024-01-01"}],
+    ]
+    for customers in cases:
+        r = client.post("/v1/score", json={"customers": customers, "as_of": "2024-06-01"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["scores"] == []
+        assert [x["customer_id"] for x in body["rejected"]] == [c["customer_id"] for c in customers]
+        assert all("no purchase before as_of" in x["reason"] for x in body["rejected"])
+
+
+def test_model_endpoint_reports_the_served_version(client):
+    r = client.get("/v1/model")
     assert r.status_code == 200
     card = r.json()
     assert card["model_version"] == "churnguard/1" and card["horizon_days"] == 90
     assert "recency_days" in card["features"] and "roc_auc" in card["holdout_metrics"]
+    assert card["source"] == "models:/churnguard@champion" and card["loaded_at"]
+    ready = client.get("/readyz", headers={"Authorization": ""})
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready" and ready.json()["model_version"] == "churnguard/1"
+
+
+def test_request_id_is_echoed_or_generated_on_every_response(client):
+    r = client.get("/v1/model", headers={"X-Request-ID": "crm-42.a"})
+    assert r.headers["x-request-id"] == "crm-42.a"
+    for response in (
+        client.get("/v1/model"),
+        client.get("/livez"),
+        client.get("/nowhere"),
+        client.post("/v1/score", json={}),
+        client.get("/v1/model", headers={"Authorization": ""}),
+    ):
+        assert len(response.headers["x-request-id"]) == 32, response.url
+    bad = client.get("/v1/model", headers={"X-Request-ID": "no spaces or newlines allowed " * 10})
+    assert bad.headers["x-request-id"] != "no spaces"
+    problem = client.post("/v1/score", json={}, headers={"X-Request-ID": "req-7"}).json()
+    assert problem["request_id"] == "req-7"
+
+
+def test_unknown_route_and_method_are_problems(client):
+    r = client.get("/v1/nowhere")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["type"] == "urn:churnguard:problem:not-found" and r.json()["instance"] == "/v1/nowhere"
+    r = client.get("/v1/score")
+    assert r.status_code == 405 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["status"] == 405
 
 
 def test_score_features_matches_score(client, demo_data, sample_ids):
@@ -161,17 +188,17 @@ def test_score_features_matches_score(client, demo_data, sample_ids):
         "as_of": AS_OF,
         "features": {k: v for k, v in feats.items() if k not in ("customer_id", "as_of")},
     }
-    a = client.post("/score_features", json={"rows": [row]}).json()
-    b = client.post("/score", json={"customers": [history(data, cid)], "as_of": AS_OF}).json()
+    a = client.post("/v1/score_features", json={"rows": [row]}).json()
+    b = client.post("/v1/score", json={"customers": [history(data, cid)], "as_of": AS_OF}).json()
     assert a["scores"] == b["scores"]
 
 
 def test_auth(client):
     body = {"customers": [{"customer_id": "a", "transactions": [{"timestamp": "2024-01-01", "amount": 1}]}]}
-    assert client.post("/score", json=body, headers={"Authorization": ""}).status_code == 401
-    assert client.post("/score", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.post("/score", json=body, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
-    assert client.get("/model", headers={"Authorization": ""}).status_code == 401
+    assert client.post("/v1/score", json=body, headers={"Authorization": ""}).status_code == 401
+    assert client.post("/v1/score", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/v1/score", json=body, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    assert client.get("/v1/model", headers={"Authorization": ""}).status_code == 401
     # /metrics is open too, but needs the real server's Prometheus set-up (tests/test_served.py covers it)
     for path in ("/readyz", "/livez", "/docs.json"):
         assert client.get(path, headers={"Authorization": ""}).status_code == 200, path
@@ -200,12 +227,25 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
-def test_bad_input_is_a_4xx_naming_the_field(client, case):
+def test_bad_input_is_a_400_problem_naming_the_field(client, case):
     body, field = BAD_REQUESTS[case]
-    r = client.post("/score", json=body)
-    assert 400 <= r.status_code < 500, r.text
-    assert field in r.text
+    r = client.post("/v1/score", json=body)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["type"] == "urn:churnguard:problem:invalid-request"
+    assert problem["status"] == 400 and problem["title"] and problem["detail"] and problem["instance"] == "/v1/score"
+    assert any(field in e["field"] for e in problem["errors"]), problem
+    assert all(e["location"] == "body" and e["pointer"].startswith("#/") for e in problem["errors"])
     assert "Traceback" not in r.text
+
+
+def test_field_paths_name_the_exact_row(client):
+    body = _one(amount="ten")
+    body["customers"][0]["transactions"].insert(0, {"timestamp": "2024-01-01T09:00:00", "amount": 1.0})
+    problem = client.post("/v1/score", json=body).json()
+    assert problem["errors"][0]["field"] == "customers[0].transactions[1].amount"
+    assert problem["errors"][0]["pointer"] == "#/customers/0/transactions/1/amount"
 
 
 @pytest.mark.parametrize(
@@ -218,33 +258,55 @@ def test_bad_input_is_a_4xx_naming_the_field(client, case):
     ],
 )
 def test_non_finite_numbers_and_broken_json_are_400(client, raw):
-    r = client.post("/score", content=raw, headers={"content-type": "application/json"})
+    r = client.post("/v1/score", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"], r.text
     assert "Traceback" not in r.text
+
+
+def test_malformed_json_has_its_own_problem_type(client):
+    r = client.post("/v1/score", content=b'{"customers": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["type"] == "urn:churnguard:problem:malformed-json"
 
 
 def test_oversized_body_is_413(client):
     tx = [{"timestamp": "2024-01-01T10:00:00", "amount": 1.0, "product_id": "x" * 400}] * 5000
-    r = client.post("/score", json={"customers": [{"customer_id": "big", "transactions": tx}]})
+    r = client.post("/v1/score", json={"customers": [{"customer_id": "big", "transactions": tx}]})
     assert r.status_code == 413
+    assert r.headers["content-type"] == "application/problem+json" and r.json()["status"] == 413
+
+
+def test_oversized_body_without_content_length_is_413(client):
+    chunk = b'{"customers": [{"customer_id": "big", "transactions": [' + b" " * 500_000
+
+    def body():
+        for _ in range(5):
+            yield chunk
+
+    r = client.post("/v1/score", content=body(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert r.json()["type"] == "urn:churnguard:problem:body-too-large"
 
 
 def test_score_features_with_missing_features_is_400(client):
     r = client.post(
-        "/score_features", json={"rows": [{"customer_id": "a", "as_of": AS_OF, "features": {"recency_days": 3.0}}]}
+        "/v1/score_features", json={"rows": [{"customer_id": "a", "as_of": AS_OF, "features": {"recency_days": 3.0}}]}
     )
     assert r.status_code == 400
-    assert "features" in r.text and "missing" in r.text
+    assert r.json()["errors"][0]["field"] == "rows[0].features" and "missing" in r.json()["errors"][0]["detail"]
 
 
 def test_openapi_documents_the_request(client):
     doc = client.get("/docs.json").json()
+    assert doc == client.get("/v1/openapi.json").json()
     text = json.dumps(doc)
-    assert "/score" in doc["paths"] and "churn_probability" in text and "refunds" in text.lower()
+    assert "/v1/score" in doc["paths"] and "churn_probability" in text and "refunds" in text.lower()
 
 
 def test_probabilities_are_finite(client, demo_data, sample_ids):
     data, _ = demo_data
-    r = client.post("/score", json={"customers": [history(data, c) for c in sample_ids[:5]], "as_of": AS_OF})
+    r = client.post("/v1/score", json={"customers": [history(data, c) for c in sample_ids[:5]], "as_of": AS_OF})
     values = [s["churn_probability"] for s in r.json()["scores"]]
     assert np.isfinite(values).all()

@@ -21,11 +21,12 @@ def test_defaults_are_the_laptop_setup(tmp_path, monkeypatch):
 def test_env_overrides_nested_values(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHURN_LABELS__HORIZON_DAYS", "60")
-    monkeypatch.setenv("CHURN_API_TOKEN", "s3cret")
+    monkeypatch.setenv("CHURN_SERVING__API_KEYS", '{"crm": "s3cret"}')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     s = load_settings()
     assert s.labels.horizon_days == 60
-    assert s.api_token.get_secret_value() == "s3cret"
+    assert s.serving.api_keys["crm"].get_secret_value() == "s3cret"
+    assert s.serving.state_dir == (tmp_path / "data" / "serve").resolve()
     assert s.tracking_uri == "http://mlflow:5000"
 
 
