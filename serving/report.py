@@ -9,9 +9,8 @@ What is on the page, and where each number comes from:
   the one stage rule function, ``lifecycle_stages`` of the scorecard. Its ``at_risk`` rule needs the model's churn
   probability: without a model score no customer is ``at_risk`` here, and the page says so; those customers show
   under ``loyal`` or ``active``, which is what the rules give them without the score.
-* Cohort retention heatmap and the per-stage KPI table at ``as_of`` (the per-stage churn rate is the observed
-  H-day churn, ``features.labels.build_labels``, of the customers in each stage at the last month end whose
-  window is complete).
+* Cohort retention heatmap and the per-stage KPI table at ``as_of`` (its churn rate is the churn rate KPI of the
+  last month, by the stage the customers were in at its start).
 * Model health: a slot that a model-aware caller fills (``ReportSection``); without one the page says "no model".
 
 Charts are Plotly with plotly.js inlined once, so the file works offline (no CDN) and stays under 10 MB.
@@ -37,10 +36,10 @@ from features.kpis import (
     STAGE_INPUT_COLUMNS,
     TERMS,
     LifecycleFacts,
+    active_flags,
     lifecycle_facts,
     previous_rows,
 )
-from features.labels import build_labels
 from training import scorecard  # moves to model/scorecard.py with the layering refactor
 from training.scorecard import STAGES, LifecycleRules, lifecycle_stages
 
@@ -68,8 +67,7 @@ class LifecycleReport:
     facts: LifecycleFacts
     stage_counts: pd.DataFrame  # index: month end; columns: STAGES
     transitions: np.ndarray  # [month, from (FIRST_ORDER + STAGES), to (STAGES)]
-    stage_table: pd.DataFrame  # per stage at as_of
-    churn_window_start: datetime | None  # the month end whose stages the per-stage churn rate follows
+    stage_table: pd.DataFrame  # per stage at as_of (see _stage_table)
     has_model_scores: bool = False
     model_health: ReportSection | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -104,13 +102,12 @@ def build_report(
     timings["kpis"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stages = stage_history(facts, rules or LifecycleRules())
+    codes = stage_codes(facts, rules or LifecycleRules())
     timings["stages"] = time.perf_counter() - t
 
     t = time.perf_counter()
     n_months = len(facts.month_ends)
     period = facts.stage_inputs["period"].to_numpy()
-    codes = _stage_codes(stages)
     counts = np.bincount(period * len(STAGES) + codes, minlength=n_months * len(STAGES)).reshape(n_months, -1)
     stage_counts = pd.DataFrame(counts, index=pd.to_datetime(list(facts.month_ends)), columns=list(STAGES))
     prev = previous_rows(facts.stage_inputs)
@@ -122,73 +119,73 @@ def build_report(
     timings["transitions"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stage_table, window_start = _stage_table(data, facts, stages, period)
+    stage_table = _stage_table(facts, codes, period, prev)
     timings["stage_table"] = time.perf_counter() - t
-    return LifecycleReport(facts, stage_counts, transitions, stage_table, window_start, False, model_health, timings)
+    return LifecycleReport(facts, stage_counts, transitions, stage_table, False, model_health, timings)
+
+
+def stage_codes(facts: LifecycleFacts, rules: LifecycleRules, rows_per_call: int = 1_000_000) -> np.ndarray:
+    """Each stage-input row's lifecycle stage as an index into ``STAGES``, from the scorecard's one rule function,
+    without a churn score (NaN >= threshold is false: the at_risk rule never fires). Called on slices, so the
+    strings it returns never exist for all rows at once."""
+    inputs = facts.stage_inputs.select(list(STAGE_INPUT_COLUMNS))
+    lookup = {stage: i for i, stage in enumerate(STAGES)}
+    codes = np.empty(inputs.num_rows, np.int64)
+    for start in range(0, inputs.num_rows, rows_per_call):
+        frame = inputs.slice(start, rows_per_call).to_pandas()
+        stages = lifecycle_stages(
+            frame, np.full(len(frame), np.nan), horizon_days=facts.horizon_days, high_threshold=1.0, rules=rules
+        )
+        codes[start : start + len(frame)] = pd.Series(stages).map(lookup).to_numpy()
+    return codes
 
 
 def stage_history(facts: LifecycleFacts, rules: LifecycleRules) -> np.ndarray:
-    """Each stage-input row's lifecycle stage, from the scorecard's one rule function, without a churn score."""
-    columns = facts.stage_inputs.select(list(STAGE_INPUT_COLUMNS))
-    frame = columns.to_pandas()
-    no_score = np.full(len(frame), np.nan)  # NaN >= threshold is false: the at_risk rule never fires
-    return lifecycle_stages(frame, no_score, horizon_days=facts.horizon_days, high_threshold=1.0, rules=rules).astype(
-        str
-    )
+    """The stage names of ``stage_codes``."""
+    return np.asarray(STAGES)[stage_codes(facts, rules)]
 
 
-def _stage_codes(stages: np.ndarray) -> np.ndarray:
-    order = np.array(STAGES)
-    sorter = np.argsort(order)
-    return sorter[np.searchsorted(order, stages, sorter=sorter)]
+def _stage_table(facts: LifecycleFacts, codes: np.ndarray, period: np.ndarray, prev: np.ndarray) -> pd.DataFrame:
+    """Per stage: who is in it at as_of and what they did so far; the month's churn rate by the stage at its start.
 
-
-def _stage_table(
-    data: Dataset, facts: LifecycleFacts, stages: np.ndarray, period: np.ndarray
-) -> tuple[pd.DataFrame, datetime | None]:
-    """Per stage at as_of: customers, orders, AOV, historic CLV, repeat rate; churn rate observed over H days."""
+    The stage-input rows of the last month end are the customers with an order, in the order of
+    ``facts.customers`` (both follow the customer numbers of ``lifecycle_facts``).
+    """
     last = period == len(facts.month_ends) - 1
-    now = pd.DataFrame(
-        {
-            "customer_id": facts.stage_inputs["customer_id"].filter(pa.array(last)).to_numpy(zero_copy_only=False),
-            "stage": stages[last],
-        }
-    )
-    totals = facts.customers.to_pandas()
-    now = now.merge(totals, on="customer_id", how="left")
-    grouped = now.groupby("stage")
+    now = codes[last]
+    totals = facts.customers
+    if not facts.stage_inputs["customer_id"].filter(pa.array(last)).equals(totals["customer_id"]):
+        raise AssertionError("stage inputs and customer totals are not aligned")
+    orders = totals["orders"].to_numpy()
+    k = len(STAGES)
+
+    def per_stage(values: np.ndarray) -> np.ndarray:
+        return np.bincount(now, weights=values, minlength=k)
+
+    customers = np.bincount(now, minlength=k)
+    n = np.maximum(customers, 1)
     table = pd.DataFrame(
         {
-            "customers": grouped.size(),
-            "orders_per_customer": grouped["orders"].mean(),
-            "average_order_value": grouped["order_value"].sum() / grouped["orders"].sum(),
-            "historic_clv": grouped["net_spend"].mean(),
-            "repeat_purchase_rate": grouped["orders"].apply(lambda o: float((o >= 2).mean())),
-        }
-    ).reindex(list(STAGES))
-    table["customers"] = table["customers"].fillna(0).astype(int)
-    table.insert(1, "share", table["customers"] / max(int(table["customers"].sum()), 1))
-
-    # observed churn: customers in each stage at the last month end whose H-day window ended by as_of
-    horizon = timedelta(days=facts.horizon_days)
-    complete = [i for i, e in enumerate(facts.month_ends) if e + horizon <= facts.as_of]
-    table["churn_rate"] = np.nan
-    if not complete:
-        return table, None
-    j = complete[-1]
-    at_j = period == j
-    entities = pa.table(
-        {
-            "customer_id": facts.stage_inputs["customer_id"].filter(pa.array(at_j)),
-            "as_of": facts.stage_inputs["as_of"].filter(pa.array(at_j)),
-        }
+            "customers": customers,
+            "share": customers / max(int(customers.sum()), 1),
+            "orders_per_customer": per_stage(orders) / n,
+            "average_order_value": per_stage(totals["order_value"].to_numpy()) / np.maximum(per_stage(orders), 1),
+            "historic_clv": per_stage(totals["net_spend"].to_numpy()) / n,
+            "repeat_customers": per_stage((orders >= 2).astype(float)) / n,
+        },
+        index=list(STAGES),
     )
-    labels = build_labels(data, entities, horizon_days=facts.horizon_days, data_end=facts.as_of)
-    then = pd.DataFrame(
-        {"customer_id": entities["customer_id"].to_numpy(zero_copy_only=False), "stage": stages[at_j]}
-    ).merge(labels.select(["customer_id", "churned"]).to_pandas(), on="customer_id", how="inner")
-    table["churn_rate"] = then.groupby("stage")["churned"].mean().reindex(list(STAGES))
-    return table, facts.month_ends[j]
+    table.loc[customers == 0, table.columns[2:]] = np.nan
+    # churn rate of the last month (the KPI's definition), by the stage at its start
+    active = active_flags(facts.stage_inputs, facts.horizon_days)
+    had = last & (prev >= 0)
+    start_stage = codes[prev[had]]
+    at_start = np.bincount(start_stage, minlength=k)
+    churned = np.bincount(start_stage, weights=active[prev[had]] & ~active[had], minlength=k)
+    rate = np.where(at_start > 0, churned / np.maximum(at_start, 1), np.nan)
+    rate[STAGES.index("lapsed")] = np.nan  # lapsed customers cannot churn again
+    table["churn_rate"] = rate
+    return table
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -431,13 +428,13 @@ _STAGE_COLUMNS = (
     ("orders_per_customer", "Orders per customer", "money", "Orders before as_of, on average."),
     ("average_order_value", "Average order value", "money", "Their orders' value / number of orders, all time."),
     ("historic_clv", "Historic CLV", "money", "Net spend (purchases minus refunds) per customer, all time."),
-    ("repeat_purchase_rate", "Repeat purchase rate", "share", "Share with 2 or more orders."),
+    ("repeat_customers", "Repeat customers", "share", "Share with 2 or more orders."),
     (
         "churn_rate",
-        "Churn rate (observed)",
+        "Churn rate (last month)",
         "share",
-        "Of the customers in the stage at the window start, the share with no purchase in the next H days "
-        "(or a cancel): the churn label of features/labels.py.",
+        "The churn rate KPI of the last month, by the stage the customers were in at its start: the share not "
+        "active at its end. Not shown for lapsed customers (already churned).",
     ),
 )
 
@@ -452,11 +449,11 @@ def _stage_table_html(report: LifecycleReport) -> str:
         else:
             cells = "".join(_cell(r[c], unit) for c, _, unit, _ in _STAGE_COLUMNS)
         rows.append(f"<tr><th>{stage}</th>{cells}</tr>")
+    facts = report.facts
+    start = _when(facts.month_ends[-2]) if len(facts.month_ends) > 1 else "-"
     window = (
-        f"Stages at {_when(report.facts.as_of)}; the observed churn rate follows the customers in each stage at "
-        f"{_when(report.churn_window_start)} over the {report.facts.horizon_days} days after it."
-        if report.churn_window_start
-        else "No month end has a complete churn window before as_of yet: observed churn is not shown."
+        f"Stages at {_when(facts.as_of)}; the churn rate column follows the customers by their stage at {start}, "
+        f"over the month to {_when(facts.as_of)}."
     )
     notes = "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(d)}</li>" for _, label, _, d in _STAGE_COLUMNS)
     return (

@@ -85,11 +85,22 @@ def test_transitions_add_up(demo_report) -> None:
 
 def test_stage_table(demo_report) -> None:
     table = demo_report.stage_table
+    facts = demo_report.facts
     last = demo_report.stage_counts.iloc[-1]
     assert table["customers"].to_dict() == last.to_dict()
-    assert table.loc["lapsed", "churn_rate"] > table.loc["loyal", "churn_rate"]
-    assert demo_report.churn_window_start is not None
-    assert demo_report.churn_window_start <= demo_report.as_of - pd.Timedelta(days=90)
+    totals = facts.customers.to_pandas()
+    assert table["customers"].sum() == len(totals)
+    # customer-weighted means add back up to the totals of everybody
+    assert (table["orders_per_customer"] * table["customers"]).sum() == pytest.approx(totals["orders"].sum())
+    assert (table["historic_clv"] * table["customers"]).sum() == pytest.approx(totals["net_spend"].sum())
+    # the month's churn rate, split by the stage at its start, adds back up to the churn rate KPI
+    months = facts.months.to_pylist()[-1]
+    at_start = demo_report.transitions[-1, 1:, :].sum(axis=1)  # customers per stage at the start of the month
+    churned = np.nansum(table["churn_rate"].to_numpy() * at_start)
+    lapsed_at_start = STAGES.index("lapsed")
+    assert np.isnan(table.loc["lapsed", "churn_rate"])
+    assert churned == pytest.approx(months["churned"])
+    assert at_start.sum() - at_start[lapsed_at_start] == months["active_at_start"]
 
 
 def test_page_is_self_contained_and_defines_everything(demo_report) -> None:
