@@ -31,7 +31,7 @@ month, cohort cell, or customer x month end for the stage inputs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -192,6 +192,8 @@ def lifecycle_facts(data: Dataset, as_of: datetime | date, *, horizon_days: int)
     dense (customer x month) array, where running sums and maxima give every month end at once.
     """
     as_of = as_of if isinstance(as_of, datetime) else datetime(as_of.year, as_of.month, as_of.day)
+    if as_of.microsecond:  # rows are whole seconds: "before 12:00:00.5" is "before 12:00:01"
+        as_of = as_of.replace(microsecond=0) + timedelta(seconds=1)
     tx = data.transactions
     ids = pc.unique(tx["customer_id"])  # customer numbers: positions in this array
     tx = tx.select(["order_id", "timestamp", "amount"]).append_column(
@@ -210,12 +212,12 @@ def lifecycle_facts(data: Dataset, as_of: datetime | date, *, horizon_days: int)
         # first line
         orders = con.sql(
             f"""SELECT cid, min(timestamp) AS started FROM tx WHERE {cut}
-            GROUP BY cid, order_id, CASE WHEN order_id IS NULL THEN timestamp END ORDER BY cid"""
+            GROUP BY cid, order_id, CASE WHEN order_id IS NULL THEN timestamp END"""
         ).to_arrow_table()
         # purchase days as in the registry's "days" source (whole UTC days since the epoch)
         days = con.sql(
             f"""SELECT DISTINCT cid, CAST(round(epoch(date_trunc('day', timestamp)) / 86400) AS BIGINT) AS day
-            FROM tx WHERE {cut} ORDER BY cid, day"""
+            FROM tx WHERE {cut}"""
         ).to_arrow_table()
         period = _period_sql("timestamp", first)
         money = con.sql(
@@ -246,11 +248,12 @@ def lifecycle_facts(data: Dataset, as_of: datetime | date, *, horizon_days: int)
     return LifecycleFacts(as_of, horizon_days, tuple(ends), months, cohorts, stage_inputs, totals)
 
 
-_NONE = np.iinfo(np.int64).min  # "no time stamp" in µs arrays
+_NONE = np.iinfo(np.int64).min  # "no time stamp" in arrays of epoch seconds
 
 
-def _micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    values = pc.fill_null(column.cast(pa.timestamp("us")).cast(pa.int64()), _NONE)
+def _seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Time stamps as whole seconds since the epoch (the contract keeps them to the second); ``_NONE`` if null."""
+    values = pc.fill_null(column.cast(pa.timestamp("s")).cast(pa.int64()), _NONE)
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
@@ -259,7 +262,7 @@ def _by_customer(table: pa.Table, column: str, ids: pa.Array) -> np.ndarray:
     out = np.full(len(ids), _NONE, np.int64)
     cid = pc.index_in(table["customer_id"], value_set=ids).to_numpy(zero_copy_only=False)
     known = ~np.isnan(cid) if cid.dtype.kind == "f" else np.ones(len(cid), bool)
-    out[cid[known].astype(np.int64)] = _micros(table[column])[known]
+    out[cid[known].astype(np.int64)] = _seconds(table[column])[known]
     return out
 
 
@@ -268,8 +271,8 @@ def _days_if_before(when: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def _days_between(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
-    """Whole seconds between two µs time stamps, in days, rounded like the registry's features."""
-    return np.round((later // 1_000_000 - earlier // 1_000_000) / 86400.0, ROUND_DECIMALS)
+    """Seconds between two epoch-second time stamps, in days, rounded like the registry's features."""
+    return np.round((later - earlier) / 86400.0, ROUND_DECIMALS)
 
 
 @dataclass(frozen=True)
@@ -277,21 +280,21 @@ class _Timeline:
     """Per customer and month: orders started, the last order's start and the latest purchase day (with the gap
     before it), as dense (customer x month) arrays, plus each customer's first order and its month."""
 
-    end_us: np.ndarray  # month ends, µs since the epoch
+    end_s: np.ndarray  # month ends, seconds since the epoch
     new_orders: np.ndarray  # (customers, months) orders started in the month
     last_start: np.ndarray  # (customers, months) latest order start in the month, _NONE if none
     day_code: np.ndarray  # (customers, months) latest purchase day * 1e6 + gap before it + 1 (0: first day); -1
     first_period: np.ndarray  # (customers,) month of the first order, -1 for customers without one
-    first_order: np.ndarray  # (customers,) start of the first order (µs), _NONE if none
+    first_order: np.ndarray  # (customers,) start of the first order (epoch s), _NONE if none
 
     @classmethod
     def build(cls, ends: list[datetime], n_customers: int, orders: pa.Table, days: pa.Table) -> _Timeline:
         epoch = datetime(1970, 1, 1)
-        end_us = np.array([round((e - epoch).total_seconds() * 1e6) for e in ends], dtype=np.int64)
+        end_s = np.array([int((e - epoch).total_seconds()) for e in ends], dtype=np.int64)
         n_months = len(ends)
         cid = orders["cid"].to_numpy()
-        started = _micros(orders["started"])
-        month = np.searchsorted(end_us, started, side="right")
+        started = _seconds(orders["started"])
+        month = np.searchsorted(end_s, started, side="right")
         cell = cid.astype(np.int64) * n_months + month
         new_orders = np.bincount(cell, minlength=n_customers * n_months).reshape(n_customers, n_months)
         last_start = np.full(n_customers * n_months, _NONE, np.int64)
@@ -302,18 +305,20 @@ class _Timeline:
         first_period = np.where(has_order, (new_orders > 0).argmax(axis=1), -1)
         first_order[~has_order] = _NONE
 
-        d_cid = days["cid"].to_numpy().astype(np.int64)
-        day = days["day"].to_numpy()
-        gap = np.full(len(day), -1, np.int64)  # rows are sorted by customer and day
+        # sort the distinct (customer, day) pairs by customer, then day: one int64 key
+        day0 = int(pc.min(days["day"]).as_py() or 0)
+        key = np.sort(days["cid"].to_numpy().astype(np.int64) << 32 | (days["day"].to_numpy() - day0))
+        d_cid, day = key >> 32, (key & 0xFFFFFFFF) + day0
+        gap = np.full(len(day), -1, np.int64)
         if len(day) > 1:
             same = d_cid[1:] == d_cid[:-1]
             gap[1:][same] = (day[1:] - day[:-1])[same]
         # a day's month: the first month end after its start (a day cut by a mid-day as_of falls in the last month)
-        d_month = np.minimum(np.searchsorted(end_us // 86_400_000_000, day, side="right"), n_months - 1)
+        d_month = np.minimum(np.searchsorted(end_s // 86_400, day, side="right"), n_months - 1)
         day_code = np.full(n_customers * n_months, -1, np.int64)
         np.maximum.at(day_code, d_cid * n_months + d_month, day * 1_000_000 + gap + 1)
         return cls(
-            end_us,
+            end_s,
             new_orders,
             last_start.reshape(n_customers, n_months),
             day_code.reshape(n_customers, n_months),
@@ -325,13 +330,13 @@ class _Timeline:
         self, ids: pa.Array, *, first_event: np.ndarray, signup: np.ndarray, churn: np.ndarray
     ) -> pa.Table:
         """``STAGE_INPUT_COLUMNS`` for every customer at every month end after their first order."""
-        n_months = len(self.end_us)
+        n_months = len(self.end_s)
         frequency = np.cumsum(self.new_orders, axis=1)
         last = np.maximum.accumulate(self.last_start, axis=1)
         code = np.maximum.accumulate(self.day_code, axis=1)
         keep = (np.arange(n_months)[None, :] >= self.first_period[:, None]) & (self.first_period[:, None] >= 0)
         c, p = np.nonzero(keep)  # sorted by customer, then month
-        t = self.end_us[p]
+        t = self.end_s[p]
         gap = code[c, p] % 1_000_000
         first_purchase = _days_between(t, self.first_order[c])
         since_event = _days_if_before(first_event[c], t)
@@ -340,7 +345,7 @@ class _Timeline:
             {
                 "customer_id": ids.take(pa.array(c)),
                 "period": pa.array(p.astype(np.int64)),
-                "as_of": pa.array(t, pa.timestamp("us")),
+                "as_of": pa.array(t * 1_000_000, pa.timestamp("us")),
                 "recency_days": pa.array(_days_between(t, last[c, p])),
                 "frequency": pa.array(frequency[c, p].astype(np.int64)),
                 "first_purchase_days": pa.array(first_purchase),
@@ -468,7 +473,7 @@ def _customer_totals(ids: pa.Array, timeline: _Timeline, spend: pa.Table) -> pa.
             "orders": pa.array(timeline.new_orders[has].sum(axis=1).astype(np.int64)),
             "order_value": pa.array(value[has]),
             "net_spend": pa.array(net[has]),
-            "first_order": pa.array(timeline.first_order[has], pa.timestamp("us")),
+            "first_order": pa.array(timeline.first_order[has] * 1_000_000, pa.timestamp("us")),
         }
     )
 
