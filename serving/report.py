@@ -345,7 +345,12 @@ def _figures(report: LifecycleReport) -> dict:
         report.transitions[:, 1:, code["lapsed"]].sum(axis=1)
         - report.transitions[:, 1 + code["lapsed"], code["lapsed"]]
     )
-    won_back = report.transitions[:, 1 + code["lapsed"], code["reactivated"]]
+    # won back: lapsed at the last month end, any other stage now (a customer who orders twice in the month is
+    # already past "reactivated": that stage only looks at the gap before the latest order)
+    won_back = (
+        report.transitions[:, 1 + code["lapsed"], :].sum(axis=1)
+        - report.transitions[:, 1 + code["lapsed"], code["lapsed"]]
+    )
     flows_fig = go.Figure(
         [
             go.Scatter(
@@ -354,7 +359,7 @@ def _figures(report: LifecycleReport) -> dict:
             go.Scatter(
                 x=counts.index,
                 y=won_back,
-                name="lapsed -> reactivated",
+                name="won back (lapsed -> any other stage)",
                 mode="lines+markers",
                 line={"color": "#B279A2"},
             ),
