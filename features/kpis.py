@@ -7,8 +7,8 @@ in ``KPIS`` below; the report page and ``docs/kpis.md`` (``kpi_markdown()``) pri
 The terms reuse the project's definitions:
 
 * an **order** is what ``features/build.py`` calls one: the positive lines sharing an ``order_id`` (without an id,
-  the lines sharing a time stamp). It belongs to the month of its first line; its value at a month end is the sum
-  of its lines before that end (point in time: a line after the end is not known yet).
+  the lines sharing a time stamp). It belongs to the month of its first line; money is counted by line, in the
+  month of the line (point in time: a line after a month's end is not known at it).
 * a customer is **active** at time t when their last order started less than H days before t and they had not
   cancelled (``churn_date``) before t: not churned under the non-contractual definition of ``features/labels.py``
   (churned = no purchase within H). It is the complement of the ``lapsed`` stage (``recency_days >= H`` or
@@ -92,15 +92,16 @@ KPIS: tuple[KpiSpec, ...] = (
         "customer_retention_rate",
         "Customer retention rate",
         "share",
-        "(active customers at the end - new customers) / active customers at the start. Reactivated customers "
-        "count as retained, so it is not 1 - churn rate.",
+        "(active customers at the end - new customers) / active customers at the start. Customers won back from "
+        "lapsed count as retained, so it is not 1 - churn rate.",
     ),
     KpiSpec(
         "average_order_value",
         "Average order value",
         "money",
-        "Value of the orders started in the month / their number (an order's value: its positive lines before "
-        "the month's end; refunds are not subtracted).",
+        "Purchase lines in the month (positive amounts; refunds are not subtracted) / orders started in the month. "
+        "A line of an order started in an earlier month counts in its own month, as nothing after a month's end "
+        "is known at it.",
     ),
     KpiSpec(
         "revenue",
