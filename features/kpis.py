@@ -16,7 +16,7 @@ The terms reuse the project's definitions:
 * months are calendar months; the last one ends at ``as_of`` (flagged partial when ``as_of`` is not the first of a
   month). Everything uses only rows strictly before the end of its month, and nothing at or after ``as_of``.
 
-**Stage inputs.** The lifecycle stage rules (today ``training/scorecard.py::lifecycle_stages``) read six registry
+**Stage inputs.** The lifecycle stage rules (``model/scorecard.py::lifecycle_stages``) read six registry
 features: ``recency_days``, ``frequency``, ``first_purchase_days``, ``last_gap_days``, ``tenure_days`` and
 ``cancelled``. ``stage_inputs`` returns exactly those columns at every month end in one pass: each customer's
 orders and purchase days are bucketed by month once and accumulated with window functions, instead of running the

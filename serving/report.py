@@ -40,8 +40,8 @@ from features.kpis import (
     lifecycle_facts,
     previous_rows,
 )
-from training import scorecard  # moves to model/scorecard.py with the layering refactor
-from training.scorecard import STAGES, LifecycleRules, lifecycle_stages
+from model import scorecard
+from model.scorecard import STAGES, LifecycleRules, lifecycle_stages
 
 FIRST_ORDER = "(first order)"  # the "from" row of customers whose first order falls in the month
 NO_MODEL = (

@@ -14,6 +14,7 @@ import pytest
 
 from features.build import build_features, entities_at
 from features.kpis import KPIS, lifecycle_facts
+from model.scorecard import STAGES, LifecycleRules, lifecycle_stages
 from serving.report import (
     FIRST_ORDER,
     NO_MODEL,
@@ -26,7 +27,6 @@ from serving.report import (
     write_report,
 )
 from tests.test_pandas_reference import random_dataset
-from training.scorecard import STAGES, LifecycleRules, lifecycle_stages
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHART_IDS = ("kpis", "stages", "transitions", "flows", "cohorts")
