@@ -524,5 +524,32 @@ def ingest(data: DataOpt, mapping: MappingOpt = None, map_: MapOpt = None) -> No
     )
 
 
+@app.command()
+@friendly_errors
+def report(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="HTML file to write: one self-contained page that works offline.")],
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(formats=DATE_FORMATS, help="Report as of this date (default: the day after the last sale)."),
+    ] = None,
+    horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
+    mapping: MappingOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """The lifecycle KPI report: KPIs per month, stages over time and their transitions, cohorts, KPIs per stage."""
+    from serving.report import build_report, write_report
+
+    settings = _settings(labels={"horizon_days": horizon_days})
+    dataset, _ = load_data(data, mapping, map_, settings)
+    with console.status("computing the lifecycle report..."):
+        result = build_report(dataset, as_of=as_of, horizon_days=settings.labels.horizon_days)
+        path = write_report(result, out)
+    console.print(
+        f"lifecycle report as of {result.as_of:%Y-%m-%d}: [bold]{path}[/bold] ({path.stat().st_size / 1e6:.1f} MB, "
+        f"{len(result.facts.month_ends)} months, {result.facts.customers.num_rows:,} customers with an order)"
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,224 @@
+"""Lifecycle report benchmark: the KPI computation and the whole ``churn report`` at 1M demo customers.
+
+    uv run churn generate --out benchmarks/out/demo-1m --customers 1000000 --format parquet   # once
+    uv run python benchmarks/bench_report.py [--data benchmarks/out/demo-1m] [--out benchmarks/out]
+
+Every stage runs in a fresh Python subprocess, so each peak memory (the child's ``ru_maxrss``) is its own:
+
+* ``baseline``  ``pyarrow.parquet.read_table`` of the transactions file: the floor any report over them pays;
+* ``load``      ``load_dataset`` (read + validate every file); the clean tables are kept as Arrow IPC;
+* ``kpis``      ``features.kpis.lifecycle_facts`` on the clean tables: monthly KPIs, cohorts, the stage inputs at
+                every month end and per-customer totals (peak RSS sampled during the call, and for the process);
+* ``report``    ``serving.report.build_report`` + ``write_report`` on the clean tables, with its parts
+                (KPIs, stages, transitions, per-stage table incl. observed churn labels, rendering) and the file size;
+* ``cli``       the whole command, ``churn report --data DIR --out FILE`` in one process, as a user runs it
+                (interpreter start, imports, load + validate, report, write).
+
+Results: ``<out>/report.md`` and ``<out>/report.json``. Targets (issue 13): the report for 1M customers in at
+most 60 s, the HTML file at most 10 MB. Runs at 1M wait for an idle machine first (``--no-wait`` to skip).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402 - after the sys.path set-up
+    GIB,
+    RssSampler,
+    code_version,
+    load_stage,
+    machine_info,
+    maxrss,
+    previous_results,
+    read_clean,
+    requested_stages,
+    run_stage,
+    run_stages,
+    stage_parser,
+    wait_for_idle,
+    write_report,
+)
+
+STAGES = ("baseline", "load", "kpis", "report", "cli")
+TARGETS = {"report_seconds": 60.0, "html_bytes": 10_000_000}
+HORIZON_DAYS = 90
+NOW = datetime(2030, 1, 1)  # the demo's rows "after now" are rejected against the real clock in the CLI too
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = stage_parser(__doc__, STAGES)
+    p.add_argument("--data", default=str(ROOT / "benchmarks" / "out" / "demo-1m"), help="demo data folder")
+    args = p.parse_args(argv)
+    if args.stage:
+        run_stage(args.stage, json.loads(args.spec), args.result, STAGE_FUNCTIONS)
+        return
+    out = Path(args.out)
+    data_dir = Path(args.data)
+    if not (data_dir / "transactions.parquet").exists():
+        print(f"generating {args.customers:,} demo customers into {data_dir}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "churnguard.cli", "generate", "--out", str(data_dir), "--customers",
+             str(args.customers), "--format", "parquet", "--seed", str(args.seed)],
+            cwd=ROOT, check=True,
+        )  # fmt: skip
+    work = out / "work" / f"report_{data_dir.name}"
+    work.mkdir(parents=True, exist_ok=True)
+    stages = requested_stages(args.stages, STAGES)
+    if {"kpis", "report"} & set(stages) and "load" not in stages and not (work / "clean").exists():
+        stages.insert(0, "load")
+    spec = {"data": str(data_dir), "clean": str(work / "clean"), "html": str(work / "report.html")}
+    results = previous_results(work, STAGES, stages)
+    idle = wait_for_idle(enabled=not args.no_wait)
+    run_stages(__file__, [s for s in STAGES if s in stages], spec, work, results, _headline)
+    report = {
+        "machine": machine_info(),
+        "code": code_version(),
+        "config": {"data_dir": str(data_dir), "horizon_days": HORIZON_DAYS, "idle_wait": idle},
+        "stages": results,
+        "targets": TARGETS,
+    }
+    write_report(out, "report", report, to_markdown(report))
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+def stage_baseline(spec: dict) -> dict:
+    import pyarrow.parquet as pq
+
+    t = time.perf_counter()
+    table = pq.read_table(Path(spec["data"]) / "transactions.parquet")
+    return {"read_s": time.perf_counter() - t, "rows": table.num_rows, "peak_rss_bytes": maxrss()}
+
+
+def stage_load(spec: dict) -> dict:
+    return load_stage(Path(spec["data"]), NOW, Path(spec["clean"]))
+
+
+def stage_kpis(spec: dict) -> dict:
+    from features.kpis import lifecycle_facts
+    from serving.report import default_as_of
+
+    data, _ = read_clean(Path(spec["clean"]))
+    as_of = default_as_of(data)
+    with RssSampler() as rss:
+        t = time.perf_counter()
+        facts = lifecycle_facts(data, as_of, horizon_days=HORIZON_DAYS)
+        end = time.perf_counter()
+    return {
+        "kpis_s": end - t,
+        "peak_rss_during_bytes": rss.peak(t, end),
+        "peak_rss_bytes": maxrss(),
+        "months": len(facts.month_ends),
+        "stage_input_rows": facts.stage_inputs.num_rows,
+        "customers_with_an_order": facts.customers.num_rows,
+        "as_of": str(as_of),
+    }
+
+
+def stage_report(spec: dict) -> dict:
+    from serving.report import build_report, render_html
+
+    data, _ = read_clean(Path(spec["clean"]))
+    with RssSampler() as rss:
+        t = time.perf_counter()
+        result = build_report(data, horizon_days=HORIZON_DAYS)
+        built = time.perf_counter()
+        page = render_html(result)
+        rendered = time.perf_counter()
+        Path(spec["html"]).write_text(page, encoding="utf-8")
+        end = time.perf_counter()
+    return {
+        "build_s": built - t,
+        "parts_s": result.timings,
+        "render_s": rendered - built,
+        "write_s": end - rendered,
+        "report_s": end - t,
+        "html_bytes": Path(spec["html"]).stat().st_size,
+        "peak_rss_during_bytes": rss.peak(t, end),
+        "peak_rss_bytes": maxrss(),
+    }
+
+
+def stage_cli(spec: dict) -> dict:
+    from churnguard.cli import app
+
+    out = Path(spec["html"]).with_name("report-cli.html")
+    t = time.perf_counter()
+    app(["report", "--data", spec["data"], "--out", str(out)], standalone_mode=False)
+    return {"command_s": time.perf_counter() - t, "html_bytes": out.stat().st_size, "peak_rss_bytes": maxrss()}
+
+
+STAGE_FUNCTIONS = {
+    "baseline": stage_baseline,
+    "load": stage_load,
+    "kpis": stage_kpis,
+    "report": stage_report,
+    "cli": stage_cli,
+}
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def _headline(name: str, r: dict) -> str:
+    peak = f"peak RSS {r['process_maxrss_bytes'] / GIB:.2f} GiB"
+    seconds = {"baseline": "read_s", "load": "load_s", "kpis": "kpis_s", "report": "report_s", "cli": "command_s"}
+    return f"{r[seconds[name]]:.1f} s (process {r['process_wall_s']:.1f} s), {peak}"
+
+
+def to_markdown(report: dict) -> str:
+    s = report["stages"]
+    m = report["machine"]
+
+    def row(label: str, stage: str, key: str, note: str = "") -> str:
+        if stage not in s:
+            return f"| {label} | - | - | - | not run |"
+        r = s[stage]
+        load = "/".join(f"{x:.1f}" for x in r.get("loadavg_1min", []))
+        return (
+            f"| {label} | {r[key]:.1f} | {r['process_wall_s']:.1f} | {r['process_maxrss_bytes'] / GIB:.2f} | "
+            f"{load} | {note} |"
+        )
+
+    lines = [
+        f"Lifecycle report benchmark ({m.get('cpus_usable')} cores, {m.get('cpu_model', '?')}, "
+        f"{m.get('ram_gib', '?')} GiB; commit {report['code']['commit']}; data {report['config']['data_dir']})",
+        "",
+        "| stage | seconds | process s | peak RSS GiB | load avg before/after | note |",
+        "|---|---:|---:|---:|---|---|",
+        row("baseline: `pyarrow.parquet.read_table` (transactions)", "baseline", "read_s"),
+        row("`load_dataset` (read + validate all files)", "load", "load_s"),
+        row("`lifecycle_facts` (KPIs, cohorts, stage inputs)", "kpis", "kpis_s"),
+    ]
+    if "report" in s:
+        r = s["report"]
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in r["parts_s"].items())
+        lines.append(
+            row("`build_report` + render + write", "report", "report_s",
+                f"{parts}, render {r['render_s']:.1f}, write {r['write_s']:.1f}; {r['html_bytes'] / 1e6:.1f} MB")
+        )  # fmt: skip
+    if "cli" in s:
+        lines.append(row("**`churn report` (whole command)**", "cli", "command_s",
+                         f"{s['cli']['html_bytes'] / 1e6:.1f} MB"))  # fmt: skip
+    if "baseline" in s:
+        base = s["baseline"]["read_s"]
+        ratios = []
+        for stage, key in (("kpis", "kpis_s"), ("report", "report_s"), ("cli", "command_s")):
+            if stage in s:
+                ratios.append(f"{stage} / baseline = {s[stage][key] / base:.1f}x")
+        lines += ["", "; ".join(ratios)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
