@@ -65,12 +65,29 @@ def customer_order(
     counts = np.diff(np.append(starts, n))
     if isinstance(customer_ids, pa.ChunkedArray):
         customer_ids = customer_ids.combine_chunks()
-    ids = _take(customer_ids, order[starts])
-    if not _ids_match(customer_ids, order, counts, ids):
-        return _exact_order(customer_ids, timestamp)  # two different ids share a 64-bit hash (~1 in 10^8 runs)
+    fixed = _fixed_width(customer_ids)
+    if fixed is not None:
+        # ids of one byte length (the usual case: codes, numbers, UUIDs): their bytes, read as big-endian 64-bit
+        # words, compare like the text. Check each group holds one id and order the groups with them.
+        width = fixed.shape[1]
+        grouped = _padded(fixed.view(f"V{width}").ravel()[order].view(np.uint8).reshape(n, width))  # 1-D gather
+        words = grouped.view(np.uint64)
+        boundary = np.zeros(n - 1, dtype=bool)
+        boundary[starts[1:] - 1] = True
+        if not ((words[1:] == words[:-1]).all(axis=1) | boundary).all():
+            return _exact_order(customer_ids, timestamp)  # two different ids share a 64-bit hash (~1 in 10^8 runs)
+        first = grouped[starts].view(">u8").astype(np.uint64)  # big-endian words order like the bytes
+        del grouped, words
+        by_id = np.lexsort(first.T[::-1])  # first word most significant
+        ids = _take(customer_ids, order[starts[by_id]])
+    else:
+        ids = _take(customer_ids, order[starts])
+        if not _ids_match(customer_ids, order, counts, ids):
+            return _exact_order(customer_ids, timestamp)
+        by_id = pc.sort_indices(ids).to_numpy()
+        ids = ids.take(pa.array(by_id))
     # the groups are in hash order; put them in id order by moving whole groups
-    by_id = pc.sort_indices(ids).to_numpy()
-    return CustomerOrder(_move_groups(order, starts, counts, by_id), ids.take(pa.array(by_id)), counts[by_id])
+    return CustomerOrder(_move_groups(order, starts, counts, by_id), ids, counts[by_id])
 
 
 def _positions(n: int) -> np.ndarray:
@@ -143,16 +160,9 @@ def _ids_match(customer_ids: pa.Array, order: np.ndarray, counts: np.ndarray, id
     slice at a time so the expected ids are never all in memory)."""
     group_of = np.empty(len(order), np.int32 if len(counts) < 2**31 else np.int64)
     group_of[order] = np.repeat(np.arange(len(counts), dtype=group_of.dtype), counts)
-    actual_bytes, expected_bytes = _fixed_width(customer_ids), _fixed_width(ids)
-    fixed = actual_bytes is not None and expected_bytes is not None and actual_bytes.shape[1] == expected_bytes.shape[1]
     step = 1 << 20
     for start in range(0, len(order), step):
-        groups = group_of[start : start + step]
-        if fixed:  # ids of one byte length (the usual case): compare their bytes as 64-bit words
-            if not (_words(actual_bytes[start : start + step]) == _words(expected_bytes[groups])).all():
-                return False
-            continue
-        expected = pa.DictionaryArray.from_arrays(pa.array(groups), ids).cast(ids.type)
+        expected = pa.DictionaryArray.from_arrays(pa.array(group_of[start : start + step]), ids).cast(ids.type)
         actual = customer_ids.slice(start, step).cast(ids.type)
         if not pc.all(pc.equal(actual, expected)).as_py():
             return False
@@ -171,14 +181,14 @@ def _fixed_width(values: pa.Array) -> np.ndarray | None:
     return np.frombuffer(values.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(len(values), width)
 
 
-def _words(rows: np.ndarray) -> np.ndarray:
-    """(n, width) bytes as (n, ceil(width / 8)) 64-bit words, zero-padded."""
+def _padded(rows: np.ndarray) -> np.ndarray:
+    """(n, width) bytes zero-padded to a multiple of 8 bytes, contiguous (viewable as 64-bit words)."""
     width = rows.shape[1]
-    if width % 8:
-        padded = np.zeros((len(rows), width + 8 - width % 8), np.uint8)
-        padded[:, :width] = rows
-        rows = padded
-    return np.ascontiguousarray(rows).view(np.uint64)
+    if width % 8 == 0:
+        return np.ascontiguousarray(rows)
+    padded = np.zeros((len(rows), width + 8 - width % 8), np.uint8)
+    padded[:, :width] = rows
+    return padded
 
 
 def _exact_order(customer_ids: pa.ChunkedArray | pa.Array, timestamp: np.ndarray | None) -> CustomerOrder:

@@ -52,7 +52,6 @@ from features.ordering import customer_order
 
 ROW = "__row"
 CODE = "__code"
-ROW_HASH = "__row_hash"
 ID_HASH = "__id_hash"
 EXACT_DUPLICATE = "exact duplicate"
 OUTPUT_CHUNK_ROWS = 1 << 17  # clean tables are chunked: DuckDB scans Arrow chunks in parallel
@@ -98,10 +97,31 @@ def load_dataset(
     """
     mapping = mapping or Mapping()
     inputs = [
-        _Input(contract, str(path), table_mapping, partial(read_file, path, table_mapping), path.stat().st_size)
+        _Input(
+            contract,
+            str(path),
+            table_mapping,
+            partial(read_file, path, table_mapping, compact=True),
+            _estimated_rows(path),
+        )
         for contract, path, table_mapping in find_files(data_dir, mapping)
     ]
     return _validate_all(inputs, now=now, reject_future=reject_future, progress=progress)
+
+
+def _estimated_rows(path: Path) -> int:
+    """About how many rows the file holds (Parquet says so in its footer; CSV: size / length of the first lines).
+
+    Tables are checked in descending order of rows: the per-row work arrays, not the bytes, make a table's peak,
+    and the largest one is best checked while no clean table is held yet."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_metadata(path).num_rows
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+        return path.stat().st_size * max(head.count(b"\n"), 1) // max(len(head), 1)
+    except (pa.ArrowException, OSError):
+        return 0  # read_file reports the broken file
 
 
 def read_folder(data_dir: Path, mapping: Mapping) -> list[RawTable]:
@@ -141,8 +161,12 @@ def _find_file(data_dir: Path, contract: TableContract, mapping: TableMapping) -
     return None
 
 
-def read_file(path: Path, mapping: TableMapping | None = None) -> pa.Table:
-    """Parquet as typed; CSV with every column as text, so a bad value is a reject instead of a read error."""
+def read_file(path: Path, mapping: TableMapping | None = None, *, compact: bool = False) -> pa.Table:
+    """Parquet as typed; CSV with every column as text, so a bad value is a reject instead of a read error.
+
+    ``compact``: CSV text columns with few distinct values in the first 2 MB (not the customer id) are read as
+    dictionary arrays: smaller, and their clean columns need no encoding pass later. Values are the same text.
+    """
     mapping = mapping or TableMapping()
     if path.is_dir():
         raise DataContractError(f"{path}: is a folder, expected a .csv or .parquet file")
@@ -152,27 +176,46 @@ def read_file(path: Path, mapping: TableMapping | None = None) -> pa.Table:
     try:
         if suffix == ".parquet":
             return pq.read_table(path)
-        return _read_csv(path, mapping.csv_delimiter)
+        plain = {mapping.columns.get("customer_id", "customer_id")} if compact else None
+        return _read_csv(path, mapping.csv_delimiter, plain)
     except DataContractError:
         raise
     except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataContractError(f"{path}: cannot be read: {_first_line(e)}") from None
 
 
-def _read_csv(path: Path, delimiter: str) -> pa.Table:
+def _read_csv(path: Path, delimiter: str, plain: set[str] | None = None) -> pa.Table:
+    """Every column as text; with ``plain`` given, low-cardinality columns not in it as dictionary text."""
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:  # -sig: a BOM is not in the name
         header = next(csv.reader(f, delimiter=delimiter), None)
     if not header:
         raise DataContractError(f"{path}: file is empty (no header row)")
-    return pacsv.read_csv(
-        path,
-        parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in header},
-            strings_can_be_null=True,
-            null_values=[""],
-        ),
-    )
+    _check_unique_names(header, str(path))
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+
+    def convert(types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
+        return pacsv.ConvertOptions(column_types=types, strings_can_be_null=True, null_values=[""])
+
+    types: dict[str, pa.DataType] = {name: pa.string() for name in header}
+    if plain is not None:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 21),
+            parse_options=parse,
+            convert_options=convert(types),
+        )
+        sample = next(iter(reader), None)
+        if sample is not None and sample.num_rows >= 1000:
+            for name in header:
+                if name not in plain and pc.count_distinct(sample.column(name)).as_py() <= sample.num_rows // 20:
+                    types[name] = pa.dictionary(pa.int32(), pa.string())
+    return pacsv.read_csv(path, parse_options=parse, convert_options=convert(types))
+
+
+def _check_unique_names(names: list[str], source: str) -> None:
+    duplicated = sorted({c for c in names if names.count(c) > 1})
+    if duplicated:
+        raise DataContractError(f"{source}: column '{duplicated[0]}' appears more than once in the header")
 
 
 def _first_line(e: BaseException) -> str:
@@ -184,7 +227,9 @@ def validate_tables(
     raw_tables: list[RawTable], *, now: datetime, reject_future: bool = True, progress: Progress | None = None
 ) -> tuple[Dataset, pa.Table]:
     """Check each raw table against its contract; return the clean dataset and every rejected row."""
-    inputs = [_Input(t.contract, t.source, t.mapping, partial(lambda t: t.data, t), t.data.nbytes) for t in raw_tables]
+    inputs = [
+        _Input(t.contract, t.source, t.mapping, partial(lambda t: t.data, t), t.data.num_rows) for t in raw_tables
+    ]
     return _validate_all(inputs, now=now, reject_future=reject_future, progress=progress)
 
 
@@ -194,7 +239,7 @@ class _Input:
     source: str
     mapping: TableMapping
     read: Callable[[], pa.Table]
-    size: int  # bytes, to check the largest table first (while nothing else is held in memory)
+    rows: int  # (estimated) to check the largest table first, while no clean table is held yet
 
 
 def _validate_all(
@@ -204,7 +249,7 @@ def _validate_all(
     con = connect()
     results: dict[str, _Result] = {}
     try:
-        for item in sorted(inputs, key=lambda i: -i.size):
+        for item in sorted(inputs, key=lambda i: -i.rows):
             say(f"validating {item.contract.name} ({item.source})")
             clock = now if reject_future else None
             results[item.contract.name] = _validate_table(
@@ -283,9 +328,7 @@ def _validate_table(
             raise DataContractError(f"{source}: file has no rows")
         report = TableReport(contract.name, source, 0, 0)
         return _Result(contract.empty(), REJECTS_SCHEMA.empty_table(), report, pa.array([], pa.string()))
-    duplicated = sorted({c for c in names if names.count(c) > 1})
-    if duplicated:
-        raise DataContractError(f"{source}: column '{duplicated[0]}' appears more than once in the header")
+    _check_unique_names(names, source)
     plan = _plan(contract, source, mapping, data, now)
     holder = [data]  # _run drops the raw table as soon as it can; no other reference may keep it alive
     del data
@@ -305,8 +348,7 @@ def _run(
 ) -> tuple[pa.Table, pa.Table, dict[str, int], pa.Array, dict[str, dict[str, int]]]:
     data = holder.pop()
     typed = _typed_pass(con, data, plan)
-    _mark_duplicates(con, data, typed.code, typed.row_hash, plan)
-    typed.row_hash = None
+    _mark_duplicates(con, data, typed, plan)
     code = typed.code
     reasons = plan.reasons
     counts = {reasons[c]: int(k) for c, k in enumerate(np.bincount(code, minlength=len(reasons))) if c and k}
@@ -318,7 +360,7 @@ def _run(
     keep_mask = pa.array(code == 0)
     typed.code = None
     columns = {name: _column(data, typed, plan, name) for name in contract.column_names}
-    del data
+    del data, code
     _release(con)
     customer = _text(columns.pop("customer_id")).filter(keep_mask).combine_chunks()
     del keep_mask
@@ -334,7 +376,7 @@ def _run(
     ids = _text(order.ids)
     codes = order.id_codes()
     ready = {"customer_id": _chunked(lambda a, b: _decode(codes[a:b], ids), len(rows))}
-    if ts is not None:  # already in memory for the ordering: gather it from there
+    if ts is not None:  # already in memory for the ordering: gathered from there
         ts = ts[order.rows].view("datetime64[us]")
         ready["timestamp"] = _chunked(lambda a, b: pa.array(ts[a:b]), len(rows))
     kept, value_counts = _reorder_all(contract, ready, columns, rows)
@@ -356,51 +398,57 @@ class _Typed:
     columns DuckDB makes (numbers and time stamps in numpy, text as Arrow)."""
 
     code: np.ndarray
-    row_hash: np.ndarray | None
     id_hash: np.ndarray
     numbers: dict[str, _Numbers]
     text: dict[str, pa.ChunkedArray]
 
 
+TYPED_PASS_ROWS = 1 << 22  # rows per DuckDB query: parallel inside, bounded result memory
+
+
 def _typed_pass(con: duckdb.DuckDBPyConnection, data: pa.Table, plan: _Plan) -> _Typed:
-    """Run the check query, streaming its result batch by batch into numpy arrays (no second copy of it)."""
+    """Run the check query over slices of the table (DuckDB materialises each in parallel; a streamed result would
+    run on one thread) and move the results into preallocated numpy arrays."""
     n = data.num_rows
     checked = data.append_column(ROW, pa.array(np.arange(1, n + 1, dtype=np.int64))) if plan.window else data
-    flat = {CODE: np.empty(n, np.uint8), ROW_HASH: np.empty(n, np.uint64), ID_HASH: np.empty(n, np.uint64)}
+    step = n if plan.window else TYPED_PASS_ROWS  # the customers' window needs the whole table at once
+    code, id_hash = np.empty(n, np.uint8), np.empty(n, np.uint64)
     numbers = {
         name: _Numbers(np.empty(n, np.int64 if pa.types.is_timestamp(t) else np.float64), np.empty(n, bool), t)
         for name, t in plan.types.items()
         if not pa.types.is_string(t) and name in plan.typed_sql
     }
-    text: dict[str, list[pa.Array]] = {
+    text: dict[str, list[pa.ChunkedArray]] = {
         name: [] for name in plan.typed_sql if name not in plan.passthrough and name not in numbers
     }
-    con.register("raw_input", checked)
-    try:
-        at = 0
-        for batch in con.sql(_typed_sql(plan, data.column_names)).to_arrow_reader(OUTPUT_CHUNK_ROWS):
-            k = batch.num_rows
-            for name, out in flat.items():
-                out[at : at + k] = batch.column(name).to_numpy()
-            for name, out in numbers.items():
-                column = batch.column(name)
-                out.valid[at : at + k] = column.is_valid().to_numpy(zero_copy_only=False)
-                if pa.types.is_timestamp(column.type):
-                    column = column.cast(pa.int64())
-                out.values[at : at + k] = column.fill_null(0).to_numpy()
-            for name, chunks in text.items():
-                chunks.append(batch.column(name))
-            at += k
-    finally:
-        con.unregister("raw_input")
-    if at != n:
-        raise RuntimeError(f"validation pass returned {at} rows for {n}")
+    sql = _typed_sql(plan, data.column_names)
+    for start in range(0, max(n, 1), step):
+        stop = min(start + step, n)
+        con.register("raw_input", checked.slice(start, stop - start))
+        try:
+            result = con.sql(sql).to_arrow_table()
+        finally:
+            con.unregister("raw_input")
+        if result.num_rows != stop - start:
+            raise RuntimeError(f"validation pass returned {result.num_rows} rows for {stop - start}")
+        code[start:stop] = result[CODE].to_numpy()
+        id_hash[start:stop] = result[ID_HASH].to_numpy()
+        for name, out in numbers.items():
+            values = result[name].to_numpy()  # nulls become NaN / NaT
+            if pa.types.is_timestamp(out.type):
+                values = values.view(np.int64)
+                out.valid[start:stop] = values != np.iinfo(np.int64).min  # NaT
+            else:
+                out.valid[start:stop] = ~np.isnan(values)  # a clean number is never NaN (non-finite is a reject)
+            out.values[start:stop] = values
+        for name, chunks in text.items():
+            chunks.append(result[name])
+        del result
     return _Typed(
-        flat[CODE],
-        flat[ROW_HASH],
-        flat[ID_HASH],
+        code,
+        id_hash,
         numbers,
-        {name: pa.chunked_array(chunks, pa.string()) for name, chunks in text.items()},
+        {name: pa.chunked_array([c for p in parts for c in p.chunks], pa.string()) for name, parts in text.items()},
     )
 
 
@@ -419,14 +467,19 @@ def _plan(contract: TableContract, source: str, mapping: TableMapping, data: pa.
     typed_sql: dict[str, str] = {}
     raw_sql: dict[str, str] = {}
     checks: list[tuple[str, str]] = []
+    kinds = {c.name: c.kind for c in contract.columns}
+    single = {src[0] for name, src in sources.items() if name not in mapping.derive and kinds[name] == "string"}
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: check two columns at a time
+        clean = dict(zip(single, pool.map(lambda c: _is_clean_text(data[c]), single), strict=True))
     for col in contract.columns:
         if col.name not in sources:
             continue
-        raw, value = _column_sql(col, sources[col.name], mapping, data)
+        raw, value = _column_sql(col, sources[col.name], mapping, data, clean)
         if col.kind == "string" and col.name not in mapping.derive and value == quote(sources[col.name][0]):
             passthrough[col.name] = sources[col.name][0]  # clean text: taken from the Arrow table as it is
         typed_sql[col.name], raw_sql[col.name] = value, raw
-        checks.extend(_checks(col, now))
+        parsed_text = col.kind != "string" and col.name not in mapping.derive
+        checks.extend(_checks(col, now, parsed_text and _is_text(data.schema.field(sources[col.name][0]).type)))
     after: list[tuple[str, str]] = []
     window = ""
     if contract is CUSTOMERS:
@@ -472,7 +525,6 @@ def _typed_sql(plan: _Plan, raw_columns: list[str]) -> str:
     """One pass: the code of the first failed check, the typed values DuckDB makes, the row and id hashes."""
     inner = [f"{sql} AS {quote(name)}" for name, sql in plan.typed_sql.items()]
     inner += [f"{sql} AS {quote(name + '__raw')}" for name, sql in plan.raw_sql.items()]
-    inner.append(f"hash({', '.join(quote(c) for c in raw_columns)}) AS {ROW_HASH}")
     inner.append(f"hash({plan.typed_sql['customer_id']}) AS {ID_HASH}")
     if plan.window:
         inner.append(plan.window)
@@ -480,7 +532,7 @@ def _typed_sql(plan: _Plan, raw_columns: list[str]) -> str:
     case = " ".join(f"WHEN {cond} THEN {i}" for i, cond in enumerate(conditions, start=1))
     outer = [f"CAST(CASE {case} ELSE 0 END AS UTINYINT) AS {CODE}"]
     outer += [quote(name) for name in plan.typed_sql if name not in plan.passthrough]
-    outer += [ROW_HASH, ID_HASH]
+    outer.append(ID_HASH)
     order = ""
     if plan.window:  # a projection keeps the input order (DuckDB preserves insertion order); a window does not
         inner.append(ROW)
@@ -488,17 +540,22 @@ def _typed_sql(plan: _Plan, raw_columns: list[str]) -> str:
     return f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM raw_input){order}"
 
 
-def _checks(col: Column, now: datetime | None) -> list[tuple[str, str]]:
+def _checks(col: Column, now: datetime | None, text: bool) -> list[tuple[str, str]]:
+    """(condition, reason) for one column, in the order reasons win. ``text``: the raw value is text that the
+    typed value was parsed from, and a blank one (spaces only) counts as missing; TRIM runs only where the typed
+    value is null (DuckDB evaluates the rest of an AND only for rows the first part keeps)."""
     name, raw = quote(col.name), quote(col.name + "__raw")
+    missing = f"{name} IS NULL AND ({raw} IS NULL OR TRIM({raw}) = '')" if text else f"{raw} IS NULL"
+    present_but_null = f"{name} IS NULL AND TRIM({raw}) <> ''" if text else f"{raw} IS NOT NULL AND {name} IS NULL"
     out = []
     if col.required:
-        out.append((f"{raw} IS NULL", f"missing {col.name}"))
+        out.append((missing, f"missing {col.name}"))
     if col.kind == "timestamp":
-        out.append((f"{raw} IS NOT NULL AND {name} IS NULL", f"unparseable {col.name}"))
+        out.append((present_but_null, f"unparseable {col.name}"))
         if now is not None and col.name != "churn_date":
             out.append((f"{name} > TIMESTAMP '{now.isoformat(sep=' ')}'", f"{col.name} after now"))
     elif col.kind == "float64":
-        out.append((f"{raw} IS NOT NULL AND {name} IS NULL", f"non-numeric {col.name}"))
+        out.append((present_but_null, f"non-numeric {col.name}"))
         out.append((f"{name} IS NOT NULL AND NOT isfinite({name})", f"non-finite {col.name}"))
     return out
 
@@ -509,25 +566,29 @@ _SQL_TYPE = {"string": "VARCHAR", "timestamp": "TIMESTAMP", "float64": "DOUBLE"}
 _PLAIN_TIMESTAMP_SHAPES = ("____-__-__ __:__:__", "____-__-__T__:__:__", "____-__-__")
 
 
-def _column_sql(col: Column, sources: list[str], mapping: TableMapping, data: pa.Table) -> tuple[str, str]:
+def _column_sql(
+    col: Column, sources: list[str], mapping: TableMapping, data: pa.Table, clean_text: dict[str, bool]
+) -> tuple[str, str]:
     """(expression that is NULL when the value is missing, typed expression) for one contract column."""
     if col.name in mapping.derive:
-        numeric = {s: _as_double(s, data.schema.field(s).type, clean=False) for s in sources}
+        numeric = {s: _as_double(s, data.schema.field(s).type) for s in sources}
         any_null = " OR ".join(f"{quote(s)} IS NULL" for s in sources)
         return f"CASE WHEN {any_null} THEN NULL ELSE 'derived' END", expression_sql(mapping.derive[col.name], numeric)
     (src,) = sources
     arrow_type = data.schema.field(src).type
-    clean = _is_clean_text(data[src])
     if col.kind == "string":
-        text = _as_text(src, arrow_type, clean)
+        text = _as_text(src, arrow_type, clean_text.get(src, False))
         return text, text
-    raw = quote(src) if clean or not _is_text(arrow_type) else f"NULLIF(TRIM({quote(src)}), '')"
-    if col.kind == "float64":
-        return raw, _as_double(src, arrow_type, clean)
-    return raw, _as_timestamp(src, arrow_type, mapping.timestamp_format, clean)
+    q = quote(src)
+    value = _as_double(src, arrow_type) if col.kind == "float64" else _as_timestamp(src, arrow_type, mapping)
+    # text numbers and time stamps parse with or without surrounding spaces: the raw value is the text itself, and
+    # the checks tell a blank one (missing) from a bad one (see _checks)
+    return q, value
 
 
 def _is_text(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
     return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
 
 
@@ -538,24 +599,22 @@ def _is_clean_text(values: pa.ChunkedArray) -> bool:
     """
     if not _is_text(values.type):
         return False
+    if pa.types.is_dictionary(values.type):  # the values are in the dictionaries; a null index is just null
+        return all(_is_clean_text(pa.chunked_array([c.dictionary])) for c in values.chunks if len(c.dictionary))
     offset_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
     for chunk in values.chunks:
         if len(chunk) == 0 or chunk.null_count == len(chunk):
             continue
         _, offsets_buf, data_buf = chunk.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=offset_type)[chunk.offset : chunk.offset + len(chunk) + 1]
-        lengths = np.diff(offsets)
-        present = lengths > 0
-        if chunk.null_count:
-            present &= chunk.is_valid().to_numpy(zero_copy_only=False)
-            if ((lengths == 0) & chunk.is_valid().to_numpy(zero_copy_only=False)).any():
-                return False
-        elif not present.all():
+        starts, ends = offsets[:-1], offsets[1:]
+        if chunk.null_count:  # null slots are empty: look at the values only
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            starts, ends = starts[valid], ends[valid]
+        if (ends <= starts).any():
             return False
-        if data_buf is None:
-            continue
         data = np.frombuffer(data_buf, dtype=np.uint8)
-        if (data[offsets[:-1][present]] == 32).any() or (data[offsets[1:][present] - 1] == 32).any():
+        if (data[starts] == 32).any() or (data[ends - 1] == 32).any():
             return False
     return True
 
@@ -569,26 +628,26 @@ def _as_text(src: str, arrow_type: pa.DataType, clean: bool) -> str:
     return f"NULLIF(TRIM(CAST({q} AS VARCHAR)), '')"
 
 
-def _as_double(src: str, arrow_type: pa.DataType, clean: bool) -> str:
+def _as_double(src: str, arrow_type: pa.DataType) -> str:
     q = quote(src)
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
         return f"CAST({q} AS DOUBLE)"
-    if clean:
-        return f"TRY_CAST({q} AS DOUBLE)"
-    return f"TRY_CAST(TRIM(CAST({q} AS VARCHAR)) AS DOUBLE)"
+    if _is_text(arrow_type):
+        return f"TRY_CAST({q} AS DOUBLE)"  # the cast itself skips surrounding spaces (as TRIM would)
+    return f"TRY_CAST(CAST({q} AS VARCHAR) AS DOUBLE)"
 
 
-def _as_timestamp(src: str, arrow_type: pa.DataType, fmt: str | None, clean: bool) -> str:
+def _as_timestamp(src: str, arrow_type: pa.DataType, mapping: TableMapping) -> str:
     """Naive UTC, truncated to the second (see the contract)."""
     q = quote(src)
     if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
         # aware -> UTC wall time (session zone is UTC); naive and dates stay as they are
         return f"date_trunc('second', CAST({q} AS TIMESTAMP))"
-    text = q if clean else f"TRIM(CAST({q} AS VARCHAR))"
-    if fmt:
-        return f"date_trunc('second', TRY_STRPTIME({text}, {_sql_string(fmt)}))"
-    parsed = f"date_trunc('second', CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP))"
-    if not clean:
+    text = q if _is_text(arrow_type) else f"CAST({q} AS VARCHAR)"
+    if mapping.timestamp_format:
+        return f"date_trunc('second', TRY_STRPTIME(TRIM({text}), {_sql_string(mapping.timestamp_format)}))"
+    parsed = f"date_trunc('second', CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP))"  # skips spaces itself
+    if not _is_text(arrow_type):
         return parsed
     shapes = " OR ".join(f"{q} LIKE '{shape}'" for shape in _PLAIN_TIMESTAMP_SHAPES)
     return f"CASE WHEN {shapes} THEN TRY_CAST({q} AS TIMESTAMP) ELSE {parsed} END"
@@ -601,25 +660,36 @@ def _sql_string(s: str) -> str:
 # --------------------------------------------------------------------------------------------- duplicates, rejects
 
 
-def _mark_duplicates(
-    con: duckdb.DuckDBPyConnection, data: pa.Table, code: np.ndarray, row_hash: np.ndarray, plan: _Plan
-) -> None:
+def _mark_duplicates(con: duckdb.DuckDBPyConnection, data: pa.Table, typed: _Typed, plan: _Plan) -> None:
     """Set the code of rows identical to an earlier row (among rows whose reason would come after it).
 
-    Rows with an earlier reason keep it, as identical rows share every column check. Hashes seen twice are found
-    with one sort; only those rows are compared on every column, so a hash collision never rejects a row.
+    Rows with an earlier reason keep it, as identical rows share every column check. Identical raw rows have
+    identical typed values, so rows whose key (the id hash xor every typed number and time stamp times a constant)
+    occurs once cannot be duplicates; one numpy sort finds the others. If they are many (data where those columns
+    repeat a lot), a hash of the whole raw row narrows them down; the rest are compared on every column, so no hash
+    collision can ever reject a row.
     """
+    code = typed.code
     first_after = 1 + len(plan.checks)  # codes of the checks that come after the duplicate check
     eligible = (code == 0) | (code >= first_after)
-    ordered = row_hash[eligible]
-    ordered.sort()
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    del ordered
-    if repeated.size == 0:
+    key = typed.id_hash.copy()
+    for i, column in enumerate(typed.numbers.values()):  # nulls hold 0 there: at worst one more candidate
+        key ^= column.values.view(np.uint64) * np.uint64(_ODD[i % len(_ODD)])
+    candidates = np.flatnonzero(_repeated(key, eligible))
+    del key, eligible
+    if candidates.size > 0.05 * len(code):  # narrow down with the whole raw row
+        table = data.filter(_mask(len(code), candidates))
+        con.register("candidates", table)
+        try:
+            row_hash = con.sql(f"SELECT hash({', '.join(quote(c) for c in data.column_names)}) FROM candidates")
+            row_hash = row_hash.fetchnumpy()
+        finally:
+            con.unregister("candidates")
+        row_hash = np.asarray(next(iter(row_hash.values())), dtype=np.uint64)
+        candidates = candidates[_repeated(row_hash, np.ones(len(row_hash), dtype=bool))]
+    if candidates.size == 0:
         return
-    eligible &= pc.is_in(pa.array(row_hash), value_set=pa.array(repeated)).to_numpy(zero_copy_only=False)
-    candidates = np.flatnonzero(eligible)
-    table = data.filter(pa.array(eligible)).append_column(ROW, pa.array(candidates + 1))
+    table = data.filter(_mask(len(code), candidates)).append_column(ROW, pa.array(candidates + 1))
     cols = ", ".join(quote(c) for c in data.column_names)
     con.register("candidates", table)
     try:
@@ -630,6 +700,27 @@ def _mark_duplicates(
     finally:
         con.unregister("candidates")
     code[np.asarray(copies, dtype=np.int64) - 1] = len(plan.reasons) - 1
+
+
+_ODD = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93)
+
+
+def _repeated(key: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Which of the rows flagged in ``among`` have a key that occurs at least twice among them."""
+    ordered = key[among]
+    ordered.sort()
+    twice = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
+    if twice.size == 0:
+        return np.zeros(len(key), dtype=bool)
+    # membership through a 16 MB table of the keys' low bits (one cached read per row), then exactly
+    low = np.uint64((1 << 24) - 1)
+    table = np.zeros(1 << 24, dtype=bool)
+    table[(twice & low).astype(np.int64)] = True
+    maybe = np.flatnonzero(among & table[(key & low).astype(np.int64)])
+    out = np.zeros(len(key), dtype=bool)
+    out[maybe[np.isin(key[maybe], twice)]] = True
+    return out
 
 
 def _mask(n: int, rows: np.ndarray) -> pa.Array:
@@ -719,7 +810,10 @@ def _reorder_all(
 
 
 def _text(values: pa.ChunkedArray | pa.Array | None) -> pa.ChunkedArray | pa.Array | None:
-    return values.cast(pa.string()) if values is not None and pa.types.is_large_string(values.type) else values
+    """Plain ``string`` (from ``large_string`` or dictionary text)."""
+    if values is not None and (pa.types.is_large_string(values.type) or pa.types.is_dictionary(values.type)):
+        return values.cast(pa.string())
+    return values
 
 
 def _reorder(
@@ -743,14 +837,16 @@ def _reorder(
             return pa.array(gathered[a:b], type=value_type, mask=None if mask is None else mask[a:b])
 
         return _chunked(chunk, n), None
-    values = _text(values)
-    value_type = values.type
-    if pa.types.is_string(value_type):
+    if pa.types.is_large_string(values.type):
+        values = values.cast(pa.string())
+    if pa.types.is_dictionary(values.type) or pa.types.is_string(values.type):
+        dictionary_text = pa.types.is_dictionary(values.type)
         sample = values.slice(0, 100_000)
-        if len(sample) and pc.count_distinct(sample).as_py() <= len(sample) // 20:
-            encoded = pc.dictionary_encode(values).unify_dictionaries().combine_chunks()
+        if dictionary_text or (len(sample) and pc.count_distinct(sample).as_py() <= len(sample) // 20):
+            encoded = values if dictionary_text else pc.dictionary_encode(values)
+            encoded = encoded.unify_dictionaries().combine_chunks()
             del values
-            dictionary = encoded.dictionary
+            dictionary = _text(encoded.dictionary)
             indices = encoded.indices.fill_null(0).to_numpy()[rows]
             valid = encoded.is_valid().to_numpy(zero_copy_only=False)[rows] if encoded.null_count else None
             del encoded

@@ -464,3 +464,62 @@ def test_every_broken_input_is_one_clean_line(tmp_path):
         assert "Traceback" not in r.output, name
         assert expected in r.output, (name, r.output)
         assert len(r.output.strip().splitlines()) == 1, (name, r.output)
+
+
+def test_equal_typed_values_with_different_text_are_not_duplicates(tmp_path):
+    """Duplicates are found through typed values first, but only identical raw rows are rejected."""
+    (tmp_path / "transactions.csv").write_text(
+        "customer_id,timestamp,amount,product_id\n"
+        "c1,2024-01-01 10:00:00,10.5,p1\n"
+        "c1,2024-01-01 10:00:00,10.50,p1\n"  # same values, other text: kept
+        "c1,2024-01-01T10:00:00,10.5,p1\n"  # same time, other text: kept
+        "c1,2024-01-01 10:00:00,10.5,p2\n"  # other product: kept
+        "c1,2024-01-01 10:00:00,10.5,p1\n"  # identical to row 1: rejected
+    )
+    data, rejects = load_dataset(tmp_path, now=NOW)
+    assert data.transactions.num_rows == 4
+    assert [(r["row_number"], r["reason"]) for r in rejects.to_pylist()] == [(5, "exact duplicate")]
+
+
+def test_duplicates_when_most_rows_share_their_typed_values(tmp_path):
+    """Many rows alike in every typed column (the whole-row hash narrows them down): still exact."""
+    lines = [f"c{i % 3},2024-01-01 10:00:00,1,p{i}" for i in range(200)] + ["c1,2024-01-01 10:00:00,1,p7"] * 3
+    (tmp_path / "transactions.csv").write_text("customer_id,timestamp,amount,product_id\n" + "\n".join(lines) + "\n")
+    data, rejects = load_dataset(tmp_path, now=NOW)
+    assert data.transactions.num_rows == 200
+    # row 8 holds c1/p7 (i = 7); rows 201-203 repeat it
+    assert [(r["row_number"], r["reason"]) for r in rejects.to_pylist()] == [
+        (201, "exact duplicate"),
+        (202, "exact duplicate"),
+        (203, "exact duplicate"),
+    ]
+
+
+def test_compact_reading_changes_nothing(tmp_path):
+    """load_dataset reads low-cardinality CSV columns as dictionaries; the in-memory path reads plain text."""
+    from features.demo import generate
+    from features.mapping import Mapping
+    from features.validate import read_folder, validate_tables
+
+    generate(tmp_path, customers=300, seed=9, months=12, fmt="csv")
+    compact, compact_rejects = load_dataset(tmp_path, now=NOW)
+    raw = read_folder(tmp_path, Mapping())
+    assert not any(pa.types.is_dictionary(f.type) for t in raw for f in t.data.schema)
+    assert pa.types.is_dictionary(read_file(tmp_path / "events.csv", compact=True).schema.field("event_type").type)
+    plain, plain_rejects = validate_tables(raw, now=NOW)
+    for name in ("transactions", "events", "customers"):
+        assert getattr(compact, name).equals(getattr(plain, name)), name
+    assert compact_rejects.equals(plain_rejects)
+    assert compact.report == plain.report
+
+
+def test_checking_in_slices_changes_nothing(folder, monkeypatch):
+    """Big tables are checked in slices of rows; the result must not depend on where the slices fall."""
+    import features.validate as validate
+
+    whole, whole_rejects = load_dataset(folder, now=NOW)
+    monkeypatch.setattr(validate, "TYPED_PASS_ROWS", 3)
+    sliced, sliced_rejects = load_dataset(folder, now=NOW)
+    for name in ("transactions", "events", "customers"):
+        assert getattr(whole, name).equals(getattr(sliced, name)), name
+    assert whole_rejects.equals(sliced_rejects)
