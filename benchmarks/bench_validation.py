@@ -16,7 +16,9 @@ a fresh Python subprocess, so that its peak memory (the child's ``ru_maxrss``) i
                         progress messages), peak RSS, the clean tables' Arrow bytes, rows kept and rejected;
 * ``validate_parquet``  the same on the Parquet folder;
 * ``before_csv`` / ``before_parquet`` (only when asked with ``--stages``): the same call with
-  ``features/validate.py`` as it is on ``--before-ref`` (default ``main``), loaded from git into this process.
+  ``features/validate.py`` as it is on ``--before-ref`` (default ``main``), loaded from git into this process;
+* ``same_as_before`` (only when asked): both versions on both folders in one process; the clean tables (row order
+  included), the rejects (raw text included) and the report must be equal.
 
 Targets (issue "scale", items 1 and 5): CSV validation <= 3x ``read_csv`` in the same run; Parquet validation
 faster than CSV validation; peak RSS of validation <= 2x the clean tables' Arrow bytes. With several sizes the
@@ -56,7 +58,7 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path set-up
 NOW = datetime(2026, 1, 1)  # the run's clock for validation: later rows (year ~2099) are rejects
 TABLES = ("transactions", "events", "customers")
 STAGES = ("read_csv", "read_csv_text", "duckdb_csv", "read_parquet", "validate_csv", "validate_parquet")
-OPTIONAL_STAGES = ("before_csv", "before_parquet")
+OPTIONAL_STAGES = ("before_csv", "before_parquet", "same_as_before")
 TARGETS = {"csv_over_read": 3.0, "peak_over_clean": 2.0}
 
 
@@ -258,6 +260,29 @@ def stage_before_parquet(spec: dict) -> dict:
     return dict(_validate(_before_module(spec["before_ref"]).load_dataset, spec["parquet"]), ref=spec["before_ref"])
 
 
+def stage_same_as_before(spec: dict) -> dict:
+    from features.validate import load_dataset
+
+    before = _before_module(spec["before_ref"]).load_dataset
+    out: dict = {"ref": spec["before_ref"]}
+    t0 = time.perf_counter()
+    for fmt in ("csv", "parquet"):
+        folder = Path(spec[fmt])
+        old, old_rejects = before(folder, now=NOW)
+        new, new_rejects = load_dataset(folder, now=NOW)
+        out[fmt] = {
+            **{name: getattr(old, name).equals(getattr(new, name)) for name in TABLES},
+            "rejects": old_rejects.equals(new_rejects),
+            "report": old.report == new.report,
+            "rows_kept": new.report.rows_kept,
+            "rows_rejected": new_rejects.num_rows,
+        }
+        del old, old_rejects, new, new_rejects
+    out["seconds"] = time.perf_counter() - t0
+    out["cpu_s"] = 0.0
+    return out
+
+
 STAGE_FUNCTIONS = {
     "generate": stage_generate,
     "read_csv": stage_read_csv,
@@ -268,6 +293,7 @@ STAGE_FUNCTIONS = {
     "validate_parquet": stage_validate_parquet,
     "before_csv": stage_before_csv,
     "before_parquet": stage_before_parquet,
+    "same_as_before": stage_same_as_before,
 }
 
 
@@ -361,7 +387,7 @@ def to_markdown(r: dict) -> str:
             "before_parquet": "`load_dataset` before this change, Parquet",
         }
         for name in STAGES + OPTIONAL_STAGES:
-            if name not in st:
+            if name not in st or name == "same_as_before":
                 continue
             x = st[name]
             extra = notes[name]
@@ -380,17 +406,29 @@ def to_markdown(r: dict) -> str:
         lines.append("")
         verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
         if "csv_over_read_csv" in s:
+            others = [
+                f"/ {label} {s[key]:.2f}x"
+                for key, label in (
+                    ("csv_over_read_csv_text", "all-text read"),
+                    ("csv_over_duckdb_csv", "DuckDB `read_csv`"),
+                )
+                if key in s
+            ]
             lines.append(
                 f"- CSV validation / `read_csv` **{s['csv_over_read_csv']:.2f}x** (target <= "
-                f"{TARGETS['csv_over_read']:.0f}x: {verdict(s['csv_time_ok'])}); / all-text read "
-                f"{s.get('csv_over_read_csv_text', float('nan')):.2f}x; / DuckDB `read_csv` "
-                f"{s.get('csv_over_duckdb_csv', float('nan')):.2f}x."
+                f"{TARGETS['csv_over_read']:.0f}x: {verdict(s['csv_time_ok'])})"
+                + ("; " + "; ".join(others) if others else "")
+                + "."
             )
         if "parquet_over_csv" in s:
             lines.append(
                 f"- Parquet validation / CSV validation {s['parquet_over_csv']:.2f}x (faster: "
-                f"{verdict(s['parquet_faster_ok'])}); / `read_table` "
-                f"{s.get('parquet_over_read_parquet', float('nan')):.2f}x."
+                f"{verdict(s['parquet_faster_ok'])})"
+                + (
+                    f"; / `read_table` {s['parquet_over_read_parquet']:.2f}x."
+                    if "parquet_over_read_parquet" in s
+                    else "."
+                )
             )
         for fmt in ("csv", "parquet"):
             if f"{fmt}_peak_over_clean" in s:
@@ -402,6 +440,18 @@ def to_markdown(r: dict) -> str:
                 lines.append(
                     f"- {fmt}: {s[f'{fmt}_speedup_over_before']:.1f}x faster than before; same kept rows and "
                     f"rejects per reason: {'yes' if s[f'{fmt}_same_counts_as_before'] else '**NO**'}."
+                )
+        if "same_as_before" in st:
+            x = st["same_as_before"]
+            for fmt in ("csv", "parquet"):
+                checks = {k: v for k, v in x[fmt].items() if isinstance(v, bool)}
+                verdict_eq = (
+                    "yes" if all(checks.values()) else "**NO**: " + ", ".join(k for k, v in checks.items() if not v)
+                )
+                lines.append(
+                    f"- {fmt}: output equal to `{x['ref']}` (clean tables in the same row order, rejects with raw "
+                    f"text, report): {verdict_eq} ({x[fmt]['rows_kept']:,} rows kept, {x[fmt]['rows_rejected']:,} "
+                    "rejected)."
                 )
         lines.append("")
     if r["slopes"]:

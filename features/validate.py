@@ -16,15 +16,18 @@ but a broken input: it stops with a one-line error naming the file (and column).
 
 How it stays near the time it takes just to read the files (``benchmarks/bench_validation.py``):
 
-* Tables are read and checked one at a time, so only one raw table is in memory, next to the clean ones.
-* One DuckDB pass per table computes the first failed check of every row (a small integer), the typed time stamps
-  and numbers, a 64-bit hash of the whole raw row and one of the customer id. Text columns that need no trimming
-  are not copied through DuckDB at all; time stamps in the usual ``YYYY-MM-DD HH:MM:SS`` shape take DuckDB's plain
-  timestamp cast (the time-zone-aware parse, three times slower, is kept for the rest).
-* Exact duplicates: hashes that occur twice are found with one numpy sort; only rows with such a hash are compared
-  column by column, so a hash collision can never reject a row.
-* Clean rows are kept sorted by customer and time (``features/ordering.py`` says why and how); low-cardinality
-  text columns are reordered through a dictionary, and ``customer_id`` is rebuilt from the sorted distinct ids.
+* Tables are read and checked one at a time, the one with the most rows first, so memory holds one raw table next
+  to the clean ones. CSV columns with few distinct values are read as dictionaries (same text, less memory).
+* One DuckDB pass (per slice of 4M rows, parallel inside) computes the code of the first failed check of every
+  row, the typed numbers and time stamps, and a hash of the customer id; the results go straight into numpy. Text
+  columns that need no trimming are not copied through DuckDB at all, and time stamps shaped
+  ``YYYY-MM-DD HH:MM:SS`` take the plain timestamp cast (the time-zone-aware parse, three times slower, is kept
+  for every other shape; the two agree on those shapes, ``tests/test_validate.py``).
+* Exact duplicates: identical raw rows have identical typed values, so one numpy sort of a key made from them finds
+  the few rows that can be duplicates; only those are compared column by column, so no hash collision can ever
+  reject a row.
+* Clean rows are sorted by customer and time (``features/ordering.py`` says why and how); text columns with few
+  distinct values are reordered through dictionary codes, and ``customer_id`` is rebuilt from the sorted ids.
 """
 
 from __future__ import annotations
@@ -255,7 +258,7 @@ def _validate_all(
             results[item.contract.name] = _validate_table(
                 con, item.contract, item.source, item.mapping, item.read, clock
             )
-            _release(con)
+            _release()
         ordered = [results[t.name] for t in TABLES if t.name in results]  # reports and rejects in contract order
         tx = results.get(TRANSACTIONS.name)
         if tx is not None and tx.report.rows_kept == 0:
@@ -361,7 +364,7 @@ def _run(
     typed.code = None
     columns = {name: _column(data, typed, plan, name) for name in contract.column_names}
     del data, code
-    _release(con)
+    _release()
     customer = _text(columns.pop("customer_id")).filter(keep_mask).combine_chunks()
     del keep_mask
     ts = None
@@ -394,7 +397,7 @@ class _Numbers:
 
 @dataclass
 class _Typed:
-    """What the DuckDB pass returns for each input row: the check code, the row and id hashes, and the typed
+    """What the DuckDB pass returns for each input row: the check code, the customer id hash, and the typed
     columns DuckDB makes (numbers and time stamps in numpy, text as Arrow)."""
 
     code: np.ndarray
@@ -452,9 +455,9 @@ def _typed_pass(con: duckdb.DuckDBPyConnection, data: pa.Table, plan: _Plan) -> 
     )
 
 
-def _release(con: duckdb.DuckDBPyConnection) -> None:
-    """Hand freed memory back to the system (pyarrow's and DuckDB's allocators keep it for reuse otherwise),
-    so the next table's peak is not on top of this one's."""
+def _release() -> None:
+    """Hand memory pyarrow's allocator keeps for reuse back to the system, so the next table's peak is not on top
+    of this one's leftovers."""
     pa.default_memory_pool().release_unused()
 
 
