@@ -12,14 +12,14 @@ from churnguard.settings import load_settings
 @bentoml.service(name="bare_booster", workers=1)
 class BareBooster:
     def __init__(self) -> None:
-        from training.tracking import load_model
+        from model.registry import load_model
 
-        model = load_model(load_settings(), "models:/churnguard@champion")
+        model = load_model(load_settings().mlflow, "models:/churnguard@champion")
         classifier = model.classifier
-        if not hasattr(classifier, "booster_"):
+        if not hasattr(classifier, "booster"):
             raise RuntimeError(f"the champion is {classifier.name}, not LightGBM: retrain on demo data")
-        self.booster = classifier.booster_
-        self.iterations = classifier.best_iteration_
+        self.booster = classifier.booster
+        self.iterations = classifier.best_iteration
         self.n_features = len(classifier.features)
 
     @bentoml.api

@@ -30,9 +30,9 @@ def prepare(out: Path) -> tuple[dict, list[float | None], str]:
     """Demo data, a trained champion, and one request: a customer with ~50 transactions and ~100 events."""
     import pyarrow.compute as pc
 
+    from churnguard.demo import generate
     from churnguard.settings import Settings
     from features.build import as_entities, build_features
-    from features.demo import generate
     from features.validate import load_dataset
     from training.tracking import log_training
     from training.train import train
@@ -43,7 +43,8 @@ def prepare(out: Path) -> tuple[dict, list[float | None], str]:
     data, _ = load_dataset(demo, now=datetime(2026, 1, 1))
     settings = Settings(data_dir=out / "api_store")
     if not (settings.data_dir / "mlflow.db").exists():
-        log_training(train(data, settings, run_backtest=False), settings)
+        result = train(data, settings.training, settings.labels, settings.features, run_backtest=False)
+        log_training(result, settings.mlflow)
 
     as_of = datetime(2024, 12, 1)
     tx_counts = pc.value_counts(data.transactions["customer_id"]).to_pylist()
@@ -66,9 +67,9 @@ def prepare(out: Path) -> tuple[dict, list[float | None], str]:
         "as_of": as_of.date().isoformat(),
     }
     feats = build_features(data, as_entities([customer], as_of)).to_pylist()[0]
-    from training.tracking import load_model
+    from model.registry import load_model
 
-    model = load_model(settings)
+    model = load_model(settings.mlflow)
     row = [feats[f] for f in model.classifier.features]
     return body, row, str(settings.data_dir.resolve())
 
@@ -128,7 +129,7 @@ def main() -> None:
     from churnguard.settings import Settings
     from serving.bento import import_champion
 
-    import_champion(Settings(data_dir=Path(data_dir)))
+    import_champion(Settings(data_dir=Path(data_dir)).mlflow)
     results: dict = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
         "request": {

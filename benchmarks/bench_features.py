@@ -2,7 +2,7 @@
 
     uv run python benchmarks/bench_features.py [--customers 1000000] [--snapshots 6] [--out benchmarks/out]
 
-Generates (once, cached under ``--out``) the demo business with ``features.demo.generate`` as Parquet, then
+Generates (once, cached under ``--out``) the demo business with ``churnguard.demo.generate`` as Parquet, then
 runs every stage in a fresh Python subprocess, so that its peak memory (its ``ru_maxrss``) is its own:
 
 * ``cg_1`` / ``cg_n``   churnguard at 1 as_of (the data end: every customer is known) and at ``--snapshots``
@@ -254,7 +254,7 @@ def _run_stage(args: argparse.Namespace) -> None:
 
 
 def stage_generate(data_dir: Path, customers: int, seed: int) -> dict:
-    from features.demo import generate
+    from churnguard.demo import generate
 
     started = time.perf_counter()
     generate(data_dir, customers=customers, seed=seed, fmt="parquet", progress=lambda m: print(f"  {m}", flush=True))
@@ -264,9 +264,9 @@ def stage_generate(data_dir: Path, customers: int, seed: int) -> dict:
 def stage_batch(impl: str, clean: Path, dates: list[date], features_path: Path, threads: int | None) -> dict:
     import pyarrow.parquet as pq
 
-    from churnguard.settings import DEFAULT_EVENT_TYPES
     from features.build import build_features, compiled_sql, entities_at
     from features.engines import DuckDBEngine as FeatureEngine
+    from features.registry import DEFAULT_EVENT_TYPES
 
     out: dict = {"impl": impl, "as_of": [str(d) for d in dates]}
     t = time.perf_counter()
@@ -379,7 +379,9 @@ def single_customer_records(as_of: datetime, seed: int = 7) -> tuple[list[dict],
                 }
             )
     txs[-1] = dict(txs[-1], amount=-txs[-1]["amount"])  # a refund
-    types = ["session", "email_open", "email_click", "support_ticket", "app_login"]
+    from features.registry import DEFAULT_EVENT_TYPES
+
+    types = list(DEFAULT_EVENT_TYPES)
     evs = [
         {"customer_id": cid, "event_type": rng.choice(types), "timestamp": as_of - timedelta(days=rng.uniform(0, 365))}
         for _ in range(100)

@@ -29,6 +29,7 @@ import functools
 import json
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -267,10 +268,12 @@ def stage_model(spec: dict) -> dict:
     data, _ = load_dataset(Path(spec["model_data"]), now=NOW)
     out: dict = {"load_s": time.perf_counter() - t, "customers": data.customers.num_rows}
     t = time.perf_counter()
-    result = train(data, settings, plot_dir=Path(spec["work"]) / "model_plots")
+    result = train(
+        data, settings.training, settings.labels, settings.features, plot_dir=Path(spec["work"]) / "model_plots"
+    )
     out["train_s"], out["timings"] = time.perf_counter() - t, dict(result.timings)
     t = time.perf_counter()
-    logged = log_training(result, settings)
+    logged = log_training(result, settings.mlflow)
     out["log_s"] = time.perf_counter() - t
     ev = result.evaluation
     out.update(
@@ -333,9 +336,10 @@ def stage_features(spec: dict) -> dict:
 
 
 def stage_score(spec: dict, reasons: str = "none", write: bool = True) -> dict:
+    from model.registry import load_model
     from serving.policy import load_policy
     from serving.scoring import score_batch, write_batch
-    from training.tracking import load_model
+    from serving.settings import ScoringSettings
 
     work = Path(spec["work"])
     settings = fresh_settings(Path(spec["mlflow_dir"]), wipe=False)
@@ -343,7 +347,7 @@ def stage_score(spec: dict, reasons: str = "none", write: bool = True) -> dict:
     data, rejects = read_clean(Path(spec["clean"]))
     out: dict = {"read_clean_s": time.perf_counter() - t, "rss_before_bytes": rss_now()}
     t = time.perf_counter()
-    model = load_model(settings)
+    model = load_model(settings.mlflow)
     policy = load_policy()
     out["load_model_s"] = time.perf_counter() - t
     out["model_version"], out["classifier"] = model.model_version, model.classifier.name
@@ -355,11 +359,9 @@ def stage_score(spec: dict, reasons: str = "none", write: bool = True) -> dict:
             data,
             model,
             policy,
+            ScoringSettings(chunk_size=spec["chunk_size"], capacity=spec["capacity"], reasons=reasons),
             as_of=datetime.fromisoformat(spec["as_of"]),
             invalid_customer_ids=rejects,
-            chunk_size=spec["chunk_size"],
-            capacity=spec["capacity"],
-            reasons=reasons,
             progress=marks.progress,
         )
         marks.mark("end")
@@ -383,7 +385,7 @@ def stage_score(spec: dict, reasons: str = "none", write: bool = True) -> dict:
     out["chunk_s"] = [b["t"] - a["t"] for a, b in zip([marks.items[0], *chunk_marks], chunk_marks, strict=False)]
     out["scored"], out["rejected"] = len(result.scores), len(result.rejected)
     out["input_customers"], out["outreach"] = result.n_input_customers, len(result.outreach)
-    out["summary"], out["warnings"] = result.summary, result.warnings
+    out["summary"], out["warnings"] = asdict(result.summary), result.warnings
     out["results_bytes"] = int(result.scores.memory_usage(deep=True).sum())
     with_reasons = result.scores["top_reasons"].map(len) > 0
     out["scores_with_reasons"] = int(with_reasons.sum())
@@ -405,9 +407,10 @@ def stage_reasons_all(spec: dict) -> dict:
 
     from features.build import build_features, entities_at
     from features.dataset import Dataset
+    from model.registry import load_model
     from serving.policy import load_policy
     from serving.scoring import score_batch
-    from training.tracking import load_model
+    from serving.settings import ScoringSettings
 
     settings = fresh_settings(Path(spec["mlflow_dir"]), wipe=False)
     data, _ = read_clean(Path(spec["clean"]))
@@ -423,16 +426,15 @@ def stage_reasons_all(spec: dict) -> dict:
         }
     )
     del data
-    model, policy = load_model(settings), load_policy()
+    model, policy = load_model(settings.mlflow), load_policy()
     build_features(part, entities_at(part, as_of).slice(0, 10), event_types=model.event_types)  # warm-up
     out: dict = {"slice_customers": len(chosen)}
     for reasons in ("none", "all"):
         timers = Timers()
         instrument(model, timers)
         t, c = time.perf_counter(), cpu()
-        result = score_batch(
-            part, model, policy, as_of=as_of, chunk_size=spec["chunk_size"], capacity=spec["capacity"], reasons=reasons
-        )
+        scoring = ScoringSettings(chunk_size=spec["chunk_size"], capacity=spec["capacity"], reasons=reasons)
+        result = score_batch(part, model, policy, scoring, as_of=as_of)
         out[f"{reasons}_s"], out[f"{reasons}_cpu_s"] = time.perf_counter() - t, cpu() - c
         out[f"{reasons}_parts"] = timers.totals
         timers.restore()
@@ -456,13 +458,13 @@ def stage_baseline(spec: dict) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from training.tracking import load_model
+    from model.registry import load_model
 
     settings = fresh_settings(Path(spec["mlflow_dir"]), wipe=False)
-    model = load_model(settings)
+    model = load_model(settings.mlflow)
     clf = model.classifier
     members = [clf, *getattr(clf, "members", [])]
-    lgbm = next((m for m in members if hasattr(m, "booster_")), None)
+    lgbm = next((m for m in members if hasattr(m, "booster")), None)
     features = lgbm.features if lgbm is not None else clf.features
     t = time.perf_counter()
     table = pq.read_table(Path(spec["work"]) / "features.parquet", columns=features)

@@ -2,7 +2,7 @@
 
     uv run python benchmarks/bench_training.py [--customers 1000000] [--out benchmarks/out]
 
-Generates (once, cached under ``--out``) the demo business with ``features.demo.generate`` as Parquet, then runs
+Generates (once, cached under ``--out``) the demo business with ``churnguard.demo.generate`` as Parquet, then runs
 every stage in a fresh Python subprocess, so that its peak memory (the child's ``ru_maxrss``) is its own:
 
 * ``load``      ``features.validate.load_dataset`` (read + validate); the clean tables are kept as Arrow IPC;
@@ -175,7 +175,7 @@ def fresh_settings(mlflow_dir: Path, wipe: bool):
 
 
 def stage_generate(spec: dict) -> dict:
-    from features.demo import generate
+    from churnguard.demo import generate
 
     started = time.perf_counter()
     generate(
@@ -206,7 +206,14 @@ def stage_train(spec: dict) -> dict:
 
     marks = Marks()
     with RssSampler() as sampler:
-        result = train(data, settings, plot_dir=work / "plots", progress=marks.progress)
+        result = train(
+            data,
+            settings.training,
+            settings.labels,
+            settings.features,
+            plot_dir=work / "plots",
+            progress=marks.progress,
+        )
         marks.mark("end")
     out["train_s"] = marks.items[-1]["t"] - marks.items[0]["t"]
     out["train_cpu_s"] = marks.items[-1]["cpu"] - marks.items[0]["cpu"]
@@ -273,7 +280,8 @@ def _split_stages(marks: Marks, sampler: RssSampler) -> dict:
 
 
 def stage_log(spec: dict) -> dict:
-    from training.tracking import load_model, log_training
+    from model.registry import load_model
+    from training.tracking import log_training
 
     work = Path(spec["work"])
     mlflow_dir = Path(spec["mlflow_dir"])
@@ -283,16 +291,16 @@ def stage_log(spec: dict) -> dict:
         result = pickle.load(f)
     out: dict = {"unpickle_s": time.perf_counter() - t, "rss_before_log_bytes": rss_now()}
     t, c = time.perf_counter(), cpu()
-    logged = log_training(result, settings)
+    logged = log_training(result, settings.mlflow)
     out["log_s"], out["log_cpu_s"] = time.perf_counter() - t, cpu() - c
     out["peak_rss_bytes"] = maxrss()
     out["version"], out["became_champion"] = logged.version, logged.became_champion
-    out["artifacts_bytes"] = dir_bytes(settings.artifact_root)
-    pkl = sorted(settings.artifact_root.rglob("python_model.pkl"))
+    out["artifacts_bytes"] = dir_bytes(settings.mlflow.artifact_root)
+    pkl = sorted(settings.mlflow.artifact_root.rglob("python_model.pkl"))
     out["model_pickle_bytes"] = pkl[0].stat().st_size if pkl else None
     del result
     t = time.perf_counter()
-    model = load_model(settings)
+    model = load_model(settings.mlflow)
     out["load_model_s"] = time.perf_counter() - t
     out["loaded_version"] = model.model_version
     return out
@@ -303,7 +311,7 @@ def stage_baseline(spec: dict) -> dict:
     import pandas as pd
 
     from churnguard.settings import Settings
-    from training.candidates import LightGBMCandidate
+    from training.candidates import TARGET, _fit_booster, _x, fit_lightgbm
 
     work = Path(spec["work"])
     cfg = Settings(data_dir=Path(spec["mlflow_dir"])).training
@@ -318,28 +326,25 @@ def stage_baseline(spec: dict) -> dict:
         "rss_before_bytes": rss_now(),
     }
 
-    def candidate(**kw) -> LightGBMCandidate:
-        return LightGBMCandidate(
-            features,
-            n_estimators=cfg.lgbm_n_estimators,
-            learning_rate=cfg.lgbm_learning_rate,
-            num_leaves=cfg.lgbm_num_leaves,
-            min_child_samples=cfg.lgbm_min_child_samples,
-            early_stopping_rounds=cfg.early_stopping_rounds,
-            seed=cfg.seed,
-            **kw,
-        )
-
     # bare: one early-stopped booster on all fit rows, validation rows for early stopping, configured tree size
     t, c = time.perf_counter(), cpu()
-    bare = candidate(tune_complexity=False)._fit_booster(fit, val, cfg.lgbm_num_leaves, cfg.lgbm_min_child_samples)
+    bare = _fit_booster(
+        _x(fit, features),
+        fit[TARGET].to_numpy(),
+        _x(val, features),
+        val[TARGET].to_numpy(),
+        cfg.lgbm_num_leaves,
+        cfg.lgbm_min_child_samples,
+        cfg,
+        None,
+    )
     out["bare_s"], out["bare_cpu_s"] = time.perf_counter() - t, cpu() - c
     out["bare_trees"] = int(bare.best_iteration_ or cfg.lgbm_n_estimators)
     out["bare_peak_rss_bytes"] = maxrss()
     del bare
     # the candidate as trained: tree-size search on a sample (3 fits), the final fit, calibration
     t, c = time.perf_counter(), cpu()
-    cand = candidate().fit(fit, val)
+    cand = fit_lightgbm(fit, val, features, cfg)
     out["candidate_s"], out["candidate_cpu_s"] = time.perf_counter() - t, cpu() - c
     out["candidate_description"] = cand.description
     out["peak_rss_bytes"] = maxrss()
@@ -360,11 +365,11 @@ def stage_e2e(spec: dict) -> dict:
     out["load_s"] = time.perf_counter() - t
     out["rss_after_load_bytes"], out["peak_after_load_bytes"] = rss_now(), maxrss()
     t = time.perf_counter()
-    result = train(data, settings, plot_dir=work / "plots_e2e")
+    result = train(data, settings.training, settings.labels, settings.features, plot_dir=work / "plots_e2e")
     out["train_s"] = time.perf_counter() - t
     out["timings"] = dict(result.timings)
     t = time.perf_counter()
-    log_training(result, settings)
+    log_training(result, settings.mlflow)
     out["log_s"] = time.perf_counter() - t
     out["total_s"] = out["load_s"] + out["train_s"] + out["log_s"]
     out["peak_rss_bytes"] = maxrss()

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from churnguard.settings import DEFAULT_EVENT_TYPES
 from features.dataset import Dataset
-from features.registry import WINDOWS, feature_registry
+from features.registry import DEFAULT_EVENT_TYPES, WINDOWS, feature_registry
 
 DAY_SECONDS = 86_400.0
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from churnguard.console import console, err_console, print_validation
-from churnguard.settings import Settings, load_settings, now_utc
+from churnguard.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -57,20 +57,44 @@ MapOpt = Annotated[
 ]
 
 
+EXIT_BAD_INPUT = 2  # bad data, flags or settings: the user can fix the input
+EXIT_UNAVAILABLE = 3  # a dependency (the model registry) failed: nothing was changed
+
+
 def friendly_errors(fn: F) -> F:
-    """Expected failures (bad input, bad settings) end in one red line and exit code 2, not a traceback."""
+    """Expected failures end in one red line and an exit code, not a traceback: bad input or settings (2), a
+    model that is missing or must be retrained (2), an unreachable or broken registry (3)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
 
+        from model.churn_model import IncompatibleModelError
+        from model.registry import ModelNotFoundError, RegistryError
+
+        configure_process()
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, ValidationError) as e:
+        except (ValueError, FileNotFoundError, ValidationError, ModelNotFoundError, IncompatibleModelError) as e:
             err_console.print(f"[red]error:[/red] {_one_line(e)}")
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except RegistryError as e:
+            err_console.print(f"[red]error:[/red] {_one_line(e)}")
+            raise typer.Exit(EXIT_UNAVAILABLE) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def configure_process() -> None:
+    """Process-wide output settings, set here at the program's edge and nowhere in the library: MLflow's INFO
+    chatter and the SQLAlchemy deprecation notice of its SQLite store are not news to our users."""
+    import logging
+    import warnings
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*noload.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow.*")
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
 
 
 def _one_line(e: Exception) -> str:
@@ -82,14 +106,16 @@ def _one_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def _settings() -> Settings:
-    return load_settings()
+def _settings(**overrides: Any) -> Settings:
+    """The settings with CLI flags as overrides (``None`` = flag not given)."""
+    return load_settings(overrides)
 
 
 def load_data(
     data: Path, mapping: Path | None, maps: list[str] | None, settings: Settings, *, verbose: bool = False
 ) -> tuple[Dataset, pa.Table]:
     """Every command that reads data validates it the same way and reports the counts."""
+    from features.contract import now_utc
     from features.mapping import load_mapping
     from features.validate import load_dataset
 
@@ -117,7 +143,7 @@ def generate(
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
 ) -> None:
     """Write realistic demo data (retail + subscriptions, with a known share of messy rows)."""
-    from features.demo import generate as generate_demo
+    from churnguard.demo import generate as generate_demo
 
     if fmt not in ("csv", "parquet"):
         raise ValueError("--format must be csv or parquet")
@@ -202,8 +228,8 @@ def labels(
     from features.io import write_table
     from features.labels import build_labels
 
-    settings = _settings()
-    horizon = horizon_days or settings.labels.horizon_days
+    settings = _settings(labels={"horizon_days": horizon_days})
+    horizon = settings.labels.horizon_days
     dataset, _ = load_data(data, mapping, map_, settings)
     table = build_labels(dataset, entities_at(dataset, as_of), horizon_days=horizon)
     write_table(table, out)
@@ -240,23 +266,30 @@ def train(
     from training.tracking import log_training, promote
     from training.train import train as train_model
 
-    settings = _settings()
+    settings = _settings(
+        labels={"horizon_days": horizon_days}, mlflow={"experiment": experiment, "model_name": model_name}
+    )
     dataset, _ = load_data(data, mapping, map_, settings)
     with progress("training", total=None) as advance:
         result = train_model(
-            dataset, settings, as_of=as_of, horizon_days=horizon_days, progress=lambda n=1, d=None: advance(n, d)
+            dataset,
+            settings.training,
+            settings.labels,
+            settings.features,
+            as_of=as_of,
+            progress=lambda n=1, d=None: advance(n, d),
         )
-    print_comparison(result.evaluation.to_dict())
+    print_comparison(result.evaluation)
     with console.status("logging to MLflow and registering the model..."):
-        logged = log_training(result, settings, experiment=experiment, model_name=model_name)
-    name = model_name or settings.mlflow.model_name
+        logged = log_training(result, settings.mlflow)
+    name = settings.mlflow.model_name
     console.print(
         f"registered [bold]{name}[/bold] version {logged.version} as challenger"
         + (" and champion (first version)" if logged.became_champion else "")
     )
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if promote_ and not logged.became_champion:
-        decision = promote(settings, data=dataset, model_name=model_name)
+        decision = promote(settings.mlflow, data=dataset)
         console.print(("[green]" if decision.promoted else "[yellow]") + decision.reason)
 
 
@@ -275,7 +308,7 @@ def evaluate(
 
     settings = _settings()
     target = out or settings.data_dir / "reports" / (run_id or f"v{version}" if (run_id or version) else "challenger")
-    evaluation, plots, label = fetch_evaluation(settings, target / ".mlflow", run_id=run_id, version=version)
+    evaluation, plots, label = fetch_evaluation(settings.mlflow, target / ".mlflow", run_id=run_id, version=version)
     print_comparison(evaluation, title=label)
     report = write_report(evaluation, plots, target, label)
     console.print(f"report: [bold]{report}[/bold]")
@@ -297,9 +330,9 @@ def promote(
     """Move the champion alias to the challenger only if it is at least as good on the same held-out data."""
     from training.tracking import promote as promote_model
 
-    settings = _settings()
+    settings = _settings(mlflow={"model_name": model_name})
     dataset = load_data(data, mapping, map_, settings)[0] if data else None
-    decision = promote_model(settings, data=dataset, model_name=model_name)
+    decision = promote_model(settings.mlflow, data=dataset)
     console.print(("[green]" if decision.promoted else "[yellow]") + decision.reason)
 
 
@@ -327,33 +360,30 @@ def score(
     """Score every customer known before as_of; write scorecards, the outreach list and the rejects."""
     from churnguard.console import print_batch_summary, progress
     from features.build import entities_at
+    from features.contract import now_utc
+    from model.registry import load_model
     from serving.policy import load_policy
     from serving.scoring import score_batch, write_batch
-    from training.tracking import load_model
 
-    settings = _settings()
+    settings = _settings(
+        scoring={"model_uri": model, "capacity": capacity, "budget": budget, "reasons": reasons},
+    )
     policy = load_policy(settings.scoring.policy_file)
-    who = reasons or settings.scoring.reasons
-    if who not in ("outreach", "all", "none"):
-        raise ValueError("--reasons must be outreach, all or none")
     when = as_of or now_utc()
     dataset, row_rejects = load_data(data, mapping, map_, settings)
-    with console.status(f"loading {model or settings.model_uri} ..."):
-        churn_model = load_model(settings, model)
+    with console.status(f"loading {settings.model_uri} ..."):
+        churn_model = load_model(settings.mlflow, settings.model_uri).with_overrides(
+            tier_thresholds=settings.scoring.tier_thresholds
+        )
     total = entities_at(dataset, when).num_rows
     with progress(f"scoring as of {when:%Y-%m-%d}", total=total) as advance:
         result = score_batch(
             dataset,
             churn_model,
             policy,
+            settings.scoring,
             as_of=when,
             invalid_customer_ids=row_rejects["customer_id"],
-            chunk_size=settings.scoring.chunk_size,
-            capacity=capacity,
-            budget=budget,
-            control_share=settings.scoring.control_share,
-            reasons=who,
-            seed=settings.training.seed,
             progress=advance,
         )
     rejects_path = rejects or out.with_name(out.stem + ".rejected.csv")
@@ -370,11 +400,12 @@ def score(
 def quickstart(
     customers: Annotated[int, typer.Option(min=500, help="Demo customers to generate.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    capacity: Annotated[int, typer.Option(min=1, help="At most this many customers on the outreach list.")] = 500,
 ) -> None:
     """The whole main job on demo data: generate, validate, train, evaluate, promote, score, outreach list."""
     from churnguard.quickstart import run_quickstart
 
-    run_quickstart(_settings(), customers=customers, seed=seed)
+    run_quickstart(_settings(scoring={"capacity": capacity}), customers=customers, seed=seed)
 
 
 @app.command()
@@ -389,17 +420,18 @@ def serve(
 
     from serving.bento import import_champion
 
-    settings = _settings()
+    settings = _settings(serving={"port": port}, scoring={"model_uri": model})
     with console.status("syncing the champion into BentoML's model store..."):
-        tag = import_champion(settings, model)
-    console.print(f"serving {tag} on http://localhost:{port or settings.serving.port} (docs at /, health at /readyz)")
+        tag = import_champion(settings.mlflow, settings.model_uri)
+    port = settings.serving.port
+    console.print(f"serving {tag} on http://localhost:{port} (docs at /, health at /readyz)")
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
         "CHURN_DATA_DIR": str(settings.data_dir.resolve()),
     }
     env.pop("CHURN_SCORING__MODEL_URI", None)  # serve what is in the store: the synced champion
-    cmd = ["bentoml", "serve", "serving.service:ChurnService", "--port", str(port or settings.serving.port)]
+    cmd = ["bentoml", "serve", "serving.service:ChurnService", "--port", str(port)]
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
@@ -411,8 +443,8 @@ def bento(
     """Pack the champion model into BentoML's model store and build a bento from bentofile.yaml."""
     from serving.bento import build_bento
 
-    settings = _settings()
-    tag, bento_tag = build_bento(settings, model)
+    settings = _settings(scoring={"model_uri": model})
+    tag, bento_tag = build_bento(settings.mlflow, settings.model_uri)
     console.print(
         f"model {tag} imported; bento [bold]{bento_tag}[/bold] built. Container image: "
         f"`bentoml containerize {bento_tag}` (needs Docker)"

@@ -15,6 +15,7 @@ from features.dataset import ValidationReport
 
 if TYPE_CHECKING:
     from serving.scoring import BatchResult
+    from training.evaluation import Evaluation
 
 # piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns
 console = Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 140)
@@ -67,15 +68,15 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[[i
         yield advance
 
 
-def print_comparison(evaluation: dict, title: str = "Held-out comparison") -> None:
+def print_comparison(evaluation: Evaluation, title: str = "Held-out comparison") -> None:
     """Candidates side by side on the held-out snapshot; the best value of each metric in bold."""
     from training.report import LOWER_IS_BETTER, METRIC_ORDER, comparison_rows
 
     rows = comparison_rows(evaluation)
     best = {m: (min if m in LOWER_IS_BETTER else max)(r[m] for r in rows) for m in METRIC_ORDER}
     table = Table(
-        title=f"{title}: snapshot {evaluation['holdout_as_of']}, {evaluation['n_holdout']:,} customers, "
-        f"churn rate {evaluation['holdout_churn_rate']:.1%}",
+        title=f"{title}: snapshot {evaluation.holdout_as_of}, {evaluation.n_holdout:,} customers, "
+        f"churn rate {evaluation.holdout_churn_rate:.1%}",
         title_justify="left",
     )
     table.add_column("model")
@@ -86,8 +87,8 @@ def print_comparison(evaluation: dict, title: str = "Held-out comparison") -> No
         cells = [f"[bold]{r[m]:.4f}[/bold]" if r[m] == best[m] else f"{r[m]:.4f}" for m in METRIC_ORDER]
         table.add_row(r["model"], r["role"], *cells)
     console.print(table)
-    console.print(f"[green]{evaluation['selection']}[/green]")
-    s = evaluation.get("survival") or {}
+    console.print(f"[green]{evaluation.selection}[/green]")
+    s = evaluation.survival
     if s:
         console.print(
             f"survival: concordance {s['survival_concordance']:.3f}, integrated Brier {s['survival_ibs']:.4f}; "
@@ -96,35 +97,35 @@ def print_comparison(evaluation: dict, title: str = "Held-out comparison") -> No
             + " vs predicted "
             + "/".join(f"{s[f'survival_churned_by_{t}d_predicted']:.2f}" for t in (30, 60, 90))
         )
-    v = evaluation.get("value") or {}
+    v = evaluation.value
     if v:
         console.print(
             f"value: Spearman {v['value_spearman']:.3f} with spend in the window, "
             f"predicted/actual {v['value_ratio_predicted_to_actual']:.2f}"
         )
-    rates = evaluation.get("snapshot_churn_rates") or {}
+    rates = evaluation.snapshot_churn_rates
     if rates:
         console.print("churn rate per snapshot: " + ", ".join(f"{d} {r:.1%}" for d, r in rates.items()))
-    for w in evaluation.get("warnings", []):
+    for w in evaluation.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
 
 
 def print_batch_summary(result: BatchResult, model_version: str) -> None:
     s = result.summary
     console.print(
-        f"model {model_version}: [bold]{s['customers_scored']:,}[/bold] customers scored, "
-        f"{s['customers_rejected']:,} not scored = {result.n_input_customers:,} input customers "
+        f"model {model_version}: [bold]{s.customers_scored:,}[/bold] customers scored, "
+        f"{s.customers_rejected:,} not scored = {result.n_input_customers:,} input customers "
         f"[green](accounted for)[/green]"
     )
-    for reason, n in s["rejected_by_reason"].items():
+    for reason, n in s.rejected_by_reason.items():
         console.print(f"  not scored: {n:,}  {reason}")
-    console.print("risk tiers: " + ", ".join(f"{t} {v:.1%}" for t, v in s["share_per_tier"].items()))
-    console.print("stages: " + ", ".join(f"{t} {v:.1%}" for t, v in s["share_per_stage"].items()))
-    console.print(f"total value at risk: {s['total_value_at_risk']:,.0f}")
+    console.print("risk tiers: " + ", ".join(f"{t} {v:.1%}" for t, v in s.share_per_tier.items()))
+    console.print("stages: " + ", ".join(f"{t} {v:.1%}" for t, v in s.share_per_stage.items()))
+    console.print(f"total value at risk: {s.total_value_at_risk:,.0f}")
     console.print(
-        f"outreach: {s['outreach_size']:,} customers ({s['outreach_control']:,} held out as control), expected value "
-        f"saved {s['outreach_expected_value_saved']:,.0f}; actions: "
-        + ", ".join(f"{a} {n:,}" for a, n in s["actions"].items())
+        f"outreach: {s.outreach_size:,} customers ({s.outreach_control:,} held out as control), expected value "
+        f"saved {s.outreach_expected_value_saved:,.0f}; actions: "
+        + ", ".join(f"{a} {n:,}" for a, n in s.actions.items())
     )
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")

@@ -11,7 +11,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from churnguard.console import console, print_batch_summary, print_comparison, print_validation, progress
-from churnguard.settings import Settings, now_utc
+from churnguard.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,17 @@ class QuickstartResult:
 
 
 def run_quickstart(
-    settings: Settings, *, customers: int = 20_000, seed: int = 42, months: int = 24, capacity: int = 500
+    settings: Settings, *, customers: int = 20_000, seed: int = 42, months: int = 24
 ) -> QuickstartResult:
-    from features.demo import generate
+    from churnguard.demo import generate
+    from features.contract import now_utc
+    from features.io import write_table
     from features.validate import load_dataset
+    from model.registry import load_model
     from serving.policy import load_policy
     from serving.scoring import score_batch, write_batch
     from training.report import fetch_evaluation, write_report
-    from training.tracking import load_model, log_training, promote
+    from training.tracking import log_training, promote
     from training.train import train
 
     root = settings.data_dir
@@ -49,15 +52,19 @@ def run_quickstart(
     step("validating")
     data, rejects = load_dataset(demo_dir, now=now_utc(), reject_future=settings.validation.reject_future)
     print_validation(data.report)
-    from features.io import write_table
-
     row_rejects = root / "outputs" / "row_rejects.csv"
     write_table(rejects, row_rejects)
 
     step("training (rolling snapshots, out-of-time holdout, candidates, survival and value models)")
     with progress("training") as advance:
-        result = train(data, settings, progress=lambda n=1, d=None: advance(n, d))
-    logged = log_training(result, settings)
+        result = train(
+            data,
+            settings.training,
+            settings.labels,
+            settings.features,
+            progress=lambda n=1, d=None: advance(n, d),
+        )
+    logged = log_training(result, settings.mlflow)
     console.print(
         f"  registered {settings.mlflow.model_name} v{logged.version}"
         + (" (first version: champion)" if logged.became_champion else "")
@@ -65,30 +72,26 @@ def run_quickstart(
 
     step("evaluation report")
     evaluation, plots, label = fetch_evaluation(
-        settings, root / "reports" / f"v{logged.version}" / ".mlflow", version=logged.version
+        settings.mlflow, root / "reports" / f"v{logged.version}" / ".mlflow", version=logged.version
     )
     print_comparison(evaluation, title=label)
     report = write_report(evaluation, plots, root / "reports" / f"v{logged.version}", label)
 
     step("promotion gate")
-    decision = promote(settings, data=data)
+    decision = promote(settings.mlflow, data=data)
     console.print(("  [green]" if decision.promoted else "  [yellow]") + decision.reason)
 
     step("batch scoring and the outreach list")
     as_of = datetime.combine(data.data_end.date(), datetime.min.time())
-    model = load_model(settings)
+    model = load_model(settings.mlflow, settings.model_uri)
     with progress(f"scoring as of {as_of:%Y-%m-%d}") as advance:
         batch = score_batch(
             data,
             model,
             load_policy(settings.scoring.policy_file),
+            settings.scoring,
             as_of=as_of,
             invalid_customer_ids=rejects["customer_id"],
-            chunk_size=settings.scoring.chunk_size,
-            capacity=capacity,
-            control_share=settings.scoring.control_share,
-            reasons=settings.scoring.reasons,
-            seed=settings.training.seed,
             progress=advance,
         )
     outputs = root / "outputs"

@@ -1,22 +1,32 @@
-"""The one typed configuration object of churnguard.
+"""The one typed configuration object of churnguard, composed from the sections each layer declares.
+
+| section      | declared in            | read by |
+|--------------|------------------------|---------|
+| validation   | features/settings.py   | validation |
+| features     | features/settings.py   | the feature registry (event types) |
+| labels       | features/settings.py   | labels, training, scoring (the horizon) |
+| mlflow       | model/settings.py      | registry reading (model), logging and promotion (training) |
+| training     | training/settings.py   | training |
+| scoring      | serving/settings.py    | batch scoring, the API |
+| serving      | serving/settings.py    | the API |
 
 Defaults are the laptop setup (local files, DuckDB, MLflow on SQLite under ``data_dir``). Environment variables
 (``CHURN_<SECTION>__<KEY>``, e.g. ``CHURN_LABELS__HORIZON_DAYS=60``), a ``.env`` file and an optional
-``churnguard.toml`` in the working directory override them. A misspelt key is an error, not a silent default:
-a typo in a horizon or a URI would otherwise train or serve the wrong thing without anyone noticing.
+``churnguard.toml`` in the working directory override them; CLI flags override everything (``load_settings``
+takes them as nested overrides). A misspelt key is an error, not a silent default: a typo in a horizon or a URI
+would otherwise train or serve the wrong thing without anyone noticing.
 
 The CLI builds one ``Settings`` at start-up and hands each function the section it needs; nothing imports a
-global configuration.
+global configuration, and the data-dir defaults (MLflow store, artifacts) are filled in here, once.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,87 +34,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from features.settings import FeatureSettings, LabelSettings, ValidationSettings
+from model.settings import MlflowSettings
+from serving.settings import ScoringSettings, ServingSettings
+from training.settings import TrainingSettings
+
 ENV_PREFIX = "CHURN_"
 CONFIG_FILE = "churnguard.toml"
-
-DEFAULT_EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_login")
-DEFAULT_TIER_THRESHOLDS = (0.3, 0.5, 0.7)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ValidationSettings(_Section):
-    """How raw rows are checked (see ``features/contract.py`` for the schema itself)."""
-
-    reject_future: bool = Field(True, description="Reject rows whose timestamp is after the run's clock ('now').")
-
-
-class FeatureSettings(_Section):
-    """Feature engine and the configurable parts of the feature registry."""
-
-    event_types: tuple[str, ...] = Field(
-        DEFAULT_EVENT_TYPES, description="Event types that get their own features; others count as engagement only."
-    )
-
-
-class LabelSettings(_Section):
-    horizon_days: int = Field(
-        90, ge=7, le=730, description="Churn horizon H: churned = no purchase in [as_of, as_of+H)."
-    )
-
-
-class TrainingSettings(_Section):
-    n_snapshots: int = Field(6, ge=2, le=60, description="Rolling snapshot dates used to build the training set.")
-    snapshot_step_days: int = Field(30, ge=7, description="Days between consecutive snapshot dates.")
-    seed: int = 42
-    min_labelled_customers: int = Field(300, ge=10, description="Refuse to train with fewer labelled customers.")
-    min_churners: int = Field(20, ge=1, description="Refuse to train with fewer churned (and retained) examples.")
-    lgbm_n_estimators: int = Field(600, ge=10, description="Upper bound on boosting rounds (early stopping picks).")
-    lgbm_learning_rate: float = Field(0.05, gt=0, le=1)
-    lgbm_num_leaves: int = Field(31, ge=2)
-    lgbm_min_child_samples: int = Field(50, ge=1)
-    early_stopping_rounds: int = Field(50, ge=5)
-    survival_penalizer: float = Field(0.01, ge=0)
-    max_training_rows: int = Field(
-        2_000_000, ge=1000, description="Cap on snapshot rows used to fit (sampled per snapshot, seeded)."
-    )
-
-
-class MlflowSettings(_Section):
-    tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default sqlite:///<data_dir>/mlflow.db. MLFLOW_TRACKING_URI also works."
-    )
-    experiment: str = "churnguard"
-    model_name: str = "churnguard"
-
-
-class ScoringSettings(_Section):
-    model_uri: str | None = Field(None, description="Model to score with; default models:/<model_name>@champion.")
-    tier_thresholds: tuple[float, float, float] | None = Field(
-        None,
-        description="churn_probability cut-offs for medium, high and critical risk; default: the model's own "
-        f"(set at training, {DEFAULT_TIER_THRESHOLDS}).",
-    )
-    policy_file: Path | None = Field(None, description="Retention policy YAML; default: the one shipped in serving/.")
-    control_share: float = Field(0.1, ge=0, lt=1, description="Share of the outreach list held out as control.")
-    chunk_size: int = Field(100_000, ge=100, description="Customers scored per chunk in batch scoring.")
-    reasons: Literal["outreach", "all", "none"] = Field(
-        "outreach", description="Who gets top_reasons in batch: outreach-list customers, everybody, or nobody."
-    )
-
-    @field_validator("tier_thresholds")
-    @classmethod
-    def _increasing(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
-        if v is not None and not (0 < v[0] < v[1] < v[2] < 1):
-            raise ValueError("tier thresholds must be increasing and inside (0, 1)")
-        return v
-
-
-class ServingSettings(_Section):
-    port: int = Field(3000, ge=1, le=65535)
-    max_body_bytes: int = Field(20_000_000, ge=1000, description="Larger request bodies get 413.")
+DEFAULT_DATA_DIR = Path("data")
 
 
 class Settings(BaseSettings):
@@ -119,7 +56,7 @@ class Settings(BaseSettings):
         toml_file=CONFIG_FILE,
     )
 
-    data_dir: Path = Field(Path("data"), description="Project data dir: demo data, MLflow store, outputs.")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Project data dir: demo data, MLflow store, outputs.")
     api_token: SecretStr | None = Field(None, description="When set, scoring API calls need 'Bearer <token>'.")
     validation: ValidationSettings = ValidationSettings()
     features: FeatureSettings = FeatureSettings()
@@ -142,26 +79,28 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _mlflow_env(cls, data: Any) -> Any:
-        """Honour MLflow's own MLFLOW_TRACKING_URI when churnguard's key is not set."""
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if uri and isinstance(data, dict):
-            section = dict(data.get("mlflow") or {})
-            section.setdefault("tracking_uri", uri)
-            data = {**data, "mlflow": section}
-        return data
+    def _data_dir_defaults(cls, data: Any) -> Any:
+        """Fill what depends on the data dir, so each section arrives complete: the MLflow store (MLflow's own
+        MLFLOW_TRACKING_URI is honoured when churnguard's key is not set) and its artifact folder."""
+        if not isinstance(data, dict):
+            return data
+        data_dir = Path(data.get("data_dir") or DEFAULT_DATA_DIR)
+        section = data.get("mlflow") or {}
+        section = dict(section.model_dump() if isinstance(section, MlflowSettings) else section)
+        default_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+        if not section.get("tracking_uri"):
+            section["tracking_uri"] = default_uri
+        if not section.get("artifact_root"):
+            section["artifact_root"] = (data_dir / "mlartifacts").resolve()
+        return {**data, "mlflow": section}
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
-
-    @property
-    def artifact_root(self) -> Path:
-        return (self.data_dir / "mlartifacts").resolve()
+        return self.mlflow.tracking
 
     @property
     def model_uri(self) -> str:
-        return self.scoring.model_uri or f"models:/{self.mlflow.model_name}@champion"
+        return self.scoring.model_uri or self.mlflow.model_uri()
 
 
 def unknown_env_keys(environ: dict[str, str] | None = None) -> list[str]:
@@ -178,16 +117,25 @@ def unknown_env_keys(environ: dict[str, str] | None = None) -> list[str]:
     return sorted(bad)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build the settings at the program's edge; unknown CHURN_* variables are an error."""
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings at the program's edge; unknown CHURN_* variables are an error.
+
+    ``overrides`` are CLI flags as nested keys (``{"labels": {"horizon_days": 60}}``); ``None`` values mean "flag
+    not given" and are dropped, so a flag overrides only what it names.
+    """
     bad = unknown_env_keys()
     if bad:
         raise ValueError(f"unknown churnguard setting(s) in the environment: {', '.join(bad)}")
-    return Settings(**overrides)
+    return Settings(**_given(overrides or {}))
 
 
-def now_utc() -> datetime:
-    """The run's clock, as a naive UTC timestamp (the data contract's time zone). Read once, at the edge."""
-    from datetime import UTC
-
-    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+def _given(overrides: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            nested = _given(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

@@ -23,12 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from churnguard.settings import DEFAULT_EVENT_TYPES
 from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS
 from features.dataset import Dataset
 from features.duck import connect
 from features.engines import POSITION, TABLE_NAMES, Engine, default_engine
-from features.registry import FeatureSpec, feature_registry
+from features.registry import DEFAULT_EVENT_TYPES, FeatureSpec, feature_registry
 
 KEYS = ("customer_id", "as_of")
 ROUND_DECIMALS = 9

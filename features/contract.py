@@ -25,6 +25,13 @@ CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 OptionalText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None
 
 
+def now_utc() -> datetime:
+    """The run's clock as a naive UTC time stamp to the second (the contract's time zone). Read once, at the edge."""
+    from datetime import UTC
+
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
 def _naive_utc(ts: datetime) -> datetime:
     """Aware time stamps are converted to UTC; naive ones are taken as UTC already."""
     if ts.tzinfo is not None:

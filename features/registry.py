@@ -33,9 +33,9 @@ from typing import Literal
 import ibis
 import ibis.expr.types as ir
 
-from churnguard.settings import DEFAULT_EVENT_TYPES
-
 FEATURE_SET = "rfm_engagement_v1"
+# event types that get their own features unless the settings say otherwise (the demo simulator emits these)
+DEFAULT_EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_login")
 WINDOWS = (30, 90, 180, 365)
 
 Source = Literal["orders", "lines", "days", "event_types", "customers", "derived"]

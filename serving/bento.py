@@ -2,21 +2,24 @@
 
 ``serving/service.py`` serves ``churnguard:latest`` from the model store (``churn serve`` puts the champion there
 first); a bento built afterwards contains that model, so ``bentoml containerize`` gives an image that needs no
-MLflow server. Builds never lock packages over the network (``lock_packages: false`` in bentofile.yaml;
+MLflow server. The model artifact carries its own code (``code_paths``), so the store copy loads anywhere.
+Builds never lock packages over the network (``lock_packages: false`` in bentofile.yaml;
 ``serving/requirements.txt`` holds the pins).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from churnguard.settings import Settings
+from model.registry import CHAMPION, download_model, registered_version
+from model.settings import MlflowSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BENTO_MODEL = "churnguard:latest"  # what serving/service.py loads
 
 
-def import_champion(settings: Settings, model_uri: str | None = None) -> str:
+def import_champion(settings: MlflowSettings, model_uri: str | None = None) -> str:
     """Make ``churnguard:latest`` in BentoML's store the given registry model (default: the champion).
 
     Imports only when the latest stored model is a different registry version; returns the BentoML tag.
@@ -24,25 +27,22 @@ def import_champion(settings: Settings, model_uri: str | None = None) -> str:
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from training.tracking import configure, resolve_version
-
-    configure(settings)
-    uri = model_uri or settings.model_uri
-    version = resolve_version(settings, uri)
+    version = registered_version(settings, model_uri or settings.model_uri(CHAMPION))
     try:
         latest = bentoml.models.get(BENTO_MODEL)
         if latest.info.labels.get("registry_version") == version:
             return str(latest.tag)
     except NotFound:
         pass
-    source = f"models:/{version}" if uri.startswith("models:/") else uri
-    model = bentoml.mlflow.import_model(
-        "churnguard", source, labels={"registry_version": version}, metadata={"mlflow_uri": source}
-    )
+    with tempfile.TemporaryDirectory(prefix="churnguard-bento-") as tmp:
+        local, _ = download_model(settings, f"models:/{version}", Path(tmp))
+        model = bentoml.mlflow.import_model(
+            "churnguard", str(local), labels={"registry_version": version}, metadata={"registry": settings.registry}
+        )
     return str(model.tag)
 
 
-def build_bento(settings: Settings, model_uri: str | None = None) -> tuple[str, str]:
+def build_bento(settings: MlflowSettings, model_uri: str | None = None) -> tuple[str, str]:
     import bentoml
 
     tag = import_champion(settings, model_uri)

@@ -15,9 +15,11 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.scorecard import STAGES, TIERS
+from model.scorecard import STAGES, TIERS
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
+# what the policy adds beside the scorecard's own policy fields (recommended_action, expected_value_saved)
+POLICY_COLUMNS = ("value_band", "action_cost")
 ValueBand = Literal["low", "medium", "high"]
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from features.contract import CustomerId, EventFields, Timestamp, TransactionFields
+from model.scorecard import SCORECARD
 
 MAX_CUSTOMERS_PER_REQUEST = 1000
 MAX_ROWS_PER_CUSTOMER = 100_000
@@ -99,23 +100,12 @@ class FeatureRow(BaseModel):
 FeatureRows = Annotated[list[FeatureRow], Field(min_length=1, max_length=MAX_CUSTOMERS_PER_REQUEST)]
 
 
-class Scorecard(BaseModel):
-    customer_id: str
-    as_of: datetime
-    churn_probability: float = Field(description="Calibrated P(no purchase in the next horizon_days).")
-    risk_tier: str = Field(description="low / medium / high / critical by churn_probability thresholds.")
-    p_active_30d: float = Field(description="Survival: P(not churned 30 days after as_of).")
-    p_active_60d: float
-    p_active_90d: float
-    p_active_180d: float
-    median_days_to_churn: float = Field(description="Median of the survival curve (0 if already lapsed).")
-    expected_value_12m: float = Field(description="Expected spend in the next 12 months if the customer stays.")
-    value_at_risk: float = Field(description="churn_probability x expected_value_12m.")
-    lifecycle_stage: str = Field(description="new, active, loyal, at_risk, lapsed or reactivated.")
-    top_reasons: list[str] = Field(description="Up to 3 strongest drivers of this customer's risk, in words.")
-    recommended_action: str = Field(description="From the retention policy.")
-    expected_value_saved: float = Field(description="value_at_risk x save rate - action cost.")
-    model_version: str
+# The scorecard's fields, types and descriptions come from its one definition (model/scorecard.py).
+Scorecard = create_model(
+    "Scorecard",
+    __doc__="One customer's scorecard: the same fields, in the same order, as batch scoring writes.",
+    **{f.name: (f.type, Field(description=f.description)) for f in SCORECARD},
+)
 
 
 class Rejected(BaseModel):
@@ -126,21 +116,6 @@ class Rejected(BaseModel):
 class ScoreResponse(BaseModel):
     model_version: str
     as_of: datetime
-    scores: list[Scorecard]
+    scores: list[Scorecard]  # type: ignore[valid-type]
     rejected: list[Rejected] = Field(description="Customers that could not be scored, with the reason.")
     warnings: list[str] = Field(default_factory=list)
-
-
-class ModelCard(BaseModel):
-    model_version: str
-    classifier: str
-    classifier_description: str
-    trained_at: str
-    horizon_days: int
-    feature_set: str
-    features: list[str]
-    event_types: list[str]
-    training_snapshots: list[str]
-    holdout_as_of: str
-    tier_thresholds: list[float]
-    holdout_metrics: dict[str, float]

@@ -23,18 +23,35 @@ import pyarrow.compute as pc
 from features.build import build_features, entities_at
 from features.dataset import Dataset
 from features.engines import Engine
-from serving.policy import Policy, outreach_candidates, select_outreach
-from training.model import SCORE_COLUMNS, ChurnModel
-from training.scorecard import NOT_SCORABLE, TIERS
+from model.churn_model import ChurnModel
+from model.scorecard import NOT_SCORABLE, SCORECARD_COLUMNS, TIERS
+from serving.policy import POLICY_COLUMNS, Policy, outreach_candidates, select_outreach
+from serving.settings import ScoringSettings
 
-SCORECARD_COLUMNS = [*SCORE_COLUMNS[:-1], "recommended_action", "expected_value_saved", SCORE_COLUMNS[-1]]
+OUTREACH_COLUMNS = (
+    "rank",
+    "customer_id",
+    "control",
+    "recommended_action",
+    "expected_value_saved",
+    "action_cost",
+    "churn_probability",
+    "risk_tier",
+    "lifecycle_stage",
+    "value_band",
+    "expected_value_12m",
+    "value_at_risk",
+    "median_days_to_churn",
+    "top_reasons",
+    "model_version",
+)
 REJECTED_AFTER = "no purchase, event or sign-up before as_of: not a customer yet at that date"
 REJECTED_INVALID = "every row of this customer failed validation (see `churn validate --rejects`)"
 
 
 @dataclass
 class Scored:
-    scores: pd.DataFrame  # SCORECARD_COLUMNS (+ value_band, action_cost for the outreach list)
+    scores: pd.DataFrame  # SCORECARD_COLUMNS + the policy's value_band and action_cost
     rejected: pd.DataFrame  # customer_id, reason
     features: pd.DataFrame | None = None  # the scored customers' feature rows, aligned with ``scores``
 
@@ -53,13 +70,30 @@ def score_dataset(
     rejected = pd.DataFrame({"customer_id": features.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
     scorable = features.loc[~prospect].reset_index(drop=True)
     cards = model.score(scorable, reasons=reasons)
-    actions = policy.assign(cards)
-    scores = pd.concat([cards, actions], axis=1)
-    columns = [*SCORECARD_COLUMNS, "value_band", "action_cost"]
-    return Scored(scores[columns], rejected.reset_index(drop=True), scorable)
+    return Scored(with_actions(cards, policy), rejected.reset_index(drop=True), scorable)
+
+
+def with_actions(cards: pd.DataFrame, policy: Policy) -> pd.DataFrame:
+    """The model's scorecards plus the policy's fields: the full scorecard, in its one column order."""
+    scores = pd.concat([cards, policy.assign(cards)], axis=1)
+    return scores[[*SCORECARD_COLUMNS, *POLICY_COLUMNS]]
 
 
 # ------------------------------------------------------------------------------------------------ batch
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    customers_scored: int
+    customers_rejected: int
+    rejected_by_reason: dict[str, int]
+    share_per_tier: dict[str, float]
+    share_per_stage: dict[str, float]
+    total_value_at_risk: float
+    outreach_size: int
+    outreach_control: int
+    outreach_expected_value_saved: float
+    actions: dict[str, int]
 
 
 @dataclass
@@ -68,7 +102,7 @@ class BatchResult:
     outreach: pd.DataFrame
     rejected: pd.DataFrame
     n_input_customers: int
-    summary: dict = field(default_factory=dict)
+    summary: BatchSummary
     warnings: list[str] = field(default_factory=list)
 
 
@@ -76,20 +110,20 @@ def score_batch(
     data: Dataset,
     model: ChurnModel,
     policy: Policy,
+    settings: ScoringSettings,
     *,
     as_of: datetime,
     invalid_customer_ids: pa.Array | pa.ChunkedArray | None = None,
-    chunk_size: int = 100_000,
-    capacity: int | None = None,
-    budget: float | None = None,
-    control_share: float = 0.1,
-    reasons: str = "outreach",
-    seed: int = 42,
     engine: Engine | None = None,
     progress: Callable[[int, str | None], None] | None = None,
 ) -> BatchResult:
-    """Score every customer known before ``as_of``, in chunks, then pick the outreach list and explain it."""
+    """Score every customer known before ``as_of``, in chunks, then pick the outreach list and explain it.
+
+    ``settings`` (the scoring section) sets the chunk size, who gets reasons, the list's capacity and budget,
+    and the control share and seed.
+    """
     say = progress or (lambda n=1, d=None: None)
+    chunk_size, capacity, reasons = settings.chunk_size, settings.capacity, settings.reasons
     entities = entities_at(data, as_of)
     parts, rejected, candidates = [], [_rejected_outside(data, entities, invalid_customer_ids)], []
     for start in range(0, entities.num_rows, chunk_size):
@@ -101,9 +135,17 @@ def score_batch(
             best = outreach_candidates(scored.scores, capacity)["customer_id"]
             candidates.append(scored.features[scored.features["customer_id"].isin(best)])
         say(chunk.num_rows, None)
-    scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORECARD_COLUMNS)
+    scores = (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*SCORECARD_COLUMNS, *POLICY_COLUMNS])
+    )
     rejected_df = pd.concat(rejected, ignore_index=True)
-    outreach = select_outreach(scores, capacity=capacity, budget=budget, control_share=control_share, seed=seed)
+    outreach = select_outreach(
+        scores,
+        capacity=capacity,
+        budget=settings.budget,
+        control_share=settings.control_share,
+        seed=settings.seed,
+    )
     if reasons == "outreach" and len(outreach):
         say(0, f"explaining {len(outreach):,} outreach customers")
         _explain(model, scores, outreach, pd.concat(candidates, ignore_index=True))
@@ -154,22 +196,25 @@ def _count_input_customers(data: Dataset, invalid_ids: pa.Array | None) -> int:
     return len(ids)
 
 
-def _summary(scores: pd.DataFrame, outreach: pd.DataFrame, rejected: pd.DataFrame) -> dict:
+def _summary(scores: pd.DataFrame, outreach: pd.DataFrame, rejected: pd.DataFrame) -> BatchSummary:
     n = max(len(scores), 1)
-    return {
-        "customers_scored": len(scores),
-        "customers_rejected": len(rejected),
-        "rejected_by_reason": rejected["reason"].value_counts().to_dict(),
-        "share_per_tier": {t: float((scores["risk_tier"] == t).sum() / n) for t in TIERS},
-        "share_per_stage": scores["lifecycle_stage"].value_counts(normalize=True).round(4).to_dict(),
-        "total_value_at_risk": float(scores["value_at_risk"].sum()),
-        "outreach_size": len(outreach),
-        "outreach_control": int(outreach["control"].sum()) if len(outreach) else 0,
-        "outreach_expected_value_saved": float(outreach.loc[~outreach["control"], "expected_value_saved"].sum())
+    contacted = outreach.loc[~outreach["control"]] if len(outreach) else outreach
+    return BatchSummary(
+        customers_scored=len(scores),
+        customers_rejected=len(rejected),
+        rejected_by_reason={str(k): int(v) for k, v in rejected["reason"].value_counts().items()},
+        share_per_tier={t: float((scores["risk_tier"] == t).sum() / n) for t in TIERS},
+        share_per_stage={
+            str(k): round(float(v), 4) for k, v in scores["lifecycle_stage"].value_counts(normalize=True).items()
+        },
+        total_value_at_risk=float(scores["value_at_risk"].sum()),
+        outreach_size=len(outreach),
+        outreach_control=int(outreach["control"].sum()) if len(outreach) else 0,
+        outreach_expected_value_saved=float(contacted["expected_value_saved"].sum()) if len(outreach) else 0.0,
+        actions={str(k): int(v) for k, v in outreach["recommended_action"].value_counts().items()}
         if len(outreach)
-        else 0.0,
-        "actions": outreach["recommended_action"].value_counts().to_dict() if len(outreach) else {},
-    }
+        else {},
+    )
 
 
 def write_batch(
@@ -178,26 +223,9 @@ def write_batch(
     """Scores, outreach list and customer rejects, each written atomically (CSV or Parquet by extension)."""
     from features.io import write_table
 
-    write_table(_to_arrow(result.scores[SCORECARD_COLUMNS], out), out)
+    write_table(_to_arrow(result.scores[list(SCORECARD_COLUMNS)], out), out)
     if outreach_out is not None:
-        cols = [
-            "rank",
-            "customer_id",
-            "control",
-            "recommended_action",
-            "expected_value_saved",
-            "action_cost",
-            "churn_probability",
-            "risk_tier",
-            "lifecycle_stage",
-            "value_band",
-            "expected_value_12m",
-            "value_at_risk",
-            "median_days_to_churn",
-            "top_reasons",
-            "model_version",
-        ]
-        write_table(_to_arrow(result.outreach[cols], outreach_out), outreach_out)
+        write_table(_to_arrow(result.outreach[list(OUTREACH_COLUMNS)], outreach_out), outreach_out)
     if rejects_out is not None:
         write_table(pa.Table.from_pandas(result.rejected, preserve_index=False), rejects_out)
 

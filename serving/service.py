@@ -16,56 +16,60 @@ import hmac
 import json
 import logging
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bentoml
 import pandas as pd
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from fastapi import FastAPI
 
-from churnguard.settings import load_settings, now_utc
+from churnguard.settings import load_settings  # the service's edge: it builds its own settings (see the contract)
 from features.build import as_entities
+from features.contract import now_utc
 from features.dataset import Dataset
 from features.engines import SQLiteEngine
+from model.churn_model import ChurnModel, ModelCard
+from model.registry import load_local_model, load_model
+from model.scorecard import NOT_SCORABLE, SCORECARD_COLUMNS
 from serving.bento import BENTO_MODEL
 from serving.policy import load_policy
-from serving.schemas import CustomerHistory, Customers, FeatureRows, ModelCard, ScoreResponse, client_error, unique_ids
-from serving.scoring import SCORECARD_COLUMNS, Scored, score_dataset
-from training.scorecard import NOT_SCORABLE
+from serving.schemas import CustomerHistory, Customers, FeatureRows, ScoreResponse, client_error, unique_ids
+from serving.scoring import Scored, score_dataset, with_actions
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics", "/docs.json", "/docs", "/favicon.ico")
-_state: dict[str, Any] = {}
+model_app = FastAPI(title="churnguard model card")
 
 
 @bentoml.service(name="churnguard", traffic={"timeout": 30}, workers=1)
+@bentoml.asgi_app(model_app, path="/model")
 class ChurnService:
     bento_model = bentoml.models.BentoModel(BENTO_MODEL)
 
     def __init__(self) -> None:
-        quiet_client_errors()
+        configure_logging()
         self.settings = load_settings()
         self.model = self._load_model()
         self.policy = load_policy(self.settings.scoring.policy_file)
         self.engine = SQLiteEngine()
-        _state["card"] = self.model.card()
         self._warm_up()
 
-    def _load_model(self):
-        from training.tracking import load_model
-
+    def _load_model(self) -> ChurnModel:
+        """The model named by ``scoring.model_uri`` from the registry, else the one synced into BentoML's store."""
         if self.settings.scoring.model_uri:
-            return load_model(self.settings, self.settings.scoring.model_uri)
-        import bentoml.mlflow
+            model = load_model(self.settings.mlflow, self.settings.scoring.model_uri)
+        else:
+            stored = self.bento_model
+            version = stored.info.labels.get("registry_version", str(stored.tag))
+            model = load_local_model(Path(stored.path_of("mlflow_model")), version)
+        return model.with_overrides(tier_thresholds=self.settings.scoring.tier_thresholds)
 
-        stored = self.bento_model
-        model = bentoml.mlflow.load_model(stored).unwrap_python_model()
-        model.model_version = stored.info.labels.get("registry_version", str(stored.tag))
-        return model
+    @model_app.get("/")
+    def model_card(self) -> ModelCard:
+        """Version, training dates, horizon, features and held-out metrics of the model being served."""
+        return self.model.card()
 
     def _warm_up(self) -> None:
         """Compile the feature SQL and touch every model once, so the first real request is as fast as the rest."""
@@ -106,14 +110,13 @@ class ChurnService:
         )
         frame[names] = frame[names].astype("float64")
         prospect = frame["frequency"].fillna(0) < 1
-        cards = self.model.score(frame.loc[~prospect], reasons=reasons)
-        scores = pd.concat([cards, self.policy.assign(cards)], axis=1)
+        scores = with_actions(self.model.score(frame.loc[~prospect], reasons=reasons), self.policy)
         rejected = pd.DataFrame({"customer_id": frame.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
         as_of = frame["as_of"].max().to_pydatetime()
         return self._response(Scored(scores, rejected), as_of)
 
     def _response(self, scored: Scored, as_of: datetime) -> ScoreResponse:
-        records = scored.scores[SCORECARD_COLUMNS].to_dict(orient="records")
+        records = scored.scores[list(SCORECARD_COLUMNS)].to_dict(orient="records")
         return ScoreResponse(
             model_version=self.model.model_version,
             as_of=as_of,
@@ -136,19 +139,6 @@ def _request_dataset(customers: list[CustomerHistory]) -> Dataset:
         if c.signup_date or c.churn_date:
             cu.append({"customer_id": c.customer_id, "signup_date": c.signup_date, "churn_date": c.churn_date})
     return Dataset.from_records(tx, ev, cu)
-
-
-# ------------------------------------------------------------------------------------------------ GET /model
-
-
-async def _model_card(request: Request) -> JSONResponse:
-    card = _state.get("card")
-    if card is None:
-        return JSONResponse({"error": "model not loaded yet"}, status_code=503)
-    return JSONResponse(json.loads(ModelCard(**card).model_dump_json()))
-
-
-ChurnService.mount_asgi_app(Starlette(routes=[Route("/", _model_card, methods=["GET"])]), path="/model")
 
 
 # ------------------------------------------------------------------------------------------------ middleware
@@ -236,7 +226,9 @@ class _ClientErrorFilter(logging.Filter):
         return True
 
 
-def quiet_client_errors() -> None:
+def configure_logging() -> None:
+    """The service process's logging, set once at its edge: one line per client error, no MLflow chatter."""
     logger = logging.getLogger("bentoml._internal.server.http_app")
     if not any(isinstance(f, _ClientErrorFilter) for f in logger.filters):
         logger.addFilter(_ClientErrorFilter())
+    logging.getLogger("mlflow").setLevel(logging.ERROR)

@@ -48,7 +48,7 @@ DEMO_CUSTOMERS = 3000
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    from features.demo import generate
+    from churnguard.demo import generate
 
     out = tmp_path_factory.mktemp("demo")
     generate(out, customers=DEMO_CUSTOMERS, seed=7, fmt="parquet")
@@ -74,11 +74,11 @@ def trained(demo_data, test_settings):
     from training.train import train
 
     data, _ = demo_data
-    return train(data, test_settings)
+    return train(data, test_settings.training, test_settings.labels, test_settings.features)
 
 
 @pytest.fixture(scope="session")
 def registered(trained, test_settings):
     from training.tracking import log_training
 
-    return log_training(trained, test_settings)
+    return log_training(trained, test_settings.mlflow)

@@ -86,19 +86,20 @@ def test_score_returns_scorecards(client, demo_data, sample_ids):
 
 
 def test_api_equals_batch_for_the_same_customer_data(client, demo_data, sample_ids, registered, test_settings):
+    from model.registry import load_model
     from serving.policy import load_policy
     from serving.scoring import score_batch
-    from training.tracking import load_model
+    from serving.settings import ScoringSettings
 
     data, rejects = demo_data
     as_of = datetime.fromisoformat(AS_OF)
     batch = score_batch(
         data,
-        load_model(test_settings),
+        load_model(test_settings.mlflow),
         load_policy(),
+        ScoringSettings(reasons="all"),
         as_of=as_of,
         invalid_customer_ids=rejects["customer_id"],
-        reasons="all",
     ).scores.set_index("customer_id")
     r = client.post("/score", json={"customers": [history(data, c) for c in sample_ids], "as_of": AS_OF})
     api = r.json()["scores"]

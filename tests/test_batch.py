@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.build import as_entities
+from model.scorecard import NOT_SCORABLE
 from serving.policy import load_policy, select_outreach
 from serving.scoring import REJECTED_AFTER, REJECTED_INVALID, score_batch, score_dataset, write_batch
-from training.scorecard import NOT_SCORABLE
+from serving.settings import ScoringSettings
 
 AS_OF = datetime(2024, 10, 1)
 
@@ -24,12 +25,9 @@ def _score_demo(demo_data, trained, chunk_size: int):
         data,
         trained.model,
         load_policy(),
+        ScoringSettings(chunk_size=chunk_size, capacity=150, control_share=0.2, seed=3),
         as_of=AS_OF,
         invalid_customer_ids=rejects["customer_id"],
-        chunk_size=chunk_size,
-        capacity=150,
-        control_share=0.2,
-        seed=3,
     )
 
 
@@ -90,10 +88,10 @@ def test_outreach_reasons_equal_explaining_those_customers_afresh(batch, demo_da
 @pytest.mark.slow
 def test_summary_counts(batch):
     s = batch.summary
-    assert s["customers_scored"] == len(batch.scores)
-    assert sum(s["share_per_tier"].values()) == pytest.approx(1.0)
-    assert s["total_value_at_risk"] == pytest.approx(batch.scores["value_at_risk"].sum())
-    assert s["outreach_size"] == 150 and s["outreach_control"] == 30
+    assert s.customers_scored == len(batch.scores)
+    assert sum(s.share_per_tier.values()) == pytest.approx(1.0)
+    assert s.total_value_at_risk == pytest.approx(batch.scores["value_at_risk"].sum())
+    assert s.outreach_size == 150 and s.outreach_control == 30
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from churnguard.demo import EVENT_TYPES, DemoProcess, DemoSummary, generate
 from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS
-from features.demo import EVENT_TYPES, DemoProcess, DemoSummary, generate
 
 START = date(2023, 1, 1)
 END = pd.Timestamp("2025-01-01")

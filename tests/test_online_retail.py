@@ -44,7 +44,8 @@ def test_online_retail_trains_and_the_winner_is_at_least_as_good_as_every_baseli
     data, _ = load_dataset(
         online_retail_dir, now=datetime(2026, 1, 1), mapping=load_mapping(online_retail_dir, ONLINE_RETAIL_MAPPING)
     )
-    result = train(data, Settings(data_dir=tmp_path), run_backtest=False)
+    s = Settings(data_dir=tmp_path)
+    result = train(data, s.training, s.labels, s.features, run_backtest=False)
     ev = result.evaluation
     assert ev.holdout_as_of == "2011-09-10"
     for baseline in ("recency", "rfm_logit"):

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import copy
 
-import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
-from training.model import SCORE_COLUMNS
-from training.tracking import configure, load_model, log_training, promote
+from churnguard.settings import Settings
+from model.registry import download_model, load_model, mlflow_client
+from model.scorecard import MODEL_COLUMNS
+from training.tracking import log_training, promote
 
 pytestmark = pytest.mark.slow
 
 
 def test_first_version_is_challenger_and_champion(registered, test_settings):
-    configure(test_settings)
-    client = MlflowClient()
+    client = mlflow_client(test_settings.mlflow)
     assert registered.became_champion
     assert str(client.get_model_version_by_alias("churnguard", "champion").version) == registered.version
     assert str(client.get_model_version_by_alias("churnguard", "challenger").version) == registered.version
@@ -26,12 +26,12 @@ def test_first_version_is_challenger_and_champion(registered, test_settings):
 
 
 def test_pyfunc_round_trip_gives_the_full_scorecard(registered, trained, test_settings):
-    configure(test_settings)
     holdout = trained.holdout_features.head(50)
     rows = holdout[["customer_id", "as_of", *trained.model.feature_names]]
-    loaded = mlflow.pyfunc.load_model("models:/churnguard@champion")
+    local, _ = download_model(test_settings.mlflow, "models:/churnguard@champion")
+    loaded = mlflow.pyfunc.load_model(str(local))
     out = loaded.predict(rows, params={"reasons": True})
-    assert list(out.columns) == SCORE_COLUMNS
+    assert list(out.columns) == list(MODEL_COLUMNS)
     expected = trained.model.score(rows, reasons=True)
     numeric = ["churn_probability", "p_active_30d", "p_active_90d", "median_days_to_churn", "expected_value_12m"]
     np.testing.assert_allclose(out[numeric].to_numpy(float), expected[numeric].to_numpy(float), rtol=1e-12)
@@ -40,8 +40,8 @@ def test_pyfunc_round_trip_gives_the_full_scorecard(registered, trained, test_se
 
 
 def test_run_logs_params_metrics_plots_and_features(registered, test_settings):
-    configure(test_settings)
-    run = mlflow.get_run(registered.run_id)
+    client = mlflow_client(test_settings.mlflow)
+    run = client.get_run(registered.run_id)
     for key in (
         "horizon_days",
         "train_snapshots",
@@ -53,19 +53,19 @@ def test_run_logs_params_metrics_plots_and_features(registered, test_settings):
     ):
         assert key in run.data.params
     assert {"roc_auc", "log_loss", "baseline_recency_roc_auc", "survival_concordance"} <= set(run.data.metrics)
-    artifacts = {a.path for a in MlflowClient().list_artifacts(registered.run_id, "evaluation/plots")}
+    artifacts = {a.path for a in client.list_artifacts(registered.run_id, "evaluation/plots")}
     assert {"evaluation/plots/reliability.png", "evaluation/plots/gain_lift.png"} <= artifacts
 
 
 def test_load_model_names_the_registry_version(registered, test_settings):
-    model = load_model(test_settings)
+    model = load_model(test_settings.mlflow)
     assert model.model_version == f"churnguard/{registered.version}"
 
 
 def test_promotion_gate(trained, test_settings, demo_data, tmp_path):
     """A worse challenger is not promoted (re-scored or by stored metrics); an equally good one is."""
     data, _ = demo_data
-    settings = test_settings.model_copy(update={"data_dir": tmp_path})  # a registry of its own
+    settings = Settings(data_dir=tmp_path).mlflow  # a registry of its own
     first = log_training(trained, settings)
     assert first.became_champion
 
@@ -80,8 +80,7 @@ def test_promotion_gate(trained, test_settings, demo_data, tmp_path):
     assert not decision.promoted and "kept the champion" in decision.reason, decision.reason
     decision = promote(settings)  # same held-out snapshot and data: stored metrics may be compared
     assert not decision.promoted and "stored metrics" in decision.reason, decision.reason
-    configure(settings)
-    client = MlflowClient()
+    client = mlflow_client(settings)
     assert str(client.get_model_version_by_alias("churnguard", "champion").version) == first.version
     assert str(client.get_model_version_by_alias("churnguard", "challenger").version) == second.version
 
@@ -92,10 +91,10 @@ def test_promotion_gate(trained, test_settings, demo_data, tmp_path):
 
 
 def _recency_candidate(trained):
-    from training.candidates import LogisticCandidate
+    from training.candidates import fit_logistic
 
     frame = trained.frame
-    return LogisticCandidate("recency", ["recency_days"]).fit(frame.part("fit"), frame.part("validation"))
+    return fit_logistic("recency", frame.part("fit"), frame.part("validation"), ["recency_days"], seed=42)
 
 
 def test_pyfunc_refuses_prospects(trained):
@@ -106,11 +105,8 @@ def test_pyfunc_refuses_prospects(trained):
 
 
 def test_tier_thresholds_setting_overrides_the_models_own(registered, test_settings):
-    assert load_model(test_settings).tier_thresholds == (0.3, 0.5, 0.7)
-    custom = test_settings.model_copy(
-        update={"scoring": test_settings.scoring.model_copy(update={"tier_thresholds": (0.2, 0.4, 0.8)})}
-    )
-    model = load_model(custom)
+    assert load_model(test_settings.mlflow).tier_thresholds == (0.3, 0.5, 0.7)
+    model = load_model(test_settings.mlflow).with_overrides(tier_thresholds=(0.2, 0.4, 0.8))
     assert model.tier_thresholds == (0.2, 0.4, 0.8)
     scores = model.score(_holdout_rows(model), reasons=False)
     assert (scores.loc[scores["churn_probability"] >= 0.8, "risk_tier"] == "critical").all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "served-token"
+STARTUP_S = 180  # the whole start-up (model sync + server ready) must fit in this, on a loaded CI machine too
 
 
 def _free_port() -> int:
@@ -35,9 +37,11 @@ def server(registered, test_settings, tmp_path_factory):
     env.pop("CHURN_SCORING__MODEL_URI", None)
     sync = (
         "from churnguard.settings import load_settings; from serving.bento import import_champion; "
-        "print(import_champion(load_settings()))"
+        "print(import_champion(load_settings().mlflow))"
     )
-    tag = subprocess.run([sys.executable, "-c", sync], env=env, cwd=ROOT, check=True, capture_output=True, text=True)
+    tag = subprocess.run(
+        [sys.executable, "-c", sync], env=env, cwd=ROOT, check=True, capture_output=True, text=True, timeout=STARTUP_S
+    )
     assert tag.stdout.startswith("churnguard:")
     port = _free_port()
     proc = subprocess.Popen(
@@ -47,10 +51,12 @@ def server(registered, test_settings, tmp_path_factory):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: the server and every worker it forks are stopped below
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(900):
+        deadline = time.monotonic() + STARTUP_S
+        while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(f"bentoml serve exited: {proc.stderr.read()[-2000:]}")
             try:
@@ -60,11 +66,15 @@ def server(registered, test_settings, tmp_path_factory):
                 pass
             time.sleep(0.2)
         else:
-            pytest.fail("the API did not become ready in 180 s")
+            pytest.fail(f"the API did not become ready in {STARTUP_S} s")
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def test_served_api_scores_with_token_and_keeps_health_open(server):
@@ -80,8 +90,8 @@ def test_served_api_scores_with_token_and_keeps_health_open(server):
         ],
         "as_of": "2024-10-01",
     }
-    assert httpx.post(f"{server}/score", json=body).status_code == 401
-    r = httpx.post(f"{server}/score", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert httpx.post(f"{server}/score", json=body, timeout=30).status_code == 401
+    r = httpx.post(f"{server}/score", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["model_version"] == "churnguard/1"
     for path in ("/readyz", "/livez", "/metrics", "/docs.json"):

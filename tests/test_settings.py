@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,15 @@ def test_bad_values_are_refused(tmp_path, monkeypatch):
 
 def test_pointing_mlflow_at_one_store_does_not_leak_into_later_settings(tmp_path, monkeypatch):
     """MLflow exports the URI it is given; a second project in the same process must still get its own store."""
-    from training.tracking import configure
+    import mlflow
+
+    from model.registry import alias_version, mlflow_client
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    configure(Settings(data_dir=tmp_path / "a"))
+    global_uri = mlflow.get_tracking_uri()
+    first = Settings(data_dir=tmp_path / "a").mlflow
+    assert alias_version(mlflow_client(first), first, "churnguard", "champion") is None  # touches store a
     other = Settings(data_dir=tmp_path / "b")
     assert other.tracking_uri == f"sqlite:///{(tmp_path / 'b' / 'mlflow.db').resolve()}"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == global_uri  # MLflow's process-wide URI is never set by churnguard

@@ -90,8 +90,8 @@ def test_training_is_reproducible(demo_data, test_settings):
     small = test_settings.model_copy(
         update={"training": test_settings.training.model_copy(update={"max_training_rows": 6000})}
     )
-    a = train(data, small, run_backtest=False).evaluation.candidates
-    b = train(data, small, run_backtest=False).evaluation.candidates
+    a = train(data, small.training, small.labels, small.features, run_backtest=False).evaluation.candidates
+    b = train(data, small.training, small.labels, small.features, run_backtest=False).evaluation.candidates
     assert a == b
 
 
@@ -107,7 +107,7 @@ def test_short_history_and_transactions_only(demo_data, test_settings):
             "training": test_settings.training.model_copy(update={"min_labelled_customers": 100, "min_churners": 10})
         }
     )
-    result = train(short, settings, run_backtest=False)
+    result = train(short, settings.training, settings.labels, settings.features, run_backtest=False)
     assert len(result.frame.plan.train) >= 2
     assert result.evaluation.n_holdout > 100
 
@@ -118,7 +118,7 @@ def test_too_little_data_is_refused_with_what_is_missing(demo_data, test_setting
     tx = data.transactions.filter(pa.compute.is_in(data.transactions["customer_id"], few_ids))
     tiny = Dataset(tx, data.events.schema.empty_table(), data.customers.schema.empty_table())
     with pytest.raises(NotEnoughDataError, match="too few labelled customers"):
-        train(tiny, test_settings)
+        train(tiny, test_settings.training, test_settings.labels, test_settings.features)
 
 
 def test_too_short_history_is_refused():
@@ -136,16 +136,22 @@ def test_long_history_spreads_snapshots_over_a_year_and_uses_season():
     assert date(2024, 4, 4) >= short.train[-1].date()
 
 
-def test_survival_fast_preprocessing_equals_the_sklearn_pipeline(trained):
-    survival = trained.model.survival
-    rows = trained.holdout_features.head(500)
-    np.testing.assert_allclose(survival.transform(rows), survival._transform(rows).to_numpy(), rtol=1e-12, atol=1e-12)
-    from lifelines import WeibullAFTFitter  # noqa: F401  (the closed form below is lifelines' model)
+def test_survival_closed_form_equals_the_sklearn_pipeline_and_lifelines(trained):
+    """The registered model carries only fitted numbers; they must reproduce the pipeline and lifelines exactly."""
+    from training.survival import fit_survival
 
-    X = survival._transform(rows)
-    expected = survival.fitter_.predict_survival_function(X, times=[30, 90]).T.to_numpy()
+    fitted = fit_survival(trained.frame.part("train"), penalizer=0.01, seed=42)
+    survival = fitted.model
+    rows = trained.holdout_features.head(500)
+    covariates = fitted.covariates(rows)
+    np.testing.assert_allclose(survival.transform(rows), covariates.to_numpy(), rtol=1e-12, atol=1e-12)
+    expected = fitted.fitter.predict_survival_function(covariates, times=[30, 90]).T.to_numpy()
     got = survival.predict(rows)[["p_active_30d", "p_active_90d"]].to_numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-9)
+    np.testing.assert_allclose(
+        survival.predict(rows)["median_days_to_churn"], fitted.fitter.predict_median(covariates).to_numpy(), rtol=1e-9
+    )
+    np.testing.assert_allclose(trained.model.survival.beta, survival.beta)  # what training registered
 
 
 def test_season_warning_when_scoring_outside_the_training_seasons(trained):

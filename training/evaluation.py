@@ -8,21 +8,22 @@ model is never worse than a baseline on the selection metric.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from model.survival import TIMES
 from training.candidates import TARGET, fit_candidates
 from training.metrics import classification_metrics, gain_curve, reliability_table, survival_metrics, value_metrics
-from training.survival import TIMES
 
 if TYPE_CHECKING:
-    from churnguard.settings import TrainingSettings
+    from model.classifiers import Classifier
+    from model.survival import SurvivalModel
+    from model.value import ValueModel
+    from training.settings import TrainingSettings
     from training.snapshots import SnapshotFrame
-    from training.survival import SurvivalModel
-    from training.value import ValueModel
 
 BASELINES = ("recency", "rfm_logit")
 SIMPLICITY = {"recency": 0, "rfm_logit": 1, "blend": 2, "lightgbm": 3}
@@ -62,6 +63,12 @@ class Evaluation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Evaluation:
+        """Back from the ``evaluation.json`` a run logged (unknown keys from newer versions are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
 
 def choose_winner(candidates: dict[str, dict[str, float]]) -> tuple[str, str]:
     best_loss = min(m["log_loss"] for m in candidates.values())
@@ -80,13 +87,24 @@ def choose_winner(candidates: dict[str, dict[str, float]]) -> tuple[str, str]:
     return winner, why
 
 
-def evaluate_candidates(models: dict, holdout: pd.DataFrame) -> tuple[dict[str, dict[str, float]], dict]:
+@dataclass(frozen=True)
+class Curves:
+    """One candidate's held-out predictions and the curves the plots draw from them."""
+
+    p: np.ndarray
+    reliability: pd.DataFrame  # mean predicted vs observed churn per probability bin
+    gain: pd.DataFrame  # cumulative share of churners captured vs share contacted
+
+
+def evaluate_candidates(
+    models: dict[str, Classifier], holdout: pd.DataFrame
+) -> tuple[dict[str, dict[str, float]], dict[str, Curves]]:
     y = holdout[TARGET].to_numpy()
     metrics, curves = {}, {}
     for name, model in models.items():
         p = model.predict_proba(holdout)
         metrics[name] = classification_metrics(y, p)
-        curves[name] = {"reliability": reliability_table(y, p), "gain": gain_curve(y, p), "p": p}
+        curves[name] = Curves(p, reliability_table(y, p), gain_curve(y, p))
     return metrics, curves
 
 
@@ -135,7 +153,7 @@ def backtest(
         fit = _cap(df[df["as_of"].isin(before[:-1])], settings.seed)
         val = _cap(df[df["as_of"] == before[-1]], settings.seed)
         test = df[df["as_of"] == origin]
-        candidates = fit_candidates(fit, val, features, settings=settings, n_jobs=n_jobs, tree_size=tree_size)
+        candidates = fit_candidates(fit, val, features, settings, n_jobs=n_jobs, tree_size=tree_size)
         y = test[TARGET].to_numpy()
         for model in candidates.values():
             m = classification_metrics(y, model.predict_proba(test))

@@ -1,32 +1,38 @@
-"""Evaluation plots as PNG files (matplotlib, no display needed)."""
+"""Evaluation plots as PNG files.
+
+Figures are built with matplotlib's object API (``Figure`` + its Agg canvas), not ``pyplot``: no backend is chosen
+for the whole process, nothing is kept in pyplot's global figure list, and no display is ever needed.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    from training.evaluation import Curves
+
+
+def _subplots(ncols: int = 1, figsize: tuple[float, float] = (5.5, 5)) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
 
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
-def reliability_diagram(curves: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+def reliability_diagram(curves: dict[str, Curves], path: Path) -> Path:
+    fig, ax = _subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
     for name, c in curves.items():
-        r = c["reliability"]
+        r = c.reliability
         ax.plot(r["mean_predicted"], r["observed"], marker="o", ms=3, label=name)
     ax.set(
         xlabel="predicted churn probability",
@@ -39,11 +45,11 @@ def reliability_diagram(curves: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def gain_chart(curves: dict, path: Path) -> Path:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+def gain_chart(curves: dict[str, Curves], path: Path) -> Path:
+    fig, (a1, a2) = _subplots(2, figsize=(10, 4.2))
     a1.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="random")
     for name, c in curves.items():
-        g = c["gain"]
+        g = c.gain
         a1.plot(g["share_contacted"], g["gain"], label=name)
         a2.plot(g["share_contacted"], g["lift"], label=name)
     a1.set(
@@ -60,7 +66,7 @@ def gain_chart(curves: dict, path: Path) -> Path:
 def survival_calibration(metrics: dict, path: Path, times: tuple[int, ...] = (30, 60, 90)) -> Path:
     observed = [metrics[f"survival_churned_by_{t}d_observed"] for t in times]
     predicted = [metrics[f"survival_churned_by_{t}d_predicted"] for t in times]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _subplots(figsize=(5.5, 4))
     ax.plot(times, observed, marker="o", label="observed (Kaplan-Meier)")
     ax.plot(times, predicted, marker="s", label="predicted (mean of curves)")
     ax.set(xlabel="days after as_of", ylabel="share churned", title="Survival calibration (held-out, active)")
@@ -70,7 +76,7 @@ def survival_calibration(metrics: dict, path: Path, times: tuple[int, ...] = (30
 
 def feature_importance(importance: pd.Series, path: Path, title: str, k: int = 20) -> Path:
     top = importance.head(k)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.28 * len(top) + 1.2))
+    fig, ax = _subplots(figsize=(6, 0.28 * len(top) + 1.2))
     ax.barh(top.index, top.values)
     ax.set(title=title, xlabel="importance (normalised)")
     return _save(fig, path)
@@ -78,7 +84,7 @@ def feature_importance(importance: pd.Series, path: Path, title: str, k: int = 2
 
 def backtest_chart(rows: list[dict], path: Path) -> Path:
     df = pd.DataFrame(rows)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2) = _subplots(2, figsize=(10, 4))
     for model, g in df.groupby("model"):
         a1.plot(g["origin"], g["roc_auc"], marker="o", label=model)
         a2.plot(g["origin"], g["log_loss"], marker="o", label=model)
@@ -91,7 +97,7 @@ def backtest_chart(rows: list[dict], path: Path) -> Path:
 
 
 def churn_rate_chart(rates: dict[str, float], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _subplots(figsize=(6, 3.5))
     ax.bar(list(rates), list(rates.values()))
     ax.set(title="Churn rate per snapshot (last bar: held-out)", ylabel="churn rate")
     ax.tick_params(axis="x", rotation=30)

@@ -6,59 +6,56 @@ import json
 import shutil
 from pathlib import Path
 
-from churnguard.settings import Settings
-from training.evaluation import BASELINES
+from model.registry import CHALLENGER, alias_version, mlflow_client, model_version, registry_errors
+from model.settings import MlflowSettings
+from training.evaluation import BASELINES, Evaluation
 
 METRIC_ORDER = ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "lift_top_decile")
 LOWER_IS_BETTER = {"brier", "log_loss", "ece"}
 
 
 def fetch_evaluation(
-    settings: Settings, out_dir: Path, *, run_id: str | None = None, version: str | None = None
-) -> tuple[dict, dict[str, Path], str]:
+    settings: MlflowSettings, out_dir: Path, *, run_id: str | None = None, version: str | None = None
+) -> tuple[Evaluation, dict[str, Path], str]:
     """Download a run's evaluation (default: the current challenger's run) into ``out_dir``."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from training.tracking import CHALLENGER, configure
-
-    configure(settings)
-    client = MlflowClient()
-    name = settings.mlflow.model_name
+    client = mlflow_client(settings)
+    name = settings.model_name
     if run_id is None:
-        mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, CHALLENGER)
-        run_id, label = mv.run_id, f"{name} v{mv.version}"
+        version = version or alias_version(client, settings, name, CHALLENGER)
+        if version is None:
+            raise ValueError(f"model {name!r} has no '{CHALLENGER}' version: run `churn train` first")
+        run_id, label = model_version(client, settings, name, version).run_id, f"{name} v{version}"
     else:
         label = f"run {run_id}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation", dst_path=str(out_dir)))
-    evaluation = json.loads((local / "evaluation.json").read_text())
+    with registry_errors(settings, f"downloading the evaluation of {label}"):
+        local = Path(client.download_artifacts(run_id, "evaluation", str(out_dir)))
+    evaluation = Evaluation.from_dict(json.loads((local / "evaluation.json").read_text()))
     plots = {p.stem: p for p in sorted((local / "plots").glob("*.png"))}
     return evaluation, plots, label
 
 
-def comparison_rows(evaluation: dict) -> list[dict]:
+def comparison_rows(evaluation: Evaluation) -> list[dict]:
     rows = []
-    for name, metrics in evaluation["candidates"].items():
-        role = "winner" if name == evaluation["winner"] else ("baseline" if name in BASELINES else "candidate")
+    for name, metrics in evaluation.candidates.items():
+        role = "winner" if name == evaluation.winner else ("baseline" if name in BASELINES else "candidate")
         rows.append({"model": name, "role": role, **{m: metrics[m] for m in METRIC_ORDER}})
     return sorted(rows, key=lambda r: r["log_loss"])
 
 
-def write_report(evaluation: dict, plots: dict[str, Path], out: Path, label: str) -> Path:
+def write_report(evaluation: Evaluation, plots: dict[str, Path], out: Path, label: str) -> Path:
     """report.md next to the plots; paths in it are relative so the folder can be moved or shared."""
     lines = [f"# churnguard evaluation: {label}", ""]
     lines += [
-        f"Held-out snapshot **{evaluation['holdout_as_of']}** ({evaluation['n_holdout']:,} labelled customers, "
-        f"churn rate {evaluation['holdout_churn_rate']:.1%}). Training snapshots end one horizon before it.",
+        f"Held-out snapshot **{evaluation.holdout_as_of}** ({evaluation.n_holdout:,} labelled customers, "
+        f"churn rate {evaluation.holdout_churn_rate:.1%}). Training snapshots end one horizon before it.",
         "",
-        f"**Winner: {evaluation['winner']}** ({evaluation['winner_description']}). "
-        f"{evaluation['selection'].rstrip('.')}.",
+        f"**Winner: {evaluation.winner}** ({evaluation.winner_description}). {evaluation.selection.rstrip('.')}.",
         "",
         "Selection rule: lowest held-out log loss; on an exact tie, higher ROC AUC, then the simpler model.",
         "",
     ]
-    for w in evaluation.get("warnings", []):
+    for w in evaluation.warnings:
         lines += [f"> **Warning:** {w}", ""]
     lines += [
         "## Classifiers on the held-out snapshot",
@@ -68,7 +65,7 @@ def write_report(evaluation: dict, plots: dict[str, Path], out: Path, label: str
     ]
     for r in comparison_rows(evaluation):
         lines.append(f"| {r['model']} | {r['role']} | " + " | ".join(f"{r[m]:.4f}" for m in METRIC_ORDER) + " |")
-    s = evaluation.get("survival", {})
+    s = evaluation.survival
     if s:
         lines += [
             "",
@@ -85,7 +82,7 @@ def write_report(evaluation: dict, plots: dict[str, Path], out: Path, label: str
                 f"| {t} | {s[f'survival_churned_by_{t}d_observed']:.3f} | "
                 f"{s[f'survival_churned_by_{t}d_predicted']:.3f} |"
             )
-    v = evaluation.get("value", {})
+    v = evaluation.value
     if v:
         lines += [
             "",
@@ -95,7 +92,7 @@ def write_report(evaluation: dict, plots: dict[str, Path], out: Path, label: str
             f"(buyers): {v['value_spearman']:.3f}; predicted / actual total: "
             f"{v['value_ratio_predicted_to_actual']:.2f}.",
         ]
-    if evaluation.get("backtest"):
+    if evaluation.backtest:
         lines += [
             "",
             "## Backtest (rolling origin)",
@@ -103,16 +100,16 @@ def write_report(evaluation: dict, plots: dict[str, Path], out: Path, label: str
             "| held-out snapshot | model | n | churn rate | ROC AUC | log loss | Brier | ECE |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for b in evaluation["backtest"]:
+        for b in evaluation.backtest:
             lines.append(
                 f"| {b['origin']} | {b['model']} | {b['n']:,} | {b['churn_rate']:.3f} | {b['roc_auc']:.4f} "
                 f"| {b['log_loss']:.4f} | {b['brier']:.4f} | {b['ece']:.4f} |"
             )
     lines += ["", "## Churn rate per snapshot", "", "| snapshot | churn rate | labelled customers |", "|---|---|---|"]
-    for d, rate in evaluation["snapshot_churn_rates"].items():
-        lines.append(f"| {d} | {rate:.3f} | {evaluation['labelled_per_snapshot'].get(d, '')} |")
+    for d, rate in evaluation.snapshot_churn_rates.items():
+        lines.append(f"| {d} | {rate:.3f} | {evaluation.labelled_per_snapshot.get(d, '')} |")
     lines += ["", "## Top features of the winner", ""]
-    lines += [f"- {k}: {v:.3f}" for k, v in evaluation.get("top_features", {}).items()]
+    lines += [f"- {k}: {v:.3f}" for k, v in evaluation.top_features.items()]
     out.mkdir(parents=True, exist_ok=True)
     lines += ["", "## Plots", ""]
     for name, path in plots.items():

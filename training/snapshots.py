@@ -181,15 +181,3 @@ def check_enough(frame: SnapshotFrame, *, min_labelled: int, min_churners: int) 
                 f"the {which} snapshot(s) have {churners} churners and {n - churners} retained customers; need "
                 f"at least {min_churners} of each to learn and to measure churn"
             )
-
-
-def seasons_covered(
-    train_dates: tuple[datetime, ...] | list[datetime], as_of: datetime, tolerance_days: int = 46
-) -> bool:
-    """Whether some training snapshot lies within ``tolerance_days`` of ``as_of``'s day of the year."""
-    doy = as_of.timetuple().tm_yday
-    for d in train_dates:
-        diff = abs(d.timetuple().tm_yday - doy)
-        if min(diff, 365 - diff) <= tolerance_days:
-            return True
-    return False

@@ -5,16 +5,15 @@ Every training registers a new version of the model with alias ``challenger``. T
 the challenger is at least as good as the current champion on the *same* held-out data (log loss, the selection
 metric). Aliases, not the deprecated stages (mlflow/mlflow#10336).
 
-The tracking URI comes from the settings (``MLFLOW_TRACKING_URI`` works too); the default is SQLite with local
-artifacts under the project's data dir, so nothing needs a server.
+Everything goes through an ``MlflowClient`` bound to the configured store (``model/registry.py``): no process-wide
+MLflow state and no environment variables are changed. The model is saved with ``code_paths`` (the ``model`` and
+``features`` packages), so a fresh environment or a bento loads it from its artifact alone.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import warnings
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import version as pkg_version
@@ -24,24 +23,33 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from churnguard.settings import Settings
+from model.churn_model import IncompatibleModelError
+from model.registry import (
+    CHALLENGER,
+    CHAMPION,
+    alias_version,
+    load_model,
+    mlflow_client,
+    model_version,
+    registry_errors,
+)
+from model.settings import MlflowSettings
 from training.train import TrainResult
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from features.dataset import Dataset
-    from training.model import ChurnModel
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTION_TOLERANCE = 1e-4  # log loss difference treated as a tie
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MODEL_CODE = ("model", "features")  # the packages a registered model needs at run time (code_paths)
 RUNTIME_PACKAGES = (
     "pandas",
     "numpy",
     "pyarrow",
     "scikit-learn",
     "lightgbm",
-    "lifelines",
     "scipy",
     "mlflow",
     "duckdb",
@@ -49,39 +57,6 @@ RUNTIME_PACKAGES = (
     "pydantic",
     "cloudpickle",
 )
-
-
-def configure(settings: Settings) -> None:
-    """Point MLflow at the configured store; for the embedded default, create the data dir first."""
-    import mlflow
-
-    warnings.filterwarnings("ignore", message=".*noload.*")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow.*")
-    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")  # never null here
-    # MLflow's INFO chatter (table creation, uv detection) and the cloudpickle notice are not news to our users
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    if settings.tracking_uri.startswith("sqlite:///"):
-        Path(settings.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    # MLflow also writes the URI into os.environ["MLFLOW_TRACKING_URI"], which Settings honours: left there, every
-    # Settings built later in this process (and every child process) would silently use this store instead of its own.
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
-def _experiment_id(settings: Settings, name: str) -> str:
-    import mlflow
-
-    existing = mlflow.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    local = settings.tracking_uri.startswith("sqlite:")
-    location = settings.artifact_root.as_uri() if local else None
-    return mlflow.create_experiment(name, artifact_location=location)
 
 
 @dataclass(frozen=True)
@@ -92,81 +67,100 @@ class LoggedModel:
     model_uri: str
 
 
-def log_training(
-    result: TrainResult, settings: Settings, *, experiment: str | None = None, model_name: str | None = None
-) -> LoggedModel:
-    import mlflow
-    from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
+def log_training(result: TrainResult, settings: MlflowSettings) -> LoggedModel:
+    """One run with params, metrics, the evaluation and its plots, and the pyfunc; registered as challenger."""
+    from mlflow.entities import Metric, Param
 
-    configure(settings)
-    name = model_name or settings.mlflow.model_name
-    exp_id = _experiment_id(settings, experiment or settings.mlflow.experiment)
+    client = mlflow_client(settings)
+    name = settings.model_name
     evaluation = result.evaluation
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{datetime.now():%Y%m%d-%H%M%S}") as run:
-        result.model.model_version = f"run:{run.info.run_id}"
-        mlflow.log_params(result.params)
-        mlflow.log_metrics({k: float(v) for k, v in evaluation.flat_metrics().items() if np.isfinite(v)})
-        mlflow.log_metrics({f"time_{k}_s": v for k, v in result.timings.items()})
-        mlflow.log_dict(evaluation.to_dict(), "evaluation/evaluation.json")
-        mlflow.log_text("\n".join(result.model.feature_names), "evaluation/features.txt")
-        for path in result.plots.values():
-            mlflow.log_artifact(str(path), "evaluation/plots")
-        example = _input_example(result.holdout_features, result.model.feature_names)
-        signature = infer_signature(example, result.model.score(example), params={"reasons": False})
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=result.model,
-            signature=signature,
-            input_example=example,
-            pip_requirements=_pip_requirements(),
-            registered_model_name=name,
-            metadata={
-                "feature_set": result.model.feature_set,
-                "horizon_days": result.model.horizon_days,
-                "churnguard_version": pkg_version("churnguard"),
-            },
+    with registry_errors(settings, "logging the training run"):
+        run = client.create_run(_experiment_id(client, settings), run_name=f"train-{datetime.now():%Y%m%d-%H%M%S}")
+        run_id = run.info.run_id
+        now = int(datetime.now().timestamp() * 1000)
+        metrics = {k: float(v) for k, v in evaluation.flat_metrics().items() if np.isfinite(v)}
+        metrics.update({f"time_{k}_s": float(v) for k, v in result.timings.items()})
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in result.params.items()],
         )
-    client = MlflowClient()
-    version = str(info.registered_model_version)
-    tags = {
+        client.log_dict(run_id, evaluation.to_dict(), "evaluation/evaluation.json")
+        client.log_text(run_id, "\n".join(result.model.feature_names), "evaluation/features.txt")
+        for path in result.plots.values():
+            client.log_artifact(run_id, str(path), "evaluation/plots")
+        result.model.model_version = f"run:{run_id}"
+        with tempfile.TemporaryDirectory(prefix="churnguard-model-") as tmp:
+            _save_pyfunc(result, Path(tmp) / "model")
+            client.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
+        client.set_terminated(run_id)
+        version = _register(client, name, f"{run.info.artifact_uri}/model", run_id, _version_tags(result))
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    first = alias_version(client, settings, name, CHAMPION) is None
+    if first:
+        with registry_errors(settings, "setting the first champion"):
+            client.set_registered_model_alias(name, CHAMPION, version)
+    return LoggedModel(run_id, version, first, f"models:/{name}/{version}")
+
+
+def _experiment_id(client: MlflowClient, settings: MlflowSettings) -> str:
+    existing = client.get_experiment_by_name(settings.experiment)
+    if existing is not None:
+        return existing.experiment_id
+    local = settings.tracking.startswith("sqlite:") and settings.artifact_root is not None
+    location = Path(settings.artifact_root).resolve().as_uri() if local else None
+    return client.create_experiment(settings.experiment, artifact_location=location)
+
+
+def _save_pyfunc(result: TrainResult, path: Path) -> None:
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    example = result.holdout_features[["customer_id", "as_of", *result.model.feature_names]].head(3)
+    example = example.reset_index(drop=True)
+    signature = infer_signature(example, result.model.score(example), params={"reasons": False})
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=result.model,
+        signature=signature,
+        input_example=example,
+        pip_requirements=[f"{p}=={pkg_version(p)}" for p in RUNTIME_PACKAGES],
+        code_paths=[str(PROJECT_ROOT / package) for package in MODEL_CODE],
+        metadata={
+            "feature_set": result.model.feature_set,
+            "horizon_days": result.model.horizon_days,
+            "churnguard_version": pkg_version("churnguard"),
+        },
+    )
+
+
+def _register(client: MlflowClient, name: str, source: str, run_id: str, tags: dict[str, str]) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
+
+
+def _version_tags(result: TrainResult) -> dict[str, str]:
+    evaluation = result.evaluation
+    winner = evaluation.candidates[evaluation.winner]
+    return {
         "holdout_as_of": evaluation.holdout_as_of,
         "winner": evaluation.winner,
         "horizon_days": str(result.model.horizon_days),
         "data_fingerprint": _fingerprint(result.params),
-        "log_loss": f"{evaluation.candidates[evaluation.winner]['log_loss']:.6f}",
-        "roc_auc": f"{evaluation.candidates[evaluation.winner]['roc_auc']:.6f}",
+        "log_loss": f"{winner['log_loss']:.6f}",
+        "roc_auc": f"{winner['roc_auc']:.6f}",
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    first = _alias_version(client, name, CHAMPION) is None
-    if first:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return LoggedModel(run.info.run_id, version, first, f"models:/{name}/{version}")
-
-
-def _input_example(holdout: pd.DataFrame, feature_names: list[str]) -> pd.DataFrame:
-    cols = ["customer_id", "as_of", *feature_names]
-    return holdout[cols].head(3).reset_index(drop=True)
-
-
-def _pip_requirements() -> list[str]:
-    return [f"{p}=={pkg_version(p)}" for p in RUNTIME_PACKAGES]
 
 
 def _fingerprint(params: dict) -> str:
     keys = ("data_transactions", "data_events", "data_customers", "data_start", "data_end")
     return json.dumps({k: params[k] for k in keys}, sort_keys=True)
-
-
-def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ promotion
@@ -180,31 +174,29 @@ class Promotion:
     champion_before: str | None
 
 
-def promote(settings: Settings, *, data: Dataset | None = None, model_name: str | None = None) -> Promotion:
+def promote(settings: MlflowSettings, *, data: Dataset | None = None) -> Promotion:
     """Move ``champion`` to the challenger if it is at least as good on the challenger's held-out snapshot.
 
     With ``data`` both models are scored on freshly built held-out features and labels; without it the stored
     held-out metrics are compared, which is only allowed when both were measured on the same snapshot of the
-    same data.
+    same data. A registry that cannot be read is an error (``RegistryError``), never "no champion yet".
     """
-    from mlflow.tracking import MlflowClient
-
-    configure(settings)
-    name = model_name or settings.mlflow.model_name
-    client = MlflowClient()
-    challenger = _alias_version(client, name, CHALLENGER)
-    champion = _alias_version(client, name, CHAMPION)
+    client = mlflow_client(settings)
+    name = settings.model_name
+    challenger = alias_version(client, settings, name, CHALLENGER)
+    champion = alias_version(client, settings, name, CHAMPION)
     if challenger is None:
         raise ValueError(f"model {name!r} has no '{CHALLENGER}' version: run `churn train` first")
     if champion is None:
-        client.set_registered_model_alias(name, CHAMPION, challenger)
+        with registry_errors(settings, "setting the champion alias"):
+            client.set_registered_model_alias(name, CHAMPION, challenger)
         return Promotion(True, f"no champion yet: version {challenger} becomes champion", challenger, None)
     if champion == challenger:
         return Promotion(False, f"version {challenger} is already the champion", challenger, champion)
-    ch_tags = client.get_model_version(name, challenger).tags
-    cp_tags = client.get_model_version(name, champion).tags
+    ch_tags = model_version(client, settings, name, challenger).tags
+    cp_tags = model_version(client, settings, name, champion).tags
     if data is not None:
-        scores = _score_on_holdout(settings, name, {"challenger": challenger, "champion": champion}, data, ch_tags)
+        scores = _score_on_holdout(settings, {"challenger": challenger, "champion": champion}, data, ch_tags)
         basis = f"re-scored on held-out snapshot {ch_tags['holdout_as_of']} ({scores['n']:,} customers)"
     else:
         same = (
@@ -223,6 +215,14 @@ def promote(settings: Settings, *, data: Dataset | None = None, model_name: str 
         }
         basis = f"stored metrics on the same held-out snapshot {ch_tags['holdout_as_of']}"
     ch, cp = scores["challenger"], scores["champion"]
+    if cp is None:
+        with registry_errors(settings, "moving the champion alias"):
+            client.set_registered_model_alias(name, CHAMPION, challenger)
+        reason = (
+            f"promoted: champion v{champion} can no longer be scored by this code ({scores['incompatible']}); "
+            f"challenger v{challenger} log loss {ch['log_loss']:.4f} (AUC {ch['roc_auc']:.3f}); {basis}"
+        )
+        return Promotion(True, reason, challenger, champion)
     better = ch["log_loss"] <= cp["log_loss"] + PROMOTION_TOLERANCE
     verdict = "promoted" if better else "kept the champion"
     reason = (
@@ -230,12 +230,12 @@ def promote(settings: Settings, *, data: Dataset | None = None, model_name: str 
         f"champion v{champion} {cp['log_loss']:.4f} (AUC {cp['roc_auc']:.3f}); {basis}"
     )
     if better:
-        client.set_registered_model_alias(name, CHAMPION, challenger)
+        with registry_errors(settings, "moving the champion alias"):
+            client.set_registered_model_alias(name, CHAMPION, challenger)
     return Promotion(better, reason, challenger, champion)
 
 
-def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], data: Dataset, tags: dict) -> dict:
-    import mlflow
+def _score_on_holdout(settings: MlflowSettings, versions: dict[str, str], data: Dataset, tags: dict) -> dict:
     import pyarrow as pa
 
     from features.build import build_features, entities_at
@@ -249,7 +249,13 @@ def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], d
     labelled: dict[tuple[str, ...], pd.DataFrame] = {}  # features per event-type set: usually both models share one
     out: dict = {"n": len(labels)}
     for role, version in versions.items():
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+        try:
+            model = load_model(settings, f"models:/{settings.model_name}/{version}")
+        except IncompatibleModelError as e:
+            if role != "champion":
+                raise
+            out[role], out["incompatible"] = None, str(e).split(": retrain")[0]
+            continue
         if model.horizon_days != horizon:
             raise ValueError(
                 f"the {role} (v{version}) predicts a {model.horizon_days}-day horizon, the challenger "
@@ -262,35 +268,3 @@ def _score_on_holdout(settings: Settings, name: str, versions: dict[str, str], d
         p = model.classifier.predict_proba(merged)
         out[role] = classification_metrics(merged["churned"].to_numpy(), p)
     return out
-
-
-def resolve_version(settings: Settings, model_uri: str) -> str:
-    """'models:/churnguard@champion' -> 'churnguard/3' (what the scorecards call model_version)."""
-    from mlflow.tracking import MlflowClient
-
-    configure(settings)
-    if not model_uri.startswith("models:/"):
-        return model_uri
-    ref = model_uri.removeprefix("models:/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        try:
-            return f"{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
-        except Exception:
-            raise ValueError(f"no model behind {model_uri}: train one first (`churn train`)") from None
-    return ref
-
-
-def load_model(settings: Settings, model_uri: str | None = None) -> ChurnModel:
-    """Load a registered ChurnModel once, resolving an alias to its version for the scorecards."""
-    import mlflow
-
-    uri = model_uri or settings.model_uri
-    version = resolve_version(settings, uri)  # resolve first: the alias could move while we load
-    model = mlflow.pyfunc.load_model(uri if not uri.startswith("models:/") else f"models:/{version}")
-    model = model.unwrap_python_model()
-    if uri.startswith("models:/"):
-        model.model_version = version
-    if settings.scoring.tier_thresholds:  # an explicit setting overrides the thresholds stored at training
-        model.tier_thresholds = tuple(settings.scoring.tier_thresholds)
-    return model

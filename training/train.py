@@ -9,7 +9,8 @@ from __future__ import annotations
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,11 +19,15 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from churnguard.settings import DEFAULT_TIER_THRESHOLDS, Settings
 from features.dataset import Dataset
+from features.settings import FeatureSettings, LabelSettings
+from model.churn_model import ChurnModel
+from model.scorecard import LifecycleRules
+from model.seasons import seasons_covered
 from training import plots
 from training.candidates import fit_candidates
 from training.evaluation import (
+    Curves,
     Evaluation,
     backtest,
     choose_winner,
@@ -30,14 +35,13 @@ from training.evaluation import (
     evaluate_survival,
     evaluate_value,
 )
-from training.model import ChurnModel
-from training.scorecard import LifecycleRules
-from training.snapshots import SnapshotFrame, build_snapshot_frame, check_enough, plan_snapshots, seasons_covered
-from training.survival import SurvivalModel
-from training.value import ValueModel
+from training.settings import TrainingSettings
+from training.snapshots import SnapshotFrame, build_snapshot_frame, check_enough, plan_snapshots
+from training.survival import fit_survival
+from training.value import fit_value_model
 
 if TYPE_CHECKING:
-    from training.candidates import Candidate, LightGBMCandidate
+    from model.classifiers import Classifier, LightGBMClassifier
     from training.snapshots import SnapshotPlan
 
 Progress = Callable[[int, str | None], None]
@@ -60,16 +64,19 @@ class TrainResult:
 
 def train(
     data: Dataset,
-    settings: Settings,
+    settings: TrainingSettings,
+    labels: LabelSettings,
+    features: FeatureSettings,
     *,
     as_of: datetime | None = None,
-    horizon_days: int | None = None,
     plot_dir: Path | None = None,
     progress: Progress | None = None,
     run_backtest: bool = True,
 ) -> TrainResult:
-    horizon = horizon_days or settings.labels.horizon_days
-    cfg = settings.training
+    """Train on ``data`` with the training section; the horizon and the event types come from the labels and
+    features sections, which scoring and ``churn labels`` read too, so all of them share one definition."""
+    horizon_days, event_types = labels.horizon_days, features.event_types
+    fit_warnings: list[str] = []
     timings: dict[str, float] = {}
     peaks: dict[str, float] = {}
     say = progress or (lambda n=1, d=None: None)
@@ -78,31 +85,31 @@ def train(
         plan = plan_snapshots(
             data.data_start,
             data.data_end,
-            horizon_days=horizon,
-            n_snapshots=cfg.n_snapshots,
-            step_days=cfg.snapshot_step_days,
+            horizon_days=horizon_days,
+            n_snapshots=settings.n_snapshots,
+            step_days=settings.snapshot_step_days,
             as_of=as_of,
         )
         say(0, f"snapshots: train {', '.join(f'{d:%Y-%m-%d}' for d in plan.train)}; holdout {plan.holdout:%Y-%m-%d}")
         frame = build_snapshot_frame(
             data,
             plan,
-            event_types=settings.features.event_types,
-            max_rows=cfg.max_training_rows,
-            seed=cfg.seed,
+            event_types=event_types,
+            max_rows=settings.max_training_rows,
+            seed=settings.seed,
             progress=say,
         )
-        check_enough(frame, min_labelled=cfg.min_labelled_customers, min_churners=cfg.min_churners)
-    features = [f for f in frame.feature_names if plan.uses_season or not f.startswith("season_")]
+        check_enough(frame, min_labelled=settings.min_labelled_customers, min_churners=settings.min_churners)
+    used = [f for f in frame.feature_names if plan.uses_season or not f.startswith("season_")]
     fit, val, holdout = frame.part("fit"), frame.part("validation"), frame.part("holdout")
 
-    with _stage("classifier", timings, peaks):
+    with _stage("classifier", timings, peaks), _collect_warnings(fit_warnings):
         say(1, "fitting candidate classifiers")
-        candidates = fit_candidates(fit, val, features, settings=cfg)
-    with _stage("survival", timings, peaks):
+        candidates = fit_candidates(fit, val, used, settings)
+    with _stage("survival", timings, peaks), _collect_warnings(fit_warnings):
         say(1, "fitting the survival model")
-        survival = SurvivalModel(penalizer=cfg.survival_penalizer, seed=cfg.seed).fit(frame.part("train"))
-        value = ValueModel(seed=cfg.seed).fit(val)
+        survival = fit_survival(frame.part("train"), penalizer=settings.survival_penalizer, seed=settings.seed).model
+        value = fit_value_model(val, seed=settings.seed)
 
     with _stage("evaluation", timings, peaks):
         say(1, "evaluating on the held-out snapshot")
@@ -118,20 +125,20 @@ def train(
             winner_description=candidates[winner].description,
             selection=why,
             survival=surv_metrics,
-            value=evaluate_value(value, holdout, horizon),
-            backtest=backtest(frame, features, cfg, _tree_size(candidates["lightgbm"])) if run_backtest else [],
+            value=evaluate_value(value, holdout, horizon_days),
+            backtest=backtest(frame, used, settings, _tree_size(candidates["lightgbm"])) if run_backtest else [],
             snapshot_churn_rates=frame.churn_rates,
             labelled_per_snapshot=frame.labelled_counts,
-            warnings=_season_warnings(plan),
+            warnings=_season_warnings(plan) + fit_warnings,
             top_features=_normalised(candidates[winner].importance()).head(15).round(4).to_dict(),
         )
         model = ChurnModel(
             classifier=candidates[winner],
             survival=survival,
             value=value,
-            horizon_days=horizon,
-            event_types=settings.features.event_types,
-            tier_thresholds=settings.scoring.tier_thresholds or DEFAULT_TIER_THRESHOLDS,
+            horizon_days=horizon_days,
+            event_types=event_types,
+            tier_thresholds=settings.tier_thresholds,
             lifecycle=LifecycleRules(),
             training_snapshots=plan.train,
             holdout=plan.holdout,
@@ -140,9 +147,9 @@ def train(
         plot_paths = _plots(evaluation, curves, candidates[winner], plot_dir)
 
     params = {
-        "horizon_days": horizon,
+        "horizon_days": horizon_days,
         "feature_set": model.feature_set,
-        "n_features": len(features),
+        "n_features": len(used),
         "uses_season": plan.uses_season,
         "train_snapshots": ",".join(f"{d:%Y-%m-%d}" for d in plan.train),
         "holdout_snapshot": f"{plan.holdout:%Y-%m-%d}",
@@ -150,14 +157,14 @@ def train(
         "n_validation_rows": len(val),
         "n_holdout_rows": len(holdout),
         "winner": winner,
-        "seed": cfg.seed,
+        "seed": settings.seed,
         **data_fingerprint(data),
     }
     return TrainResult(model, evaluation, frame, plot_paths, params, timings, peaks)
 
 
-def _tree_size(lightgbm: LightGBMCandidate) -> tuple[int, int]:
-    return lightgbm.num_leaves_, lightgbm.min_child_samples_
+def _tree_size(lightgbm: LightGBMClassifier) -> tuple[int, int]:
+    return lightgbm.num_leaves, lightgbm.min_child_samples
 
 
 def data_fingerprint(data: Dataset) -> dict[str, str | int]:
@@ -188,8 +195,8 @@ def _normalised(s: pd.Series) -> pd.Series:
 
 def _plots(
     evaluation: Evaluation,
-    curves: dict,
-    winner: Candidate,
+    curves: dict[str, Curves],
+    winner: Classifier,
     plot_dir: Path | None,
 ) -> dict[str, Path]:
     out = Path(plot_dir or tempfile.mkdtemp(prefix="churnguard-plots-"))
@@ -206,6 +213,20 @@ def _plots(
     if evaluation.backtest:
         paths["backtest"] = plots.backtest_chart(evaluation.backtest, out / "backtest.png")
     return paths
+
+
+@contextmanager
+def _collect_warnings(into: list[str]) -> Iterator[None]:
+    """Fits that struggle warn (sklearn's and lifelines' ConvergenceWarning, our value model's): the report keeps
+    them, so a model that did not converge never ships silently."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if "converge" in w.category.__name__.lower() or "converge" in str(w.message).lower():
+            text = f"{w.category.__name__}: {str(w.message).strip().splitlines()[0]}"
+            if text not in into:
+                into.append(text)
 
 
 @contextmanager

@@ -8,37 +8,48 @@ so they cannot drift apart.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
 from features.registry import FEATURE_SET, feature_registry
-from training.scorecard import LifecycleRules, lifecycle_stages, risk_tiers, top_reasons
+from model.scorecard import MODEL_COLUMNS, LifecycleRules, is_lapsed, lifecycle_stages, risk_tiers, top_reasons
+from model.seasons import seasons_covered
 
 if TYPE_CHECKING:
-    from training.candidates import Candidate
-    from training.survival import SurvivalModel
-    from training.value import ValueModel
+    from model.classifiers import Classifier
+    from model.survival import SurvivalModel
+    from model.value import ValueModel
 
-SCORE_COLUMNS = [
-    "customer_id",
-    "as_of",
-    "churn_probability",
-    "risk_tier",
-    "p_active_30d",
-    "p_active_60d",
-    "p_active_90d",
-    "p_active_180d",
-    "median_days_to_churn",
-    "expected_value_12m",
-    "value_at_risk",
-    "lifecycle_stage",
-    "top_reasons",
-    "model_version",
-]
+
+class IncompatibleModelError(RuntimeError):
+    """The model was trained on features this code no longer computes: it must be retrained."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What ``GET /model`` and the CLI show about a model."""
+
+    model_version: str
+    classifier: str
+    classifier_description: str
+    trained_at: str
+    horizon_days: int
+    feature_set: str
+    features: list[str]
+    event_types: list[str]
+    training_snapshots: list[str]
+    holdout_as_of: str
+    tier_thresholds: list[float]
+    holdout_metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class ChurnModel(mlflow.pyfunc.PythonModel):
@@ -47,7 +58,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
     def __init__(
         self,
         *,
-        classifier: Candidate,
+        classifier: Classifier,
         survival: SurvivalModel,
         value: ValueModel,
         horizon_days: int,
@@ -87,9 +98,8 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         if (features["frequency"] < 1).any():
             raise ValueError("prospects (no order before as_of) cannot be scored; filter them out first")
         p = self.classifier.predict_proba(features)
-        lapsed = (features["recency_days"].to_numpy(float) >= self.horizon_days) | (features["cancelled"] == 1)
         surv = self.survival.predict(features)
-        surv.loc[lapsed, :] = 0.0  # inactive for H days already: churned by definition
+        surv.loc[is_lapsed(features, self.horizon_days), :] = 0.0  # inactive for H days already: churned
         value = self.value.predict(features)
         out = pd.DataFrame(
             {
@@ -111,7 +121,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         )
         out["top_reasons"] = self.reasons(features, reasons)
         out["model_version"] = self.model_version
-        return out[SCORE_COLUMNS]
+        return out[list(MODEL_COLUMNS)]
 
     def reasons(self, features: pd.DataFrame, who: bool | np.ndarray = True) -> list[list[str]]:
         mask = np.full(len(features), bool(who)) if np.isscalar(who) else np.asarray(who, bool)
@@ -129,10 +139,34 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         if missing:
             raise ValueError(f"feature rows lack {len(missing)} column(s) of {self.feature_set}: {missing[:5]}")
 
+    def check_compatible(self) -> None:
+        """Refuse a model whose features differ from what this code computes (name, order or event types).
+
+        Scoring such a model would feed it columns it was not trained on, or silently drop some: retrain instead.
+        """
+        expected = [s.name for s in feature_registry(self.event_types)]
+        if self.feature_set != FEATURE_SET or self.feature_names != expected:
+            added = sorted(set(expected) - set(self.feature_names))
+            removed = sorted(set(self.feature_names) - set(expected))
+            raise IncompatibleModelError(
+                f"model {self.model_version} was trained on feature set {self.feature_set} "
+                f"({len(self.feature_names)} features); this code computes {FEATURE_SET} ({len(expected)} features"
+                + (f"; new: {', '.join(added[:5])}" if added else "")
+                + (f"; gone: {', '.join(removed[:5])}" if removed else "")
+                + ("; same names in another order" if not added and not removed else "")
+                + "): retrain it with `churn train`"
+            )
+
+    def with_overrides(self, *, tier_thresholds: tuple[float, float, float] | None = None) -> ChurnModel:
+        """A copy with scoring-time overrides (the settings may replace the tier thresholds stored at training)."""
+        if tier_thresholds is None:
+            return self
+        clone = copy.copy(self)
+        clone.tier_thresholds = tuple(tier_thresholds)
+        return clone
+
     def season_warnings(self, as_of: datetime) -> list[str]:
         """A warning when ``as_of`` falls in a season no training snapshot covers (batch and API show the same)."""
-        from training.snapshots import seasons_covered
-
         if seasons_covered(self.training_snapshots, as_of):
             return []
         dates = ", ".join(f"{d:%b %d}" for d in self.training_snapshots)
@@ -141,19 +175,19 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             "churn rates may differ from training"
         ]
 
-    def card(self) -> dict:
+    def card(self) -> ModelCard:
         """What the API's /model endpoint and the CLI show about this model."""
-        return {
-            "model_version": self.model_version,
-            "classifier": self.classifier.name,
-            "classifier_description": self.classifier.description,
-            "trained_at": self.trained_at.isoformat(),
-            "horizon_days": self.horizon_days,
-            "feature_set": self.feature_set,
-            "features": self.feature_names,
-            "event_types": list(self.event_types),
-            "training_snapshots": [d.date().isoformat() for d in self.training_snapshots],
-            "holdout_as_of": self.holdout.date().isoformat(),
-            "tier_thresholds": list(self.tier_thresholds),
-            "holdout_metrics": self.metrics,
-        }
+        return ModelCard(
+            model_version=self.model_version,
+            classifier=self.classifier.name,
+            classifier_description=self.classifier.description,
+            trained_at=self.trained_at.isoformat(),
+            horizon_days=self.horizon_days,
+            feature_set=self.feature_set,
+            features=list(self.feature_names),
+            event_types=list(self.event_types),
+            training_snapshots=[d.date().isoformat() for d in self.training_snapshots],
+            holdout_as_of=self.holdout.date().isoformat(),
+            tier_thresholds=list(self.tier_thresholds),
+            holdout_metrics=dict(self.metrics),
+        )

@@ -67,10 +67,11 @@ import pyarrow.parquet as pq
 
 from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS
 from features.io import atomic_path
+from features.registry import DEFAULT_EVENT_TYPES
 
 Format = Literal["csv", "parquet"]
 DAY = 86_400  # seconds
-EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_login")
+EVENT_TYPES = DEFAULT_EVENT_TYPES  # the simulator emits exactly the event types the features know by default
 SESSION, EMAIL_OPEN, EMAIL_CLICK, SUPPORT_TICKET, APP_LOGIN = range(len(EVENT_TYPES))
 CHANNELS = ("web", "app", "store")
 WEB, APP, STORE = range(len(CHANNELS))
@@ -1235,7 +1236,7 @@ def _write(table: pa.Table, path: Path, fmt: Format) -> None:
 
 
 DESCRIPTION = (
-    "Synthetic retail + subscription business (features/demo.py). Retail customers (non-contractual) "
+    "Synthetic retail + subscription business (churnguard/demo.py). Retail customers (non-contractual) "
     "follow Pareto/NBD: Gamma-distributed purchase rates, exponential unobserved lifetimes with "
     "Gamma-distributed dropout rates, seasonal Poisson orders (Nov/Dec peak), a few reactivations, no "
     "cancel date. Order values follow Gamma-Gamma, split over 1..k lines of distinct Zipf-popular "
@@ -1253,7 +1254,7 @@ DESCRIPTION = (
 
 def _write_manifest(summary: DemoSummary, path: Path, months: int) -> None:
     manifest = {
-        "generator": "features.demo.generate",
+        "generator": "churnguard.demo.generate",
         "seed": summary.seed,
         "start": summary.start.isoformat(),
         "end": summary.end.isoformat(),

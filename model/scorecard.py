@@ -1,4 +1,4 @@
-"""From model outputs to what people read: risk tiers, lifecycle stages and reasons in plain words.
+"""From model outputs to what people read: the scorecard's fields, risk tiers, lifecycle stages and reasons in words.
 
 Lifecycle stages (first rule that matches; thresholds in ``LifecycleRules``):
 
@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +30,41 @@ from pydantic import BaseModel, ConfigDict
 TIERS = ("low", "medium", "high", "critical")
 STAGES = ("new", "active", "loyal", "at_risk", "lapsed", "reactivated")
 NOT_SCORABLE = "no purchase before as_of (prospect): nothing to score yet"
+DEFAULT_TIER_THRESHOLDS = (0.3, 0.5, 0.7)  # churn_probability cut-offs for medium, high, critical
+
+
+@dataclass(frozen=True)
+class ScorecardField:
+    """One scorecard column: what the CRM reads, in the order it reads it."""
+
+    name: str
+    type: Any
+    description: str
+    source: str = "model"  # "model": ChurnModel.score; "policy": the retention policy (serving)
+
+
+# The scorecard, defined once: ChurnModel.score returns the "model" fields in this order, batch scoring and the API
+# add the "policy" fields, the API's response schema and the README's field table are generated from this list.
+SCORECARD: tuple[ScorecardField, ...] = (
+    ScorecardField("customer_id", str, "Your id for the customer."),
+    ScorecardField("as_of", datetime, "The date the customer is scored at: only history before it is used."),
+    ScorecardField("churn_probability", float, "Calibrated P(no purchase in the next horizon_days)."),
+    ScorecardField("risk_tier", str, "low / medium / high / critical by churn_probability thresholds."),
+    ScorecardField("p_active_30d", float, "Survival: P(not churned 30 days after as_of)."),
+    ScorecardField("p_active_60d", float, "Survival: P(not churned 60 days after as_of)."),
+    ScorecardField("p_active_90d", float, "Survival: P(not churned 90 days after as_of)."),
+    ScorecardField("p_active_180d", float, "Survival: P(not churned 180 days after as_of)."),
+    ScorecardField("median_days_to_churn", float, "Median of the survival curve (0 if already lapsed)."),
+    ScorecardField("expected_value_12m", float, "Expected spend in the next 12 months if the customer stays."),
+    ScorecardField("value_at_risk", float, "churn_probability x expected_value_12m."),
+    ScorecardField("lifecycle_stage", str, "new, active, loyal, at_risk, lapsed or reactivated."),
+    ScorecardField("top_reasons", list[str], "Up to 3 strongest drivers of this customer's risk, in words."),
+    ScorecardField("recommended_action", str, "From the retention policy.", source="policy"),
+    ScorecardField("expected_value_saved", float, "value_at_risk x save rate - action cost.", source="policy"),
+    ScorecardField("model_version", str, "Registered model version that produced the score."),
+)
+SCORECARD_COLUMNS: tuple[str, ...] = tuple(f.name for f in SCORECARD)
+MODEL_COLUMNS: tuple[str, ...] = tuple(f.name for f in SCORECARD if f.source == "model")
 
 
 class LifecycleRules(BaseModel):
@@ -37,9 +75,22 @@ class LifecycleRules(BaseModel):
     loyal_min_tenure_days: int = 180
 
 
+def check_tier_thresholds(v: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Tier cut-offs must be increasing and inside (0, 1); used by every setting that holds them."""
+    if not (0 < v[0] < v[1] < v[2] < 1):
+        raise ValueError("tier thresholds must be increasing and inside (0, 1)")
+    return v
+
+
 def risk_tiers(p: np.ndarray, thresholds: tuple[float, float, float]) -> np.ndarray:
     """low < t1 <= medium < t2 <= high < t3 <= critical."""
     return np.asarray(TIERS, dtype=object)[np.searchsorted(np.asarray(thresholds), p, side="right")]
+
+
+def is_lapsed(features: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """Churned by definition at as_of: no order for at least H days, or a cancellation before as_of."""
+    recency = features["recency_days"].to_numpy(float)
+    return (recency >= horizon_days) | (features["cancelled"].to_numpy() == 1)
 
 
 def lifecycle_stages(
@@ -51,8 +102,7 @@ def lifecycle_stages(
     rules: LifecycleRules,
 ) -> np.ndarray:
     f = features
-    recency = f["recency_days"].to_numpy(float)
-    lapsed = (recency >= horizon_days) | (f["cancelled"].to_numpy() == 1)
+    lapsed = is_lapsed(f, horizon_days)
     new = f["first_purchase_days"].to_numpy(float) < rules.new_days
     reactivated = np.nan_to_num(f["last_gap_days"].to_numpy(float), nan=0.0) >= horizon_days
     at_risk = churn_probability >= high_threshold
