@@ -4,7 +4,7 @@
     uv run python benchmarks/bench_validation.py --customers 100000,300000,1000000   # cost against size
 
 Generates (once, cached under ``--out``) the demo business as CSV (``demo_csv_<N>_seed<S>/``) and as Parquet
-(``demo_<N>_seed<S>/``, shared with the other benchmarks) with ``features.demo.generate``, then runs every stage in
+(``demo_<N>_seed<S>/``, shared with the other benchmarks) with ``churnguard.demo.generate``, then runs every stage in
 a fresh Python subprocess, so that its peak memory (the child's ``ru_maxrss``) is its own:
 
 * ``read_csv``          the floor: ``pyarrow.csv.read_csv`` of the three CSV files, default options (type
@@ -131,7 +131,7 @@ def _headline(name: str, r: dict) -> str:
 
 
 def stage_generate(spec: dict) -> dict:
-    from features.demo import generate
+    from churnguard.demo import generate
 
     started = time.perf_counter()
     generate(

@@ -295,7 +295,7 @@ def test_csv_and_parquet_of_the_same_rows_give_the_same_dataset(folder, tmp_path
 def test_typed_parquet_and_csv_of_a_demo_business_agree(tmp_path):
     """A small demo business as CSV, and the same files as typed Parquet (types inferred by pyarrow): the clean
     tables are equal row for row (same order), and the same rows are rejected for the same reasons."""
-    from features.demo import generate
+    from churnguard.demo import generate
 
     csv_dir, pq_dir = tmp_path / "csv", tmp_path / "parquet"
     generate(csv_dir, customers=400, seed=5, months=12, fmt="csv")
@@ -497,7 +497,7 @@ def test_duplicates_when_most_rows_share_their_typed_values(tmp_path):
 
 def test_compact_reading_changes_nothing(tmp_path):
     """load_dataset reads low-cardinality CSV columns as dictionaries; the in-memory path reads plain text."""
-    from features.demo import generate
+    from churnguard.demo import generate
     from features.mapping import Mapping
     from features.validate import read_folder, validate_tables
 
