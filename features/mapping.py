@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.contract import TABLES
 
@@ -61,6 +61,19 @@ class Mapping(BaseModel):
 
     def for_table(self, name: str) -> TableMapping:
         return getattr(self, name)
+
+    @model_validator(mode="after")
+    def _known_columns(self) -> Mapping:
+        """A mapped or derived column must be one of the contract's (a typo would otherwise be ignored)."""
+        for contract in TABLES:
+            table = self.for_table(contract.name)
+            for target in [*table.columns, *table.derive]:
+                if target not in contract.column_names:
+                    raise ValueError(
+                        f"{contract.name}: '{target}' is not a contract column "
+                        f"(one of: {', '.join(contract.column_names)})"
+                    )
+        return self
 
 
 _ALLOWED_BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
@@ -116,7 +129,12 @@ def load_mapping(data_dir: Path, mapping_file: Path | None = None, flags: list[s
     if mapping_file is not None and not mapping_file.exists():
         raise FileNotFoundError(f"mapping file not found: {mapping_file}")
     if path.exists():
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" (line {where.line + 1})" if where is not None else ""
+            raise ValueError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of table names to settings")
         raw = loaded
@@ -127,7 +145,8 @@ def load_mapping(data_dir: Path, mapping_file: Path | None = None, flags: list[s
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{path if path.exists() else '--map'}: {where}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{path if path.exists() else '--map'}: {where + ': ' if where else ''}{message}") from None
 
 
 def _apply_flag(raw: dict[str, Any], flag: str) -> None:
