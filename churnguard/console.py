@@ -128,7 +128,8 @@ def print_backtest(result: BacktestResult) -> None:
         table.add_column(col, justify="left" if col in ("cutoff", "model") else "right")
     shown = [m for m in METRICS if m != "observed"]
     for m in shown:
-        table.add_column(m + (" ↓" if m in LOWER_IS_BETTER else " ↑"), justify="right")
+        arrow = "" if m == "mean_predicted" else (" ↓" if m in LOWER_IS_BETTER else " ↑")
+        table.add_column(m + arrow, justify="right")
     by_cutoff: dict[str, list[dict]] = {}
     for r in result.rows():
         by_cutoff.setdefault(r["cutoff"], []).append(r)
