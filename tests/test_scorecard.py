@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.registry import feature_registry
+from features.registry import DEFAULT_EVENT_TYPES, feature_registry
 from model.scorecard import reason_text, top_reasons
 
-EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_login", "store_visit")
+EVENT_TYPES = (*DEFAULT_EVENT_TYPES, "store_visit")  # a type of the user's own gets sentences too
 SPECS = feature_registry(EVENT_TYPES)
 
 

@@ -185,3 +185,18 @@ def test_short_history_overlaps_the_holdout_window_by_at_most_half_a_horizon():
     assert 0 < plan.overlap_days <= 45
     assert len(plan.train) >= 2 and plan.train[-1] < plan.holdout
     assert (plan.holdout - plan.train[-1]).days == 90 - plan.overlap_days
+
+
+def test_the_registered_model_is_refitted_on_the_freshest_labels_and_its_card_says_so(trained):
+    plan = trained.frame.plan
+    card = trained.model.card()
+    assert card.production_fit["method"] == "crossfit"
+    # fitted on every labelled snapshot up to the held-out one, calibrated on the held-out one (out of fold)
+    assert card.training_snapshots == [d.date().isoformat() for d in plan.production]
+    assert card.training_snapshots[-1] == card.holdout_as_of == card.production_fit["calibration_snapshots"][0]
+    # the selection that chose the family is recorded apart, with its out-of-time metrics
+    assert card.selection_snapshots == [d.date().isoformat() for d in plan.train]
+    assert card.holdout_metrics["log_loss"] == trained.evaluation.candidates[trained.evaluation.winner]["log_loss"]
+    assert trained.model.classifier.name == trained.evaluation.winner
+    # base-rate drift is reported: the trend ends at the held-out (latest) window's rate
+    assert trained.evaluation.churn_rate_trend["latest"] == pytest.approx(trained.evaluation.holdout_churn_rate)

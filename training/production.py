@@ -137,9 +137,9 @@ def fit_production(
         dates = tuple(d for d in plan.production if d < latest)
     else:
         raise ValueError(f"unknown production fit {method!r}: use one of {', '.join(PRODUCTION_FITS)}")
-    fit = _capped(frame.at(dates), settings)
+    fit = _rows(frame, dates, settings)
     if method == "crossfit":
-        every = _capped(frame.at((*dates, latest)), settings)
+        every = _rows(frame, (*dates, latest), settings)
         calibration = every[every["as_of"] == pd.Timestamp(latest)]
         weights = recency_weights(every["as_of"], latest, half_life)
         classifier = _crossfit(winner, selected, every, calibration.index, features, settings, weights)
@@ -148,7 +148,9 @@ def fit_production(
         weights = recency_weights(fit["as_of"], latest, half_life)
         classifier = refit(winner, selected, fit, calibration, features, settings, weights)
         fit_dates, fit_rows = dates, fit
-    survival = fit_survival(frame.at((*dates, latest)), penalizer=settings.survival_penalizer, seed=settings.seed)
+    survival = fit_survival(
+        _rows(frame, (*dates, latest), settings), penalizer=settings.survival_penalizer, seed=settings.seed
+    )
     value = fit_value_model(frame.at([latest]), seed=settings.seed)
     return ProductionFit(
         classifier,
@@ -163,11 +165,14 @@ def fit_production(
     )
 
 
-def _capped(rows: pd.DataFrame, settings: TrainingSettings) -> pd.DataFrame:
-    """At most ``production_max_rows`` rows, a seeded sample kept in frame order (reproducible fits)."""
-    if len(rows) <= settings.production_max_rows:
-        return rows
-    return rows.sample(settings.production_max_rows, random_state=settings.seed).sort_index()
+def _rows(frame: SnapshotFrame, dates: tuple[datetime, ...], settings: TrainingSettings) -> pd.DataFrame:
+    """The rows of ``dates``, at most ``production_max_rows`` of them: a seeded sample kept in frame order
+    (reproducible fits), taken before any copy so that a 2M-row frame is never duplicated in memory."""
+    index = frame.frame.index[frame.frame["as_of"].isin(pd.to_datetime(list(dates))).to_numpy()]
+    if len(index) > settings.production_max_rows:
+        rng = np.random.default_rng(settings.seed)
+        index = index[np.sort(rng.choice(len(index), settings.production_max_rows, replace=False))]
+    return frame.frame.loc[index]
 
 
 def refit(

@@ -31,7 +31,7 @@ class TrainingSettings(Section):
         "(training/production.py; 'selection' registers the selection fit as it is).",
     )
     production_max_rows: int = Field(
-        400_000,
+        250_000,
         ge=1000,
         description="Cap on the rows the production fit learns from (a seeded sample across its snapshots).",
     )

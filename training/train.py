@@ -97,7 +97,7 @@ def train(
         say(
             0,
             f"snapshots: train {_dates(plan.train)}; holdout {plan.holdout:%Y-%m-%d}; "
-            f"production fit {_dates(plan.production)}",
+            f"refit on {_dates(plan.production)}",
         )
         frame = build_snapshot_frame(
             data,
