@@ -379,7 +379,9 @@ def single_customer_records(as_of: datetime, seed: int = 7) -> tuple[list[dict],
                 }
             )
     txs[-1] = dict(txs[-1], amount=-txs[-1]["amount"])  # a refund
-    types = ["session", "email_open", "email_click", "support_ticket", "app_login"]
+    from features.registry import DEFAULT_EVENT_TYPES
+
+    types = list(DEFAULT_EVENT_TYPES)
     evs = [
         {"customer_id": cid, "event_type": rng.choice(types), "timestamp": as_of - timedelta(days=rng.uniform(0, 365))}
         for _ in range(100)

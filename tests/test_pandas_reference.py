@@ -19,9 +19,10 @@ import pytest
 from benchmarks.pandas_reference import pandas_features
 from features.build import build_features, entities_at, feature_names
 from features.dataset import Dataset
+from features.registry import DEFAULT_EVENT_TYPES
 
 AS_OFS = [datetime(2023, 2, 1), datetime(2023, 6, 1), datetime(2023, 11, 15, 12, 0), datetime(2024, 3, 1)]
-EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_login")
+EVENT_TYPES = DEFAULT_EVENT_TYPES
 ORIGIN = datetime(2023, 1, 1)
 
 
