@@ -59,9 +59,15 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path set-up
 NOW = datetime(2026, 1, 1)  # the run's clock for validation: later rows (year ~2099) are rejects
 TARGETS = {"total_seconds": 300.0, "peak_gib": 8.0}
 STAGES = ("load", "train", "log", "baseline", "e2e")
-TRAIN_STAGES = ("features", "classifier", "survival", "evaluation")
+TRAIN_STAGES = ("features", "classifier", "survival", "evaluation", "production", "plots")
 # progress messages of training.train.train that open each stage (features opens with the call itself)
-STAGE_MARKERS = {"classifier": "candidate classifiers", "survival": "survival model", "evaluation": "evaluating"}
+STAGE_MARKERS = {
+    "classifier": "candidate classifiers",
+    "survival": "survival model",
+    "evaluation": "evaluating",
+    "production": "production fit",
+    "plots": "drawing the plots",
+}
 
 
 # --------------------------------------------------------------------------------------------- parent
@@ -459,8 +465,10 @@ def to_markdown(r: dict) -> str:
         labels = {
             "features": "snapshot features + labels",
             "classifier": "4 candidates (LightGBM + search, 2 logistic, blend)",
-            "survival": "Weibull AFT + value model",
-            "evaluation": "holdout metrics, backtest (refits), plots",
+            "survival": "Weibull AFT + value model (selection)",
+            "evaluation": "holdout metrics",
+            "production": "production fit: winner, survival and value refitted on the freshest labels",
+            "plots": "evaluation plots",
         }
         for name in TRAIN_STAGES:
             p = per.get(name, {})

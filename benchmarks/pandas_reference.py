@@ -13,9 +13,12 @@ Definitions, per (customer_id, as_of), using only rows strictly before ``as_of``
 
 * age of a row = (as_of - timestamp) in seconds / 86400; a window of ``w`` days is ``age < w``, the previous
   windows are ``90 <= age < 180`` and ``30 <= age < 60``;
-* an order = the purchase lines (amount > 0) sharing an order key; the key is ``order_id``, or the time
-  stamp's text when ``order_id`` is null; value = sum of its lines, age = age of its earliest line;
-* purchase days = distinct UTC calendar days with a purchase line; gap = calendar days since the previous
+* an order = the lines sharing an order key (``order_id``, or the time stamp's text when ``order_id`` is null)
+  among which at least one is a purchase (amount >= 0, free lines included); value = sum of all its lines (net of
+  refunds with the same key), age = age of its earliest purchase line; groups of refund lines alone are no order;
+* spend (``monetary_total``, ``spend_*``) is net: the sum of every line, purchases and refunds, by line age;
+  ``monetary_mean`` = monetary_total / frequency;
+* purchase days = distinct UTC calendar days with a purchase line (amount >= 0); gap = calendar days since the previous
   purchase day (null for the first one); ``last_gap_days`` = gap of the most recent purchase day;
 * standard deviations are sample (ddof=1); counts and sums are 0 without rows, everything else null;
 * ``greatest`` / ``least`` in derived features ignore nulls (null only when all inputs are null).
@@ -75,11 +78,11 @@ def _snapshot(frames: Frames, ent: pd.DataFrame, as_of: pd.Timestamp, event_type
     ids = pd.Index(ent["customer_id"].unique())
     lines = _before(frames.transactions, ids, as_of)
     events = _before(frames.events, ids, as_of)
-    purchases = lines[lines["amount"] > 0]
+    purchases = lines[lines["amount"] >= 0]
 
     out = ent.copy()
     for block in (
-        _order_features(purchases),
+        _order_features(lines),
         _line_features(lines, purchases),
         _day_features(purchases),
         _event_features(events, event_types),
@@ -98,47 +101,47 @@ def _before(table: pd.DataFrame, ids: pd.Index, as_of: pd.Timestamp) -> pd.DataF
     return rows
 
 
-def _order_features(purchases: pd.DataFrame) -> pd.DataFrame:
-    order_key = purchases["order_id"].copy()
+def _order_features(lines: pd.DataFrame) -> pd.DataFrame:
+    order_key = lines["order_id"].copy()
     no_id = order_key.isna()
-    order_key[no_id] = purchases.loc[no_id, "timestamp"].astype(str)  # one order per time stamp
+    order_key[no_id] = lines.loc[no_id, "timestamp"].astype(str)  # one order per time stamp
+    bought = lines["amount"] >= 0
     orders = (
-        purchases.assign(order_key=order_key)
+        lines.assign(order_key=order_key, purchase_age=lines["age"].where(bought), bought=bought)
         .groupby(["customer_id", "order_key"], sort=False)
-        .agg(value=("amount", "sum"), age=("age", "max"))
+        .agg(value=("amount", "sum"), age=("purchase_age", "max"), purchase_lines=("bought", "sum"))
         .reset_index()
     )
+    orders = orders[orders["purchase_lines"] > 0]
     for w in WINDOWS:
         orders[f"in_{w}"] = orders["age"] < w
     orders["in_prev"] = (orders["age"] >= 90) & (orders["age"] < 180)
     window_cols = [f"in_{w}" for w in WINDOWS] + ["in_prev"]
-    for c in window_cols:
-        orders[c.replace("in_", "value_")] = orders["value"].where(orders[c], 0.0)
 
     g = orders.groupby("customer_id", sort=False)
     out = g.agg(
         recency_days=("age", "min"),
         frequency=("age", "size"),
         first_purchase_days=("age", "max"),
-        monetary_total=("value", "sum"),
-        monetary_mean=("value", "mean"),
         monetary_std=("value", "std"),  # ddof=1: null with one order
         monetary_max=("value", "max"),
     )
     counts = g[window_cols].sum()
-    sums = g[[c.replace("in_", "value_") for c in window_cols]].sum()
     for w in WINDOWS:
         out[f"orders_{w}d"] = counts[f"in_{w}"]
-        out[f"spend_{w}d"] = sums[f"value_{w}"]
     out["orders_prev_90d"] = counts["in_prev"]
-    out["spend_prev_90d"] = sums["value_prev"]
     return out
 
 
 def _line_features(lines: pd.DataFrame, purchases: pd.DataFrame) -> pd.DataFrame:
+    age = lines["age"]
+    spend = {f"spend_{w}d": lines["amount"].where(age < w, 0.0) for w in WINDOWS}
+    spend["spend_prev_90d"] = lines["amount"].where((age >= 90) & (age < 180), 0.0)
+    net = pd.DataFrame({"customer_id": lines["customer_id"], "monetary_total": lines["amount"], **spend})
+    out = net.groupby("customer_id", sort=False).sum()
     refunds = lines[lines["amount"] < 0]
     by_refund = refunds.groupby("customer_id", sort=False)["amount"]
-    out = pd.DataFrame({"refund_total": -by_refund.sum(), "refund_lines": by_refund.size()})
+    out = out.join(pd.DataFrame({"refund_total": -by_refund.sum(), "refund_lines": by_refund.size()}), how="outer")
     breadth = purchases.groupby("customer_id", sort=False).agg(
         category_breadth=("category", "nunique"),  # nunique ignores nulls
         channel_breadth=("channel", "nunique"),
@@ -214,8 +217,11 @@ def _ratio(a: pd.Series, b: pd.Series) -> pd.Series:
 
 def _derive(out: pd.DataFrame, as_of: pd.Timestamp, event_types: tuple[str, ...]) -> None:
     out["orders_trend_90d"] = (out["orders_90d"] - out["orders_prev_90d"]).astype("float64")
-    out["spend_trend_90d"] = np.log(1 + out["spend_90d"]) - np.log(1 + out["spend_prev_90d"])
-    out["refund_share"] = _ratio(out["refund_total"], out["monetary_total"])
+    out["monetary_mean"] = _ratio(out["monetary_total"], out["frequency"].astype("float64"))
+    out["spend_trend_90d"] = np.log(1 + out["spend_90d"].clip(lower=0)) - np.log(
+        1 + out["spend_prev_90d"].clip(lower=0)
+    )
+    out["refund_share"] = _ratio(out["refund_total"], out["monetary_total"] + out["refund_total"])
     out["recency_gap_ratio"] = _ratio(out["recency_days"], out["gap_mean_days"])
     first_seen = ["first_purchase_days", "days_since_first_event", "days_since_signup"]
     out["tenure_days"] = out[first_seen].max(axis=1)  # skips nulls

@@ -257,7 +257,9 @@ def train(
             "--promote", help="Make it champion if it is at least as good as the current one on the same held-out data."
         ),
     ] = False,
-    backtest: Annotated[bool, typer.Option(help="Run the rolling-origin backtest.")] = True,
+    backtest: Annotated[
+        bool, typer.Option(help="Also run the rolling-origin backtest of the selection fit (see `churn backtest`).")
+    ] = False,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
@@ -278,6 +280,7 @@ def train(
             settings.features,
             as_of=as_of,
             progress=lambda n=1, d=None: advance(n, d),
+            run_backtest=backtest,
         )
     print_comparison(result.evaluation)
     with console.status("logging to MLflow and registering the model..."):
@@ -291,6 +294,45 @@ def train(
     if promote_ and not logged.became_champion:
         decision = promote(settings.mlflow, data=dataset)
         console.print(("[green]" if decision.promoted else "[yellow]") + decision.reason)
+
+
+@app.command(name="backtest")
+@friendly_errors
+def backtest_command(
+    data: DataOpt,
+    cutoff: Annotated[
+        list[datetime],
+        typer.Option(formats=DATE_FORMATS, help="Train on the rows before this date, judge the next H days; repeat."),
+    ],
+    horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for backtest.md/.csv/.json/.png (default <data_dir>/reports/backtest).")
+    ] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default from settings).")] = None,
+    mapping: MappingOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """Replay the production protocol at past cutoffs: train on what was known, score everyone, compare with what
+    happened next; the production model next to the recency and RFM baselines."""
+    from churnguard.console import print_backtest, progress
+    from training.backtest import backtest
+
+    settings = _settings(labels={"horizon_days": horizon_days}, mlflow={"experiment": experiment})
+    dataset, _ = load_data(data, mapping, map_, settings)
+    target = out or settings.data_dir / "reports" / "backtest"
+    with progress("backtest", total=len(cutoff)) as advance:
+        run = backtest(
+            dataset,
+            cutoff,
+            settings.training,
+            settings.labels,
+            settings.features,
+            settings.mlflow,
+            target,
+            progress=advance,
+        )
+    print_backtest(run.result)
+    console.print(f"table and plot: [bold]{target}[/bold]; MLflow run {run.run_id}")
 
 
 @app.command()

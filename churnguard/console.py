@@ -15,6 +15,7 @@ from features.dataset import ValidationReport
 
 if TYPE_CHECKING:
     from serving.scoring import BatchResult
+    from training.backtest import BacktestResult
     from training.evaluation import Evaluation
 
 # piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns
@@ -103,11 +104,50 @@ def print_comparison(evaluation: Evaluation, title: str = "Held-out comparison")
             f"value: Spearman {v['value_spearman']:.3f} with spend in the window, "
             f"predicted/actual {v['value_ratio_predicted_to_actual']:.2f}"
         )
-    rates = evaluation.snapshot_churn_rates
+    rates = [f"{d} {r:.1%}" for d, r in evaluation.snapshot_churn_rates.items()]
     if rates:
-        console.print("churn rate per snapshot: " + ", ".join(f"{d} {r:.1%}" for d, r in rates.items()))
+        shown = rates if len(rates) <= 8 else [*rates[:3], "...", *rates[-4:]]
+        trend = evaluation.churn_rate_trend
+        console.print(
+            f"churn rate per snapshot ({len(rates)}): "
+            + ", ".join(shown)
+            + (f"; trend {trend['per_30_days']:+.1%} per 30 days" if trend else "")
+        )
+    if evaluation.production:
+        console.print(f"production fit: {evaluation.production['description']}")
     for w in evaluation.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def print_backtest(result: BacktestResult) -> None:
+    """Per cutoff, each model's metrics on the customers judged there; then the mean over cutoffs."""
+    from training.backtest import LOWER_IS_BETTER, METRICS
+
+    table = Table(title=f"Backtest of the production protocol (H = {result.horizon_days} days)", title_justify="left")
+    for col in ("cutoff", "model", "judged", "churn rate"):
+        table.add_column(col, justify="left" if col in ("cutoff", "model") else "right")
+    shown = [m for m in METRICS if m != "observed"]
+    for m in shown:
+        arrow = "" if m == "mean_predicted" else (" ↓" if m in LOWER_IS_BETTER else " ↑")
+        table.add_column(m + arrow, justify="right")
+    by_cutoff: dict[str, list[dict]] = {}
+    for r in result.rows():
+        by_cutoff.setdefault(r["cutoff"], []).append(r)
+    for rows in by_cutoff.values():
+        best = {m: (min if m in LOWER_IS_BETTER else max)(r[m] for r in rows) for m in shown if m != "mean_predicted"}
+        for r in rows:
+            cells = [f"[bold]{r[m]:.4f}[/bold]" if m in best and r[m] == best[m] else f"{r[m]:.4f}" for m in shown]
+            table.add_row(r["cutoff"], r["model"], f"{r['n']:,}", f"{r['churn_rate']:.3f}", *cells)
+    for model, m in result.mean().items():
+        table.add_row("mean", model, "", "", *[f"{m[k]:.4f}" for k in shown])
+    console.print(table)
+    for cutoff, why in result.refused.items():
+        console.print(f"[yellow]cutoff {cutoff} refused:[/yellow] {why}")
+    for c in result.cutoffs:
+        console.print(
+            f"[dim]{c.cutoff}: winner {c.winner} (held out {c.selection_holdout}); "
+            f"{c.production.get('description', '')}[/dim]"
+        )
 
 
 def print_batch_summary(result: BatchResult, model_version: str) -> None:

@@ -148,14 +148,15 @@ def contract_tables() -> tuple[ir.Table, ir.Table, ir.Table, ir.Table]:
 def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[str, ir.Table]:
     """The per-customer sources the registry aggregates (see ``features/registry.py``)."""
     lines = _before(tx, ent)
-    purchases = lines.filter(lines.amount > 0)
-    # an order: lines sharing an order id; without an id, lines sharing a time stamp
-    by_order = [
-        POSITION,
-        "order_id",
-        ibis.ifelse(purchases.order_id.isnull(), purchases.timestamp, None).name("at"),
-    ]
-    orders = purchases.group_by(by_order).aggregate(value=purchases.amount.sum(), age=purchases.age.max())
+    purchases = lines.filter(lines.amount >= 0)  # an order is an order: free lines (amount 0) count
+    # an order: lines sharing an order id; without an id, lines sharing a time stamp. Refund lines that share the
+    # id count against its value; groups of refund lines alone (cancellation invoices) are not orders.
+    by_order = [POSITION, "order_id", ibis.ifelse(lines.order_id.isnull(), lines.timestamp, None).name("at")]
+    bought = lines.amount >= 0
+    orders = lines.group_by(by_order).aggregate(
+        value=lines.amount.sum(), age=lines.age.max(where=bought), purchase_lines=lines.count(where=bought)
+    )
+    orders = orders.filter(orders.purchase_lines > 0)
     day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
     days = purchases.mutate(day=day_index).group_by([POSITION, "day"]).aggregate(age=purchases.age.min())
     days = days.mutate(gap=(days.day - days.day.lag().over(group_by=POSITION, order_by=days.day)).cast("float64"))

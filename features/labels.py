@@ -4,6 +4,9 @@ Classification (non-contractual churn)::
 
     churned = no purchase in [as_of, as_of + H)          (or an explicit cancel date inside that window)
 
+A purchase is any transaction line with an amount >= 0: a free order is an order, exactly as for the features
+(``features/registry.py``); refund lines are not purchases.
+
 Survival: the customer churns when their inactivity first reaches H days. Walking forward from the last purchase
 before ``as_of`` (p0), take the first purchase p_i (i >= 0) followed by a gap of at least H days (or by no purchase
 at all); the churn moment is p_i + H. ``duration_days`` = churn moment - as_of (0 if the customer had already been
@@ -11,7 +14,8 @@ inactive for H days at as_of), ``event`` = 1. If the churn moment lies after the
 censored: ``duration_days`` = data end - as_of, ``event`` = 0. Customers with a ``churn_date`` (subscriptions)
 use the cancel date instead.
 
-``future_spend`` is the money spent in [as_of, as_of + H): the value model is checked against it.
+``future_spend`` is the net money spent in [as_of, as_of + H) (purchases minus refunds dated in the window, as
+the spend features count it): the value model is checked against it.
 
 Who is labelled: customers with at least one purchase before ``as_of`` who had not cancelled before it. A snapshot
 whose label window runs past the end of the data is refused: its "churned" customers would only be unobserved.
@@ -89,7 +93,7 @@ def label_query(horizon_days: int, data_end: datetime) -> ir.Table:
     horizon_s = horizon_days * 86400
     end = ibis.literal(data_end, type="timestamp")
 
-    purchases = tx.filter(tx.amount > 0).select("customer_id", "timestamp").distinct()
+    purchases = tx.filter(tx.amount >= 0).select("customer_id", "timestamp").distinct()
     purchases = purchases.mutate(
         next_ts=purchases.timestamp.lead().over(group_by="customer_id", order_by=purchases.timestamp)
     )
@@ -105,7 +109,7 @@ def label_query(horizon_days: int, data_end: datetime) -> ir.Table:
         churn_at=(p.timestamp + ibis.interval(days=horizon_days)).min(where=from_last & ends_a_life),
     )
     stats = stats.filter(stats.n_before > 0)
-    lines = tx.filter(tx.amount > 0).join(ent, "customer_id")
+    lines = tx.join(ent, "customer_id")
     window_end = lines.as_of + ibis.interval(days=horizon_days)
     spend = (
         lines.filter((lines.timestamp >= lines.as_of) & (lines.timestamp < window_end))

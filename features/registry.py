@@ -7,9 +7,13 @@ Day differences are epoch-second arithmetic, never ``delta(unit="day")`` (DuckDB
 
 Sources, per (customer_id, as_of):
 
-* ``orders``  one row per order: positive transaction lines grouped by ``order_id`` (or by time stamp when the
-  data has no order ids); ``value`` = order total, ``age`` = age of its first line.
-* ``lines``   every transaction line (purchases and refunds).
+* ``orders``  one row per order: transaction lines grouped by ``order_id`` (or by time stamp when the data has no
+  order ids) that hold at least one line with an amount >= 0. An order is an order: a free one (zero value, a
+  100 % discount) counts for recency and frequency like any other. ``value`` = the order's net total (refund
+  lines that share its id are subtracted), ``age`` = age of its first purchase line. A group of refund lines
+  alone (a cancellation invoice, a refund without an order id) is not an order.
+* ``lines``   every transaction line (purchases and refunds). Spend is net: money spent minus money refunded,
+  each counted on the day it happened, so a cancelled order is not spend (nor a sign of loyalty).
 * ``days``    one row per distinct purchase day, with ``gap`` = days since the previous purchase day.
 * ``event_types`` one row per event type seen: counts per window and the ages of the first and last event.
 * ``customers`` the customer's static record (sign-up, cancel date *before* as_of only).
@@ -33,7 +37,7 @@ from typing import Literal
 import ibis
 import ibis.expr.types as ir
 
-FEATURE_SET = "rfm_engagement_v1"
+FEATURE_SET = "rfm_engagement_v2"  # v2: zero-value orders are orders; spend is net of refunds
 # event types that get their own features unless the settings say otherwise (the demo simulator emits these)
 DEFAULT_EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_login")
 WINDOWS = (30, 90, 180, 365)
@@ -65,25 +69,16 @@ def _count(
 def _rfm() -> list[FeatureSpec]:
     return [
         FeatureSpec("recency_days", "float64", "Days since the last order.", "orders", lambda o: o.age.min()),
-        _count("frequency", "Orders before as_of.", "orders"),
+        _count("frequency", "Orders before as_of (free orders included).", "orders"),
         FeatureSpec("first_purchase_days", "float64", "Days since the first order.", "orders", lambda o: o.age.max()),
-        FeatureSpec(
-            "monetary_total",
-            "float64",
-            "Total spend of all orders (before refunds).",
-            "orders",
-            lambda o: o.value.sum(),
-            fill=0.0,
-        ),
-        FeatureSpec("monetary_mean", "float64", "Average order value.", "orders", lambda o: o.value.mean()),
         FeatureSpec(
             "monetary_std",
             "float64",
-            "Sample standard deviation of order values (2+ orders).",
+            "Sample standard deviation of net order values (2+ orders).",
             "orders",
             lambda o: o.value.std(how="sample"),
         ),
-        FeatureSpec("monetary_max", "float64", "Largest order value.", "orders", lambda o: o.value.max()),
+        FeatureSpec("monetary_max", "float64", "Largest net order value.", "orders", lambda o: o.value.max()),
     ]
 
 
@@ -97,9 +92,9 @@ def _windows() -> list[FeatureSpec]:
             FeatureSpec(
                 f"spend_{w}d",
                 "float64",
-                f"Spend in the {w} days before as_of.",
-                "orders",
-                lambda o, w=w: o.value.sum(where=o.age < w),
+                f"Net spend (purchases minus refunds) in the {w} days before as_of.",
+                "lines",
+                lambda t, w=w: t.amount.sum(where=t.age < w),
                 fill=0.0,
             )
         )
@@ -115,9 +110,9 @@ def _windows() -> list[FeatureSpec]:
         FeatureSpec(
             "spend_prev_90d",
             "float64",
-            "Spend 90-180 days before as_of.",
-            "orders",
-            lambda o: o.value.sum(where=(o.age >= 90) & (o.age < 180)),
+            "Net spend 90-180 days before as_of.",
+            "lines",
+            lambda t: t.amount.sum(where=(t.age >= 90) & (t.age < 180)),
             fill=0.0,
         )
     )
@@ -131,12 +126,20 @@ def _lines() -> list[FeatureSpec]:
             "int64",
             f"Distinct {what} bought.",
             "lines",
-            lambda t, c=column: t[c].nunique(where=t.amount > 0),
+            lambda t, c=column: t[c].nunique(where=t.amount >= 0),
             fill=0,
             group="behaviour",
         )
 
     return [
+        FeatureSpec(
+            "monetary_total",
+            "float64",
+            "Net spend: every purchase minus every refund and cancellation before as_of.",
+            "lines",
+            lambda t: t.amount.sum(),
+            fill=0.0,
+        ),
         FeatureSpec(
             "refund_total",
             "float64",
@@ -282,18 +285,25 @@ def _derived(event_types: tuple[str, ...]) -> list[FeatureSpec]:
             lambda w: (w.orders_90d - w.orders_prev_90d).cast("float64"),
         ),
         FeatureSpec(
+            "monetary_mean",
+            "float64",
+            "Net spend per order: monetary_total / frequency.",
+            "derived",
+            lambda w: _safe_div(w.monetary_total, w.frequency.cast("float64")),
+        ),
+        FeatureSpec(
             "spend_trend_90d",
             "float64",
-            "ln(1+spend_90d) - ln(1+spend_prev_90d).",
+            "ln(1+spend_90d) - ln(1+spend_prev_90d), net spends below 0 counted as 0.",
             "derived",
-            lambda w: (w.spend_90d + 1).ln() - (w.spend_prev_90d + 1).ln(),
+            lambda w: (ibis.greatest(w.spend_90d, 0.0) + 1).ln() - (ibis.greatest(w.spend_prev_90d, 0.0) + 1).ln(),
         ),
         FeatureSpec(
             "refund_share",
             "float64",
-            "refund_total / monetary_total.",
+            "Share of the money spent that was refunded: refund_total / (monetary_total + refund_total).",
             "derived",
-            lambda w: _safe_div(w.refund_total, w.monetary_total),
+            lambda w: _safe_div(w.refund_total, w.monetary_total + w.refund_total),
             group="behaviour",
         ),
         FeatureSpec(

@@ -43,10 +43,12 @@ class ModelCard:
     feature_set: str
     features: list[str]
     event_types: list[str]
-    training_snapshots: list[str]
+    training_snapshots: list[str]  # the snapshots the registered (production) fit learned from
     holdout_as_of: str
     tier_thresholds: list[float]
-    holdout_metrics: dict[str, float] = field(default_factory=dict)
+    holdout_metrics: dict[str, float] = field(default_factory=dict)  # selection: out of time, on holdout_as_of
+    selection_snapshots: list[str] = field(default_factory=list)  # the snapshots the selection fit learned from
+    production_fit: dict[str, Any] = field(default_factory=dict)  # method, fit and calibration snapshots, rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +71,8 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         holdout: datetime,
         metrics: dict[str, float],
         model_version: str = "unregistered",
+        selection_snapshots: tuple[datetime, ...] = (),
+        production_fit: dict[str, Any] | None = None,
     ) -> None:
         self.classifier = classifier
         self.survival = survival
@@ -83,6 +87,8 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self.holdout = holdout
         self.metrics = dict(metrics)
         self.model_version = model_version
+        self.selection_snapshots = tuple(selection_snapshots)
+        self.production_fit = dict(production_fit or {})
         self.trained_at = datetime.now().replace(microsecond=0)
 
     # MLflow entry point: params={"reasons": true} adds top_reasons (TreeSHAP, ~1 ms per row)
@@ -129,8 +135,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         if mask.any():
             chosen = features.loc[mask]
             contrib = self.classifier.contributions(chosen)
-            descriptions = {s.name: s.description for s in feature_registry(self.event_types)}
-            for i, text in zip(np.flatnonzero(mask), top_reasons(contrib, chosen, descriptions), strict=True):
+            for i, text in zip(np.flatnonzero(mask), top_reasons(contrib, chosen), strict=True):
                 result[i] = text
         return result
 
@@ -190,4 +195,6 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             holdout_as_of=self.holdout.date().isoformat(),
             tier_thresholds=list(self.tier_thresholds),
             holdout_metrics=dict(self.metrics),
+            selection_snapshots=[d.date().isoformat() for d in self.selection_snapshots],
+            production_fit=dict(self.production_fit),
         )

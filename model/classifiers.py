@@ -108,7 +108,7 @@ class LogisticClassifier:
     features: list[str]
     medians: np.ndarray
     pipeline: Pipeline
-    calibrator: Calibrator
+    calibrator: Calibrator | None  # None: the regression's own probabilities (calibrated on its fit rows)
 
     def x(self, df: pd.DataFrame) -> np.ndarray:
         x = df[self.features].to_numpy(dtype="float64", na_value=np.nan)
@@ -118,7 +118,10 @@ class LogisticClassifier:
         return self.pipeline.predict_proba(self.x(df))[:, 1]
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
-        return self.calibrator.transform(self.raw(df))
+        raw = self.raw(df)
+        if self.calibrator is None:
+            return np.clip(raw, PROB_FLOOR, 1 - PROB_FLOOR)
+        return self.calibrator.transform(raw)
 
     def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
         """Exact for a linear model: coefficient x standardised value, in log-odds."""
@@ -131,7 +134,8 @@ class LogisticClassifier:
 
     @property
     def description(self) -> str:
-        return f"logistic regression on log({', '.join(self.features)}), {self.calibrator.method} calibration"
+        calibration = f"{self.calibrator.method} calibration" if self.calibrator else "its own probabilities"
+        return f"logistic regression on log({', '.join(self.features)}), {calibration}"
 
 
 @dataclass

@@ -12,7 +12,12 @@ Lifecycle stages (first rule that matches; thresholds in ``LifecycleRules``):
 | active       | everybody else |
 
 Customers with no order before as_of (prospects) are not scored: there is nothing to churn from yet; batch and
-API report them as rejected with that reason.
+API report them as rejected with that reason. A free order (zero value) is an order: such a customer is scored.
+
+Lapsed customers, read together: they have churned by the inactivity definition, so the survival view says so
+(``p_active_*`` = 0, ``median_days_to_churn`` = 0, stage ``lapsed``), and ``churn_probability`` answers the one
+open question about them, whether they stay away for another horizon (a win-back campaign's odds are
+1 - churn_probability). ``tests/test_scorecard.py`` pins that case.
 """
 
 from __future__ import annotations
@@ -48,14 +53,33 @@ class ScorecardField:
 SCORECARD: tuple[ScorecardField, ...] = (
     ScorecardField("customer_id", str, "Your id for the customer."),
     ScorecardField("as_of", datetime, "The date the customer is scored at: only history before it is used."),
-    ScorecardField("churn_probability", float, "Calibrated P(no purchase in the next horizon_days)."),
+    ScorecardField(
+        "churn_probability",
+        float,
+        "Calibrated P(no purchase in the next horizon_days). For a lapsed customer: P(they stay away another "
+        "horizon_days); 1 - churn_probability is their chance to come back.",
+    ),
     ScorecardField("risk_tier", str, "low / medium / high / critical by churn_probability thresholds."),
-    ScorecardField("p_active_30d", float, "Survival: P(not churned 30 days after as_of)."),
-    ScorecardField("p_active_60d", float, "Survival: P(not churned 60 days after as_of)."),
-    ScorecardField("p_active_90d", float, "Survival: P(not churned 90 days after as_of)."),
-    ScorecardField("p_active_180d", float, "Survival: P(not churned 180 days after as_of)."),
-    ScorecardField("median_days_to_churn", float, "Median of the survival curve (0 if already lapsed)."),
-    ScorecardField("expected_value_12m", float, "Expected spend in the next 12 months if the customer stays."),
+    ScorecardField(
+        "p_active_30d",
+        float,
+        "Survival: P(not yet churned 30 days after as_of; churned = horizon_days without a purchase). "
+        "0 for a lapsed customer, who has churned already.",
+    ),
+    ScorecardField("p_active_60d", float, "As p_active_30d, 60 days after as_of."),
+    ScorecardField("p_active_90d", float, "As p_active_30d, 90 days after as_of."),
+    ScorecardField("p_active_180d", float, "As p_active_30d, 180 days after as_of."),
+    ScorecardField(
+        "median_days_to_churn",
+        float,
+        "Median days until the customer reaches horizon_days without a purchase; 0 for a lapsed customer, who is "
+        "there already.",
+    ),
+    ScorecardField(
+        "expected_value_12m",
+        float,
+        "Expected net spend in the next 12 months if the customer stays (for a lapsed one: if they come back).",
+    ),
     ScorecardField("value_at_risk", float, "churn_probability x expected_value_12m."),
     ScorecardField("lifecycle_stage", str, "new, active, loyal, at_risk, lapsed or reactivated."),
     ScorecardField("top_reasons", list[str], "Up to 3 strongest drivers of this customer's risk, in words."),
@@ -117,10 +141,22 @@ def lifecycle_stages(
 
 
 # ------------------------------------------------------------------------------------------------ reasons
+# Every feature has a sentence, for a known value and for a missing one, written as what a retention team would say
+# about the customer. A reason is never a feature's raw description or an "unknown": ``reason_text`` covers the whole
+# registry (``tests/test_scorecard.py`` checks every feature, with values and without).
 
 
 def _days(v: float) -> str:
     return f"{v:.0f} day{'s' if round(v) != 1 else ''}"
+
+
+def _money(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def _n(v: float, noun: str) -> str:
+    n = int(round(v))
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _recency(row: pd.Series) -> str:
@@ -131,75 +167,81 @@ def _recency(row: pd.Series) -> str:
     return text
 
 
+def _trend(now: float, before: float, what: str, period: str, fmt: Callable[[float], str]) -> str:
+    if now < before:
+        return f"{what} down: {fmt(now)} in the last {period} vs {fmt(before)} in the {period} before"
+    if now > before:
+        return f"{what} up but uneven: {fmt(now)} in the last {period} vs {fmt(before)} in the {period} before"
+    return f"{what} flat: {fmt(now)} in the last {period}, as in the {period} before"
+
+
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December")  # fmt: skip
+
+
+def _season(row: pd.Series) -> str:
+    angle = math.atan2(float(row["season_sin"]), float(row["season_cos"])) % (2 * math.pi)
+    month = min(int(angle / (2 * math.pi) * 12), 11)
+    return f"time of year: customers leave more often in {_MONTHS[month]}"
+
+
 _TEMPLATES: dict[str, Callable[[pd.Series], str]] = {
     "recency_days": _recency,
     "recency_gap_ratio": lambda r: (
         f"{r['recency_gap_ratio']:.1f}x their usual gap since the last purchase ({_days(r['recency_days'])})"
     ),
-    "frequency": lambda r: f"only {int(r['frequency'])} order{'s' if r['frequency'] != 1 else ''} so far",
-    "purchase_days": lambda r: f"bought on only {int(r['purchase_days'])} day(s)",
-    "orders_trend_90d": lambda r: (
-        f"fewer orders lately: {int(r['orders_90d'])} in the last 90 days vs "
-        f"{int(r['orders_prev_90d'])} in the 90 before"
+    "frequency": lambda r: f"only {_n(r['frequency'], 'order')} so far",
+    "first_purchase_days": lambda r: f"first order {_days(r['first_purchase_days'])} ago",
+    "purchase_days": lambda r: f"bought on only {_n(r['purchase_days'], 'day')}",
+    "orders_per_month": lambda r: f"buys rarely: {r['orders_per_month']:.2f} orders per month",
+    "monetary_total": lambda r: f"low net spend so far ({_money(r['monetary_total'])})",
+    "monetary_mean": lambda r: f"small net spend per order ({_money(r['monetary_mean'])})",
+    "monetary_std": lambda r: f"order values vary a lot (spread {_money(r['monetary_std'])})",
+    "monetary_max": lambda r: f"largest order worth {_money(r['monetary_max'])}",
+    "orders_trend_90d": lambda r: _trend(
+        r["orders_90d"], r["orders_prev_90d"], "orders", "90 days", lambda v: f"{v:.0f}"
     ),
-    "spend_trend_90d": lambda r: (
-        f"spend down: {r['spend_90d']:.0f} in the last 90 days vs {r['spend_prev_90d']:.0f} in the 90 before"
-    ),
-    "events_trend_30d": lambda r: (
-        f"engagement fading: {int(r['events_30d'])} events in the last 30 days vs "
-        f"{int(r['events_prev_30d'])} in the 30 before"
-    ),
-    "days_since_last_event": lambda r: f"no engagement for {_days(r['days_since_last_event'])}",
-    "days_since_last_engagement": lambda r: f"no activity of any kind for {_days(r['days_since_last_engagement'])}",
+    "spend_trend_90d": lambda r: _trend(r["spend_90d"], r["spend_prev_90d"], "net spend", "90 days", _money),
+    "refund_share": lambda r: f"{r['refund_share']:.0%} of the money spent was refunded",
+    "refund_total": lambda r: f"refunds and cancellations worth {_money(r['refund_total'])}",
+    "refund_lines": lambda r: f"{_n(r['refund_lines'], 'refund or cancellation line')}",
     "gap_mean_days": lambda r: f"buys only every {_days(r['gap_mean_days'])} on average",
     "gap_std_days": lambda r: f"irregular buyer: gaps vary by {_days(r['gap_std_days'])}",
     "gap_max_days": lambda r: f"once went {_days(r['gap_max_days'])} without buying",
     "last_gap_days": lambda r: f"had gone {_days(r['last_gap_days'])} without buying before the last order",
+    "events_trend_30d": lambda r: _trend(
+        r["events_30d"], r["events_prev_30d"], "engagement", "30 days", lambda v: _n(v, "event")
+    ),
+    "days_since_last_event": lambda r: f"no engagement for {_days(r['days_since_last_event'])}",
+    "days_since_first_event": lambda r: f"first engaged {_days(r['days_since_first_event'])} ago",
+    "days_since_last_engagement": lambda r: f"no activity of any kind for {_days(r['days_since_last_engagement'])}",
     "days_since_signup": lambda r: f"signed up {_days(r['days_since_signup'])} ago",
-    "cancelled": lambda r: "cancelled the subscription" if r["cancelled"] else "no cancellation",
-    "refund_share": lambda r: f"{r['refund_share']:.0%} of spend refunded",
-    "refund_total": lambda r: f"refunds of {r['refund_total']:.0f}",
+    "cancelled": lambda r: "cancelled the subscription" if r["cancelled"] else "has not cancelled, yet at risk",
     "tenure_days": lambda r: f"customer for only {_days(r['tenure_days'])}",
-    "first_purchase_days": lambda r: f"first order {_days(r['first_purchase_days'])} ago",
-    "monetary_total": lambda r: f"low total spend ({r['monetary_total']:.0f})",
-    "monetary_mean": lambda r: f"small average order ({r['monetary_mean']:.0f})",
-    "orders_per_month": lambda r: f"{r['orders_per_month']:.2f} orders per month",
+    "category_breadth": lambda r: f"buys from only {_n(r['category_breadth'], 'category')}",
+    "channel_breadth": lambda r: f"buys through only {_n(r['channel_breadth'], 'channel')}",
+    "season_sin": _season,
+    "season_cos": _season,
 }
 _NULL_TEXT = {
-    "days_since_last_event": "no engagement events recorded",
-    "days_since_last_engagement": "no engagement recorded",
+    "monetary_std": "only one order so far",
+    "monetary_mean": "no order yet",
+    "monetary_max": "no order yet",
+    "recency_days": "no order yet",
+    "first_purchase_days": "no order yet",
     "gap_mean_days": "no repeat purchase yet",
+    "gap_max_days": "no repeat purchase yet",
+    "last_gap_days": "no repeat purchase yet",
     "recency_gap_ratio": "no repeat purchase yet",
+    "gap_std_days": "only two purchase days so far",
+    "refund_share": "nothing paid for yet",
+    "days_since_last_event": "no engagement events recorded",
+    "days_since_first_event": "no engagement events recorded",
+    "days_since_last_engagement": "no activity recorded",
+    "days_since_signup": "no sign-up date known",
+    "tenure_days": "no activity recorded",
+    "orders_per_month": "no order yet",
 }
-
-
-def _missing(v: object) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def reason_text(feature: str, row: pd.Series, descriptions: dict[str, str]) -> str:
-    value = row.get(feature)
-    if _missing(value):
-        if feature.endswith("_days_since_last"):
-            return f"no {feature.removesuffix('_days_since_last').replace('_', ' ')} recorded"
-        return _NULL_TEXT.get(feature, f"{descriptions.get(feature, feature).rstrip('.')}: unknown")
-    if feature in _TEMPLATES:
-        return _TEMPLATES[feature](row)
-    if feature.endswith("_days_since_last"):
-        return f"no {feature.removesuffix('_days_since_last').replace('_', ' ')} for {_days(value)}"
-    window = _window_count(feature, value)
-    if window:
-        return window
-    if feature.endswith("_trend_30d"):
-        base = feature.removesuffix("_trend_30d")
-        return (
-            f"fewer {base.replace('_', ' ')} events: {int(row[base + '_30d'])} in the last 30 days vs "
-            f"{int(row[base + '_prev_30d'])} in the 30 before"
-        )
-    text = descriptions.get(feature, feature).rstrip(".")
-    return f"{text}: {value:.4g}" if isinstance(value, float) else f"{text}: {value}"
-
-
 _COUNT_NOUNS = {
     "orders": "order",
     "events": "engagement event",
@@ -211,8 +253,36 @@ _COUNT_NOUNS = {
 }
 
 
+def _noun(event_type: str) -> str:
+    return _COUNT_NOUNS.get(event_type, event_type.replace("_", " ") + " event")
+
+
+def _missing(v: object) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def reason_text(feature: str, row: pd.Series) -> str:
+    """One feature of one customer as a sentence a CRM user reads as a driver of their risk."""
+    value = row.get(feature)
+    if feature.endswith("_days_since_last"):
+        noun = _noun(feature.removesuffix("_days_since_last"))
+        return f"no {noun}s recorded" if _missing(value) else f"no {noun} for {_days(value)}"
+    if _missing(value):
+        return _NULL_TEXT.get(feature, "no history to go by")
+    if feature in _TEMPLATES:
+        return _TEMPLATES[feature](row)
+    if feature.endswith("_trend_30d"):
+        base = feature.removesuffix("_trend_30d")
+        noun = _noun(base)
+        return _trend(row[base + "_30d"], row[base + "_prev_30d"], f"{noun}s", "30 days", lambda v: f"{v:.0f}")
+    window = _window_count(feature, value)
+    if window:
+        return window
+    return f"{feature.replace('_', ' ')} is unusual for a customer who stays"
+
+
 def _window_count(feature: str, value: float) -> str | None:
-    """'orders_90d' = 2 -> 'only 2 orders in the last 90 days'; 'spend_30d' -> 'spent 0 in the last 30 days'."""
+    """'orders_90d' = 2 -> 'only 2 orders in the last 90 days'; 'spend_30d' -> 'net spend 0 in the last 30 days'."""
     head, _, tail = feature.rpartition("_")
     if not (tail.endswith("d") and tail[:-1].isdigit()):
         return None
@@ -221,27 +291,27 @@ def _window_count(feature: str, value: float) -> str | None:
     head = head.removesuffix("_prev")
     period = f"{days}-{2 * days} days ago" if prev else f"in the last {days} days"
     if head == "spend":
-        return f"spent {value:.0f} {period}"
-    noun = _COUNT_NOUNS.get(head, head.replace("_", " ") + " event")
+        return f"net spend of {_money(value)} {period}"
+    noun = _noun(head)
     n = int(value)
-    plural = noun + ("s" if n != 1 else "")
     if n == 0:
         return f"no {noun}s {period}"
     if prev or head == "support_ticket":
-        return f"{n} {plural} {period}"
-    return f"only {n} {plural} {period}"
+        return f"{_n(n, noun)} {period}"
+    return f"only {_n(n, noun)} {period}"
 
 
-def top_reasons(
-    contributions: pd.DataFrame, features: pd.DataFrame, descriptions: dict[str, str], k: int = 3
-) -> list[list[str]]:
+def top_reasons(contributions: pd.DataFrame, features: pd.DataFrame, k: int = 3) -> list[list[str]]:
     """The k features that push each customer's churn risk up the most, as sentences (risk-raising only)."""
+    contributions = contributions.copy()
+    if {"season_sin", "season_cos"} <= set(contributions.columns):  # one reason, the time of year, from both parts
+        contributions["season_sin"] += contributions.pop("season_cos")
     values = contributions.to_numpy()
     names = np.asarray(contributions.columns)
     order = np.argsort(-values, axis=1)[:, :k]
     out = []
     for i, idx in enumerate(order):
         row = features.iloc[i]
-        reasons = [reason_text(names[j], row, descriptions) for j in idx if values[i, j] > 0]
+        reasons = [reason_text(names[j], row) for j in idx if values[i, j] > 0]
         out.append(list(dict.fromkeys(reasons)))
     return out

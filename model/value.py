@@ -31,7 +31,7 @@ class ValueModel:
         x, t = repeat_orders(df), exposure_days(df)
         rate = (self.r + x) / (self.alpha + t)
         n = df["frequency"].fillna(0).to_numpy(float)
-        m = df["monetary_mean"].fillna(0).to_numpy(float)
+        m = np.maximum(df["monetary_mean"].fillna(0).to_numpy(float), 0.0)  # net of refunds: may be negative
         order_value = self.p * (self.gamma + n * m) / (self.p * n + self.q - 1)
         return 365.0 * rate * order_value
 

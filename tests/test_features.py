@@ -57,18 +57,18 @@ def test_exact_values_customer_a(features):
         "recency_days": 29.5,
         "frequency": 3,
         "first_purchase_days": 182 - 10 / 24,
-        "monetary_total": 210.0,
-        "monetary_mean": 70.0,
-        "monetary_std": math.sqrt(700.0),
+        "monetary_total": 190.0,  # net: 210 bought, 20 refunded
+        "monetary_mean": 190 / 3,
+        "monetary_std": math.sqrt(3100 / 3),  # net order values 50, 100, 40 (o3's refund shares its id)
         "monetary_max": 100.0,
         "orders_30d": 1,
-        "spend_30d": 60.0,
+        "spend_30d": 40.0,  # 60 bought on 06-01, 20 refunded on 06-05
         "orders_90d": 1,
-        "spend_90d": 60.0,
+        "spend_90d": 40.0,
         "orders_180d": 2,
-        "spend_180d": 160.0,
+        "spend_180d": 140.0,
         "orders_365d": 3,
-        "spend_365d": 210.0,
+        "spend_365d": 190.0,
         "orders_prev_90d": 1,
         "spend_prev_90d": 100.0,
         "refund_total": 20.0,
@@ -98,7 +98,7 @@ def test_exact_values_customer_a(features):
         "days_since_signup": 199.0,
         "cancelled": 0,
         "orders_trend_90d": 0.0,
-        "spend_trend_90d": math.log(61) - math.log(101),
+        "spend_trend_90d": math.log(41) - math.log(101),
         "refund_share": 20 / 210,
         "recency_gap_ratio": 29.5 / 76,
         "tenure_days": 199.0,
@@ -126,6 +126,30 @@ def test_exact_values_customer_b_single_order_without_order_id(features):
     assert b["purchase_days"] == 1
     assert b["events_90d"] == 0 and b["days_since_last_event"] is None
     assert b["tenure_days"] == pytest.approx(1 / 24)
+
+
+def test_an_order_is_an_order_and_spend_is_net_of_cancellations():
+    """Free orders count for recency and frequency, not for spend; a cancellation invoice (its own id, refund lines
+    only) is not an order but takes its money back, on the day it happened."""
+    data = dataset(
+        [
+            tx("free", "2024-05-01 10:00", 0.0, order_id="f1"),  # a 100 % discount
+            tx("free", "2024-06-20 10:00", 0.0, order_id="f2"),
+            tx("undo", "2024-03-01 10:00", 50.0, order_id="u1"),
+            tx("undo", "2024-06-10 10:00", 1000.0, order_id="u2"),
+            tx("undo", "2024-06-10 10:05", -1000.0, order_id="Cu2"),  # cancelled minutes later
+        ]
+    )
+    rows = {r["customer_id"]: r for r in build_features(data, entities_at(data, AS_OF)).to_pylist()}
+    free, undo = rows["free"], rows["undo"]
+    assert free["frequency"] == 2 and free["purchase_days"] == 2
+    assert free["recency_days"] == pytest.approx(10 + 14 / 24)
+    assert free["monetary_total"] == 0.0 and free["monetary_mean"] == 0.0 and free["spend_90d"] == 0.0
+    assert undo["frequency"] == 2 and undo["refund_lines"] == 1
+    assert undo["monetary_total"] == pytest.approx(50.0) and undo["monetary_mean"] == pytest.approx(25.0)
+    assert undo["spend_30d"] == pytest.approx(0.0) and undo["spend_180d"] == pytest.approx(50.0)
+    assert undo["refund_share"] == pytest.approx(1000 / 1050)
+    assert undo["spend_trend_90d"] == pytest.approx(-math.log(51))  # no net spend lately, 50 in the 90 days before
 
 
 def test_prospect_has_zero_counts_and_null_recency(features):

@@ -94,7 +94,7 @@ def test_later_rows_only_change_labels_through_the_window():
     assert a == b
 
 
-def test_future_spend_counts_purchases_inside_the_window_only(labels):
+def test_future_spend_is_net_spend_inside_the_window_only(labels):
     spend = {c: labels[c]["future_spend"] for c in labels}
     assert spend == {
         "one": 0.0,
@@ -103,6 +103,22 @@ def test_future_spend_counts_purchases_inside_the_window_only(labels):
         "returns": 10.0,
         "censored": 10.0,
         "sub": 9.0,
-        "refund_only_after": 0.0,
+        "refund_only_after": -10.0,  # a refund in the window and no purchase: net spend is negative
         "late": 0.0,
     }
+
+
+def test_a_free_order_is_a_purchase():
+    """An order worth 0 (a 100 % discount) keeps the customer active, as it counts for the features' recency."""
+    data = dataset(
+        [
+            tx("free_buyer", "2024-05-01", 0.0),
+            tx("free_buyer", "2024-08-01", 0.0),
+            tx("refunder", "2024-05-01", 10.0),
+            tx("refunder", "2024-08-01", -10.0),
+            tx("other", "2025-01-01", 5.0),
+        ]
+    )
+    rows = {r["customer_id"]: r for r in build_labels(data, entities_at(data, AS_OF), horizon_days=H).to_pylist()}
+    assert rows["free_buyer"]["churned"] == 0 and rows["free_buyer"]["future_spend"] == 0.0
+    assert rows["refunder"]["churned"] == 1  # a refund is not a purchase

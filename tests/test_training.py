@@ -152,7 +152,8 @@ def test_survival_closed_form_equals_the_sklearn_pipeline_and_lifelines(trained)
     """The registered model carries only fitted numbers; they must reproduce the pipeline and lifelines exactly."""
     from training.survival import fit_survival
 
-    fitted = fit_survival(trained.frame.part("train"), penalizer=0.01, seed=42)
+    rows = trained.frame.at(sorted({*trained.production.fit_dates, trained.frame.plan.holdout}))
+    fitted = fit_survival(rows, penalizer=0.01, seed=42)  # the production fit's survival rows
     survival = fitted.model
     rows = trained.holdout_features.head(500)
     covariates = fitted.covariates(rows)
@@ -173,3 +174,41 @@ def test_season_warning_when_scoring_outside_the_training_seasons(trained):
     assert model.season_warnings(datetime(2025, 2, 1)) == []
     (warning,) = model.season_warnings(datetime(2025, 7, 1))
     assert "2025-07-01" in warning and "Jan 15, Feb 15" in warning
+
+
+def test_dense_snapshots_cover_the_history_and_production_reaches_the_holdout():
+    plan = plan_snapshots(
+        datetime(2010, 12, 1), datetime(2011, 9, 9, 12), horizon_days=90, n_snapshots=6, step_days=30,
+        dense_step_days=14, max_snapshots=30,
+    )  # fmt: skip
+    assert plan.holdout == datetime(2011, 6, 11) and plan.overlap_days == 0
+    assert all((b - a).days == 14 for a, b in zip(plan.train, plan.train[1:], strict=False))
+    assert plan.train[0] >= datetime(2010, 12, 29) and (plan.holdout - plan.train[-1]).days == 90
+    # production: every labelled date at the same spacing up to the holdout, which is the latest
+    assert plan.production[: len(plan.train)] == plan.train and plan.production[-1] == plan.holdout
+    assert all((b - a).days <= 14 for a, b in zip(plan.production, plan.production[1:], strict=False))
+
+
+def test_short_history_overlaps_the_holdout_window_by_at_most_half_a_horizon():
+    plan = plan_snapshots(
+        datetime(2010, 12, 1), datetime(2011, 6, 10), horizon_days=90, n_snapshots=6, step_days=30,
+        dense_step_days=14,
+    )  # fmt: skip
+    assert 0 < plan.overlap_days <= 45
+    assert len(plan.train) >= 2 and plan.train[-1] < plan.holdout
+    assert (plan.holdout - plan.train[-1]).days == 90 - plan.overlap_days
+
+
+def test_the_registered_model_is_refitted_on_the_freshest_labels_and_its_card_says_so(trained):
+    plan = trained.frame.plan
+    card = trained.model.card()
+    assert card.production_fit["method"] == "crossfit"
+    # fitted on every labelled snapshot up to the held-out one, calibrated on the held-out one (out of fold)
+    assert card.training_snapshots == [d.date().isoformat() for d in plan.production]
+    assert card.training_snapshots[-1] == card.holdout_as_of == card.production_fit["calibration_snapshots"][0]
+    # the selection that chose the family is recorded apart, with its out-of-time metrics
+    assert card.selection_snapshots == [d.date().isoformat() for d in plan.train]
+    assert card.holdout_metrics["log_loss"] == trained.evaluation.candidates[trained.evaluation.winner]["log_loss"]
+    assert trained.model.classifier.name == trained.evaluation.winner
+    # base-rate drift is reported: the trend ends at the held-out (latest) window's rate
+    assert trained.evaluation.churn_rate_trend["latest"] == pytest.approx(trained.evaluation.holdout_churn_rate)

@@ -18,7 +18,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from model.classifiers import (
@@ -34,9 +34,10 @@ from model.classifiers import (
 )
 from training.settings import TrainingSettings
 
-RFM_FEATURES = ["recency_days", "frequency", "monetary_total"]
+RFM_FEATURES = ["recency_days", "frequency", "monetary_total", "tenure_days"]
 TARGET = "churned"
 TUNING_ROWS = 100_000  # tree-size selection runs on a sample of this many fit rows
+SINGLE_THREAD_ROWS = 50_000  # below this many rows one thread is faster (waking OpenMP workers costs more)
 CALIBRATION_METHODS = ("sigmoid", "isotonic")
 
 
@@ -72,26 +73,29 @@ def fit_lightgbm(
     *,
     tree_size: tuple[int, int] | None = None,
     n_jobs: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> LightGBMClassifier:
     """Pick the tree size on the validation snapshot (small data overfits 31-leaf trees), then fit and calibrate.
 
-    ``tree_size`` (leaves, min child samples) skips the search.
+    ``tree_size`` (leaves, min child samples) skips the search; ``weights`` weigh the fit rows.
     """
     x_fit, y_fit = _x(fit, features), fit[TARGET].to_numpy()
     x_val, y_val = _x(val, features), val[TARGET].to_numpy()
+    n_jobs = n_jobs or threads_for(len(fit))
     tuning: dict[str, float] = {}
     if tree_size is None:
         sample = fit.sample(TUNING_ROWS, random_state=settings.seed) if len(fit) > TUNING_ROWS else fit
         x_s, y_s = _x(sample, features), sample[TARGET].to_numpy()
+        w_s = None if weights is None else pd.Series(weights, index=fit.index).loc[sample.index].to_numpy()
         leaves, child = settings.lgbm_num_leaves, settings.lgbm_min_child_samples
         grid = [(max(leaves // 2, 2), child * 2), (leaves, child), (leaves * 2, max(child // 2, 1))]
         scores = {
-            g: _fit_booster(x_s, y_s, x_val, y_val, *g, settings, n_jobs).best_score_["valid_0"]["binary_logloss"]
+            g: _fit_booster(x_s, y_s, x_val, y_val, *g, settings, n_jobs, w_s).best_score_["valid_0"]["binary_logloss"]
             for g in grid
         }
         tree_size = min(scores, key=scores.get)
         tuning = {f"{lv} leaves / {mcs} min child": v for (lv, mcs), v in scores.items()}
-    model = _fit_booster(x_fit, y_fit, x_val, y_val, *tree_size, settings, n_jobs)
+    model = _fit_booster(x_fit, y_fit, x_val, y_val, *tree_size, settings, n_jobs, weights)
     best = int(model.best_iteration_ or settings.lgbm_n_estimators)
     raw_val = model.booster_.predict(x_val, num_iteration=best)
     return LightGBMClassifier(
@@ -114,9 +118,30 @@ def _fit_booster(
     min_child_samples: int,
     settings: TrainingSettings,
     n_jobs: int | None,
+    weights: np.ndarray | None = None,
 ) -> lgb.LGBMClassifier:
-    model = lgb.LGBMClassifier(
-        n_estimators=settings.lgbm_n_estimators,
+    model = booster_model(settings, num_leaves, min_child_samples, settings.lgbm_n_estimators, n_jobs)
+    return model.fit(
+        x_fit,
+        y_fit,
+        sample_weight=weights,
+        eval_X=(x_val,),
+        eval_y=(y_val,),
+        eval_metric="binary_logloss",
+        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
+    )
+
+
+def threads_for(rows: int) -> int:
+    return 1 if rows < SINGLE_THREAD_ROWS else -1
+
+
+def booster_model(
+    settings: TrainingSettings, num_leaves: int, min_child_samples: int, n_estimators: int, n_jobs: int | None
+) -> lgb.LGBMClassifier:
+    """The one LightGBM configuration every fit uses (selection, production refit, backtest)."""
+    return lgb.LGBMClassifier(
+        n_estimators=n_estimators,
         learning_rate=settings.lgbm_learning_rate,
         num_leaves=num_leaves,
         min_child_samples=min_child_samples,
@@ -130,14 +155,6 @@ def _fit_booster(
         deterministic=True,
         force_row_wise=True,
     )
-    return model.fit(
-        x_fit,
-        y_fit,
-        eval_X=(x_val,),
-        eval_y=(y_val,),
-        eval_metric="binary_logloss",
-        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
-    )
 
 
 def _x(df: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -145,19 +162,36 @@ def _x(df: pd.DataFrame, features: list[str]) -> np.ndarray:
 
 
 def fit_logistic(
-    name: str, fit: pd.DataFrame, val: pd.DataFrame, features: list[str], *, seed: int, C: float = 1.0
+    name: str,
+    fit: pd.DataFrame,
+    val: pd.DataFrame | None,
+    features: list[str],
+    *,
+    seed: int,
+    C: float = 1.0,
+    weights: np.ndarray | None = None,
 ) -> LogisticClassifier:
-    """Logistic regression on signed-log, standardised features (missing values: the fit rows' medians)."""
+    """Logistic regression on signed-log, standardised features (missing values: the fit rows' medians),
+    calibrated on ``val``; without ``val`` its own probabilities are used (a logistic fit is calibrated in-sample)."""
+    pipeline, medians = fit_logistic_pipeline(fit, features, seed=seed, C=C, weights=weights)
+    calibrator = None
+    if val is not None:
+        raw_val = pipeline.predict_proba(_imputed(val, features, medians))[:, 1]
+        calibrator = fit_calibrator(raw_val, val[TARGET].to_numpy(), seed)
+    return LogisticClassifier(name, list(features), medians, pipeline, calibrator)
+
+
+def fit_logistic_pipeline(
+    fit: pd.DataFrame, features: list[str], *, seed: int, C: float = 1.0, weights: np.ndarray | None = None
+) -> tuple[Pipeline, np.ndarray]:
     medians = fit[features].median().fillna(0.0).to_numpy()
     pipeline = make_pipeline(
         FunctionTransformer(signed_log1p),
         StandardScaler(),
         LogisticRegression(C=C, max_iter=1000, random_state=seed),
     )
-    pipeline.fit(_imputed(fit, features, medians), fit[TARGET].to_numpy())
-    raw_val = pipeline.predict_proba(_imputed(val, features, medians))[:, 1]
-    calibrator = fit_calibrator(raw_val, val[TARGET].to_numpy(), seed)
-    return LogisticClassifier(name, list(features), medians, pipeline, calibrator)
+    pipeline.fit(_imputed(fit, features, medians), fit[TARGET].to_numpy(), logisticregression__sample_weight=weights)
+    return pipeline, medians
 
 
 def _imputed(df: pd.DataFrame, features: list[str], medians: np.ndarray) -> np.ndarray:
@@ -173,13 +207,14 @@ def fit_candidates(
     *,
     n_jobs: int | None = None,
     tree_size: tuple[int, int] | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, Classifier]:
     """Fit every candidate family on the same rows: LightGBM, the RFM and recency baselines, and their blend.
 
-    ``tree_size`` (leaves, min child samples) skips LightGBM's tree-size search.
+    ``tree_size`` (leaves, min child samples) skips LightGBM's tree-size search; ``weights`` weigh the fit rows.
     """
-    lgbm = fit_lightgbm(fit, val, features, settings, tree_size=tree_size, n_jobs=n_jobs)
-    rfm = fit_logistic("rfm_logit", fit, val, RFM_FEATURES, seed=settings.seed)
-    recency = fit_logistic("recency", fit, val, ["recency_days"], seed=settings.seed)
+    lgbm = fit_lightgbm(fit, val, features, settings, tree_size=tree_size, n_jobs=n_jobs, weights=weights)
+    rfm = fit_logistic("rfm_logit", fit, val, RFM_FEATURES, seed=settings.seed, weights=weights)
+    recency = fit_logistic("recency", fit, val, ["recency_days"], seed=settings.seed, weights=weights)
     blend = BlendClassifier([lgbm, rfm])
     return {c.name: c for c in (lgbm, rfm, recency, blend)}

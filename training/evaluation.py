@@ -47,6 +47,8 @@ class Evaluation:
     labelled_per_snapshot: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     top_features: dict[str, float] = field(default_factory=dict)
+    churn_rate_trend: dict[str, float] = field(default_factory=dict)  # base-rate drift across snapshots
+    production: dict = field(default_factory=dict)  # what the registered model was refitted on (ProductionFit.card)
 
     def flat_metrics(self) -> dict[str, float]:
         """Plain names for MLflow: the winner's metrics bare, baselines and candidates prefixed."""

@@ -102,3 +102,23 @@ def churn_rate_chart(rates: dict[str, float], path: Path) -> Path:
     ax.set(title="Churn rate per snapshot (last bar: held-out)", ylabel="churn rate")
     ax.tick_params(axis="x", rotation=30)
     return _save(fig, path)
+
+
+def backtest_cutoffs_chart(rows: list[dict], path: Path) -> Path:
+    """``churn backtest``: ROC AUC, Brier and log loss per cutoff for each model, and the mean predicted churn
+    against what was observed."""
+    df = pd.DataFrame(rows)
+    fig, axes = _subplots(4, figsize=(17, 4))
+    for model, g in df.groupby("model", sort=False):
+        for ax, metric in zip(axes[:3], ("roc_auc", "brier", "log_loss"), strict=True):
+            ax.plot(g["cutoff"], g[metric], marker="o", label=model)
+        axes[3].plot(g["cutoff"], g["mean_predicted"], marker="o", label=f"{model} (predicted)")
+    observed = df.drop_duplicates("cutoff")
+    axes[3].plot(observed["cutoff"], observed["observed"], marker="s", c="black", ls="--", label="observed")
+    titles = ("ROC AUC (higher is better)", "Brier (lower is better)", "log loss (lower is better)", "mean churn")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set(title=title, xlabel="cutoff")
+        ax.tick_params(axis="x", rotation=30)
+    axes[0].legend(fontsize=8)
+    axes[3].legend(fontsize=7)
+    return _save(fig, path)

@@ -55,6 +55,12 @@ def write_report(evaluation: Evaluation, plots: dict[str, Path], out: Path, labe
         "Selection rule: lowest held-out log loss; on an exact tie, higher ROC AUC, then the simpler model.",
         "",
     ]
+    if evaluation.production:
+        lines += [
+            f"**Registered model (production fit):** {evaluation.production['description']}. The held-out metrics "
+            "below judge the selection fit, out of time; `churn backtest` judges the production protocol.",
+            "",
+        ]
     for w in evaluation.warnings:
         lines += [f"> **Warning:** {w}", ""]
     lines += [
@@ -105,7 +111,16 @@ def write_report(evaluation: Evaluation, plots: dict[str, Path], out: Path, labe
                 f"| {b['origin']} | {b['model']} | {b['n']:,} | {b['churn_rate']:.3f} | {b['roc_auc']:.4f} "
                 f"| {b['log_loss']:.4f} | {b['brier']:.4f} | {b['ece']:.4f} |"
             )
-    lines += ["", "## Churn rate per snapshot", "", "| snapshot | churn rate | labelled customers |", "|---|---|---|"]
+    lines += ["", "## Churn rate per snapshot", ""]
+    trend = evaluation.churn_rate_trend
+    if trend:
+        lines += [
+            f"Trend {trend['per_30_days']:+.1%} per 30 days (least squares over the snapshots); first "
+            f"{trend['first']:.1%}, latest {trend['latest']:.1%}, training snapshots on average "
+            f"{trend['training_mean']:.1%}.",
+            "",
+        ]
+    lines += ["| snapshot | churn rate | labelled customers |", "|---|---|---|"]
     for d, rate in evaluation.snapshot_churn_rates.items():
         lines.append(f"| {d} | {rate:.3f} | {evaluation.labelled_per_snapshot.get(d, '')} |")
     lines += ["", "## Top features of the winner", ""]

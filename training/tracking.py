@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from model.churn_model import IncompatibleModelError
+from model.churn_model import ChurnModel, IncompatibleModelError
 from model.registry import (
     CHALLENGER,
     CHAMPION,
@@ -34,12 +34,13 @@ from model.registry import (
     registry_errors,
 )
 from model.settings import MlflowSettings
-from training.train import TrainResult
+from training.train import TrainResult, data_fingerprint
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from features.dataset import Dataset
+    from training.backtest import BacktestResult
 
 PROMOTION_TOLERANCE = 1e-4  # log loss difference treated as a tie
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,39 @@ def log_training(result: TrainResult, settings: MlflowSettings) -> LoggedModel:
         with registry_errors(settings, "setting the first champion"):
             client.set_registered_model_alias(name, CHAMPION, version)
     return LoggedModel(run_id, version, first, f"models:/{name}/{version}")
+
+
+def log_backtest(result: BacktestResult, files: dict[str, Path], settings: MlflowSettings) -> str:
+    """One run of the experiment: each model's metrics per cutoff (step = cutoff order) and averaged, the
+    settings the protocol ran with, the table, CSV, JSON and plot. Returns the run id."""
+    from mlflow.entities import Metric, Param
+
+    client = mlflow_client(settings)
+    with registry_errors(settings, "logging the backtest"):
+        run = client.create_run(_experiment_id(client, settings), run_name=f"backtest-{datetime.now():%Y%m%d-%H%M%S}")
+        run_id = run.info.run_id
+        metrics: list[Metric] = []
+        for step, cutoff in enumerate(result.cutoffs):
+            at = int(datetime.fromisoformat(cutoff.cutoff).timestamp() * 1000)
+            for model, values in cutoff.metrics.items():
+                metrics += [
+                    Metric(f"backtest_{model}_{k}", float(v), at, step) for k, v in values.items() if np.isfinite(v)
+                ]
+        now = int(datetime.now().timestamp() * 1000)
+        for model, values in result.mean().items():
+            metrics += [Metric(f"mean_{model}_{k}", float(v), now, 0) for k, v in values.items() if np.isfinite(v)]
+        params = {
+            "kind": "backtest",
+            "cutoffs": ",".join(c.cutoff for c in result.cutoffs),
+            "refused_cutoffs": ",".join(result.refused) or "none",
+            "horizon_days": result.horizon_days,
+            **{f"training_{k}": v for k, v in result.settings.items()},
+        }
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        for path in files.values():
+            client.log_artifact(run_id, str(path), "backtest")
+        client.set_terminated(run_id)
+    return run_id
 
 
 def _experiment_id(client: MlflowClient, settings: MlflowSettings) -> str:
@@ -177,9 +211,12 @@ class Promotion:
 def promote(settings: MlflowSettings, *, data: Dataset | None = None) -> Promotion:
     """Move ``champion`` to the challenger if it is at least as good on the challenger's held-out snapshot.
 
-    With ``data`` both models are scored on freshly built held-out features and labels; without it the stored
-    held-out metrics are compared, which is only allowed when both were measured on the same snapshot of the
-    same data. A registry that cannot be read is an error (``RegistryError``), never "no champion yet".
+    Both models are judged on the same rows, each out of sample. With ``data``, a model is re-scored on the
+    challenger's held-out snapshot built fresh from ``data`` when it has never been fitted on that snapshot's labels;
+    a model that has (the production fit learns from every labelled window, the held-out one included) is judged by
+    its stored out-of-time selection metrics, which is only allowed when they were measured on the same snapshot of
+    the same data. Without ``data`` both stored metrics are compared under that same condition. A registry that
+    cannot be read is an error (``RegistryError``), never "no champion yet".
     """
     client = mlflow_client(settings)
     name = settings.model_name
@@ -193,28 +230,17 @@ def promote(settings: MlflowSettings, *, data: Dataset | None = None) -> Promoti
         return Promotion(True, f"no champion yet: version {challenger} becomes champion", challenger, None)
     if champion == challenger:
         return Promotion(False, f"version {challenger} is already the champion", challenger, champion)
-    ch_tags = model_version(client, settings, name, challenger).tags
-    cp_tags = model_version(client, settings, name, champion).tags
+    tags = {
+        "challenger": model_version(client, settings, name, challenger).tags,
+        "champion": model_version(client, settings, name, champion).tags,
+    }
+    versions = {"challenger": challenger, "champion": champion}
     if data is not None:
-        scores = _score_on_holdout(settings, {"challenger": challenger, "champion": champion}, data, ch_tags)
-        basis = f"re-scored on held-out snapshot {ch_tags['holdout_as_of']} ({scores['n']:,} customers)"
+        scores = _score_on_holdout(settings, versions, data, tags)
     else:
-        same = (
-            ch_tags.get("holdout_as_of") == cp_tags.get("holdout_as_of")
-            and ch_tags.get("data_fingerprint") == cp_tags.get("data_fingerprint")
-            and ch_tags.get("horizon_days") == cp_tags.get("horizon_days")
-        )
-        if not same:
-            raise ValueError(
-                f"champion (v{champion}) and challenger (v{challenger}) were evaluated on different held-out data "
-                "(snapshot, horizon or data differ): pass --data to score both on the challenger's held-out snapshot"
-            )
-        scores = {
-            "challenger": {"log_loss": float(ch_tags["log_loss"]), "roc_auc": float(ch_tags["roc_auc"])},
-            "champion": {"log_loss": float(cp_tags["log_loss"]), "roc_auc": float(cp_tags["roc_auc"])},
-        }
-        basis = f"stored metrics on the same held-out snapshot {ch_tags['holdout_as_of']}"
-    ch, cp = scores["challenger"], scores["champion"]
+        scores = {role: _stored(role, versions[role], tags, tags["challenger"]) for role in versions}
+        scores["basis"] = f"stored metrics on the same held-out snapshot {tags['challenger']['holdout_as_of']}"
+    ch, cp, basis = scores["challenger"], scores["champion"], scores["basis"]
     if cp is None:
         with registry_errors(settings, "moving the champion alias"):
             client.set_registered_model_alias(name, CHAMPION, challenger)
@@ -235,6 +261,37 @@ def promote(settings: MlflowSettings, *, data: Dataset | None = None) -> Promoti
     return Promotion(better, reason, challenger, champion)
 
 
+def _stored(role: str, version: str, tags: dict[str, dict], reference: dict, data: Dataset | None = None) -> dict:
+    """A model's stored out-of-time metrics, if they were measured on the reference snapshot of the same data."""
+    own = tags[role]
+    fingerprint = _fingerprint(data_fingerprint(data)) if data is not None else reference.get("data_fingerprint")
+    same = (
+        own.get("holdout_as_of") == reference.get("holdout_as_of")
+        and own.get("data_fingerprint") == fingerprint
+        and own.get("horizon_days") == reference.get("horizon_days")
+    )
+    if not same:
+        raise ValueError(
+            f"the {role} (v{version}) cannot be judged out of sample on the challenger's held-out snapshot "
+            f"{reference.get('holdout_as_of')}: "
+            + (
+                "it was fitted on that window's labels and its stored metrics come from other data"
+                if data is not None
+                else "champion and challenger were evaluated on different held-out data (snapshot, horizon or data "
+                "differ); pass --data to score both on the challenger's held-out snapshot"
+            )
+            + "; compare them with `churn backtest` instead"
+        )
+    return {"log_loss": float(own["log_loss"]), "roc_auc": float(own["roc_auc"])}
+
+
+def labels_seen_until(model: ChurnModel) -> datetime | None:
+    """The end of the latest label window a model learned from (fit or calibration), None if unknown."""
+    dates = [*model.training_snapshots, *model.selection_snapshots]
+    dates += [datetime.fromisoformat(d) for d in model.production_fit.get("calibration_snapshots", [])]
+    return max(dates) + timedelta(days=model.horizon_days) if dates else None
+
+
 def _score_on_holdout(settings: MlflowSettings, versions: dict[str, str], data: Dataset, tags: dict) -> dict:
     import pyarrow as pa
 
@@ -242,12 +299,14 @@ def _score_on_holdout(settings: MlflowSettings, versions: dict[str, str], data: 
     from features.labels import build_labels
     from training.metrics import classification_metrics
 
-    as_of = datetime.fromisoformat(tags["holdout_as_of"])
-    horizon = int(tags["horizon_days"])
+    reference = tags["challenger"]
+    as_of = datetime.fromisoformat(reference["holdout_as_of"])
+    horizon = int(reference["horizon_days"])
     labels = build_labels(data, entities_at(data, as_of), horizon_days=horizon).to_pandas()
     entities = pa.Table.from_pandas(labels[["customer_id", "as_of"]], preserve_index=False)
     labelled: dict[tuple[str, ...], pd.DataFrame] = {}  # features per event-type set: usually both models share one
-    out: dict = {"n": len(labels)}
+    out: dict = {}
+    how: dict[str, str] = {}
     for role, version in versions.items():
         try:
             model = load_model(settings, f"models:/{settings.model_name}/{version}")
@@ -261,10 +320,17 @@ def _score_on_holdout(settings: MlflowSettings, versions: dict[str, str], data: 
                 f"the {role} (v{version}) predicts a {model.horizon_days}-day horizon, the challenger "
                 f"{horizon} days: they cannot be compared"
             )
+        seen = labels_seen_until(model)
+        if seen is not None and seen > as_of:  # fitted on (part of) this window: its stored metrics, or nothing
+            out[role] = _stored(role, version, tags, reference, data)
+            how[role] = "stored out-of-time metrics"
+            continue
         if model.event_types not in labelled:
             feats = build_features(data, entities, event_types=model.event_types).to_pandas()
             labelled[model.event_types] = feats.merge(labels, on=["customer_id", "as_of"])
         merged = labelled[model.event_types]
         p = model.classifier.predict_proba(merged)
         out[role] = classification_metrics(merged["churned"].to_numpy(), p)
+        how[role] = f"re-scored ({len(merged):,} customers)"
+    out["basis"] = f"held-out snapshot {as_of:%Y-%m-%d}: " + ", ".join(f"{r} {h}" for r, h in how.items())
     return out

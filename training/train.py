@@ -1,7 +1,8 @@
 """``train``: from a validated dataset to a scored, evaluated ``ChurnModel`` (MLflow logging is separate).
 
 Stages (each timed, see ``TrainResult.timings``): snapshot features and labels -> candidate classifiers ->
-survival model -> value model -> evaluation (holdout, backtest, plots).
+survival model -> value model -> evaluation on the held-out snapshot (selection) -> production fit of the winner
+on the freshest labels (``training/production.py``) -> plots.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from features.dataset import Dataset
@@ -35,8 +37,16 @@ from training.evaluation import (
     evaluate_survival,
     evaluate_value,
 )
+from training.production import ProductionFit, fit_production
 from training.settings import TrainingSettings
-from training.snapshots import SnapshotFrame, build_snapshot_frame, check_enough, plan_snapshots
+from training.snapshots import (
+    NotEnoughDataError,
+    SnapshotFrame,
+    build_snapshot_frame,
+    check_enough,
+    labelled_buyers_before,
+    plan_snapshots,
+)
 from training.survival import fit_survival
 from training.value import fit_value_model
 
@@ -52,6 +62,7 @@ class TrainResult:
     model: ChurnModel
     evaluation: Evaluation
     frame: SnapshotFrame
+    production: ProductionFit
     plots: dict[str, Path]
     params: dict[str, str | int | float]
     timings: dict[str, float] = field(default_factory=dict)
@@ -71,7 +82,7 @@ def train(
     as_of: datetime | None = None,
     plot_dir: Path | None = None,
     progress: Progress | None = None,
-    run_backtest: bool = True,
+    run_backtest: bool = False,
 ) -> TrainResult:
     """Train on ``data`` with the training section; the horizon and the event types come from the labels and
     features sections, which scoring and ``churn labels`` read too, so all of them share one definition."""
@@ -82,15 +93,12 @@ def train(
     say = progress or (lambda n=1, d=None: None)
 
     with _stage("features", timings, peaks):
-        plan = plan_snapshots(
-            data.data_start,
-            data.data_end,
-            horizon_days=horizon_days,
-            n_snapshots=settings.n_snapshots,
-            step_days=settings.snapshot_step_days,
-            as_of=as_of,
+        plan = plan_training_snapshots(data, settings, horizon_days, as_of)
+        say(
+            0,
+            f"snapshots: train {_dates(plan.train)}; holdout {plan.holdout:%Y-%m-%d}; "
+            f"refit on {_dates(plan.production)}",
         )
-        say(0, f"snapshots: train {', '.join(f'{d:%Y-%m-%d}' for d in plan.train)}; holdout {plan.holdout:%Y-%m-%d}")
         frame = build_snapshot_frame(
             data,
             plan,
@@ -129,22 +137,35 @@ def train(
             backtest=backtest(frame, used, settings, _tree_size(candidates["lightgbm"])) if run_backtest else [],
             snapshot_churn_rates=frame.churn_rates,
             labelled_per_snapshot=frame.labelled_counts,
-            warnings=_season_warnings(plan) + fit_warnings,
+            churn_rate_trend=churn_rate_trend(frame.churn_rates),
+            warnings=_season_warnings(plan) + _overlap_warnings(plan) + fit_warnings,
             top_features=_normalised(candidates[winner].importance()).head(15).round(4).to_dict(),
         )
+    with _stage("production", timings, peaks), _collect_warnings(fit_warnings):
+        say(1, f"production fit of {winner} on the freshest labels")
+        production = fit_production(
+            frame, winner, candidates, used, settings, selection_survival=survival, selection_value=value
+        )
+        evaluation.production = {**production.card(), "description": production.describe()}
+        evaluation.warnings += _drift_warnings(evaluation.churn_rate_trend, production)
+        evaluation.warnings += [w for w in fit_warnings if w not in evaluation.warnings]
         model = ChurnModel(
-            classifier=candidates[winner],
-            survival=survival,
-            value=value,
+            classifier=production.classifier,
+            survival=production.survival,
+            value=production.value,
             horizon_days=horizon_days,
             event_types=event_types,
             tier_thresholds=settings.tier_thresholds,
             lifecycle=LifecycleRules(),
-            training_snapshots=plan.train,
+            training_snapshots=production.fit_dates,
             holdout=plan.holdout,
             metrics=evaluation.flat_metrics(),
+            selection_snapshots=plan.train,
+            production_fit=evaluation.production,
         )
-        plot_paths = _plots(evaluation, curves, candidates[winner], plot_dir)
+    with _stage("plots", timings, peaks):
+        say(1, "drawing the plots")
+        plot_paths = _plots(evaluation, curves, production.classifier, plot_dir)
 
     params = {
         "horizon_days": horizon_days,
@@ -153,14 +174,77 @@ def train(
         "uses_season": plan.uses_season,
         "train_snapshots": ",".join(f"{d:%Y-%m-%d}" for d in plan.train),
         "holdout_snapshot": f"{plan.holdout:%Y-%m-%d}",
+        "snapshot_step_days": plan.step_days,
         "n_fit_rows": len(fit),
         "n_validation_rows": len(val),
         "n_holdout_rows": len(holdout),
         "winner": winner,
+        "production_fit": production.method,
+        "production_fit_snapshots": ",".join(f"{d:%Y-%m-%d}" for d in production.fit_dates),
+        "production_calibration_snapshots": ",".join(f"{d:%Y-%m-%d}" for d in production.calibration_dates),
+        "n_production_fit_rows": production.n_fit_rows,
+        "recency_half_life_days": str(settings.recency_half_life_days),
         "seed": settings.seed,
         **data_fingerprint(data),
     }
-    return TrainResult(model, evaluation, frame, plot_paths, params, timings, peaks)
+    return TrainResult(model, evaluation, frame, production, plot_paths, params, timings, peaks)
+
+
+def plan_training_snapshots(
+    data: Dataset, settings: TrainingSettings, horizon_days: int, as_of: datetime | None = None
+) -> SnapshotPlan:
+    """Monthly snapshots; dense ones (every ``dense_step_days``) when the history is too short for monthly ones,
+    or when monthly ones would hold fewer labelled rows than ``dense_below_rows``. Production dates only when the
+    production fit uses them."""
+    end = min(data.data_end, as_of) if as_of else data.data_end
+    few_rows = (
+        settings.dense_below_rows > 0
+        and labelled_buyers_before(data, end - timedelta(days=2 * horizon_days)) * max(settings.n_snapshots - 1, 2)
+        < settings.dense_below_rows
+    )
+
+    def plan(dense: bool) -> SnapshotPlan:
+        return plan_snapshots(
+            data.data_start,
+            data.data_end,
+            horizon_days=horizon_days,
+            n_snapshots=settings.n_snapshots,
+            step_days=settings.snapshot_step_days,
+            as_of=as_of,
+            dense_step_days=settings.dense_step_days if dense else None,
+            max_snapshots=settings.max_snapshots,
+        )
+
+    try:
+        planned = plan(few_rows)
+    except NotEnoughDataError:
+        if few_rows or settings.dense_step_days >= settings.snapshot_step_days:
+            raise
+        planned = plan(True)  # too short for monthly snapshots: denser ones still fit two before the holdout
+    if settings.production_fit in ("selection", "latest"):
+        planned = replace(planned, production=(*planned.train, planned.holdout))
+    return planned
+
+
+def churn_rate_trend(rates: dict[str, float]) -> dict[str, float]:
+    """Base-rate drift across snapshots: least-squares slope per 30 days, first and latest rate."""
+    if len(rates) < 2:
+        return {}
+    days = np.array([(datetime.fromisoformat(d) - datetime.fromisoformat(next(iter(rates)))).days for d in rates])
+    values = np.array(list(rates.values()))
+    slope = float(np.polyfit(days, values, 1)[0]) * 30 if days[-1] > 0 else 0.0
+    return {
+        "per_30_days": slope,
+        "first": float(values[0]),
+        "latest": float(values[-1]),
+        "training_mean": float(values[:-1].mean()),
+    }
+
+
+def _dates(dates: tuple[datetime, ...]) -> str:
+    if len(dates) > 4:
+        return f"{dates[0]:%Y-%m-%d} .. {dates[-1]:%Y-%m-%d} ({len(dates)} dates)"
+    return ", ".join(f"{d:%Y-%m-%d}" for d in dates)
 
 
 def _tree_size(lightgbm: LightGBMClassifier) -> tuple[int, int]:
@@ -176,6 +260,33 @@ def data_fingerprint(data: Dataset) -> dict[str, str | int]:
         "data_start": f"{data.data_start:%Y-%m-%d %H:%M:%S}",
         "data_end": f"{data.data_end:%Y-%m-%d %H:%M:%S}",
     }
+
+
+DRIFT_WARNING = 0.05  # churn-rate moves of this size between training and the latest window get a warning
+
+
+def _drift_warnings(trend: dict[str, float], production: ProductionFit) -> list[str]:
+    if not trend or abs(trend["latest"] - trend["training_mean"]) < DRIFT_WARNING:
+        return []
+    level = (
+        "the production fit calibrates on the latest window, so its level sets the probabilities"
+        if production.method != "selection"
+        else "the registered model was calibrated on an older window: expect its probabilities to be off"
+    )
+    return [
+        f"the churn rate moved: {trend['training_mean']:.1%} on average over the training snapshots, "
+        f"{trend['latest']:.1%} in the latest labelled window ({trend['per_30_days']:+.1%} per 30 days); {level}"
+    ]
+
+
+def _overlap_warnings(plan: SnapshotPlan) -> list[str]:
+    if not plan.overlap_days:
+        return []
+    return [
+        f"short history: the training snapshots' label windows overlap the held-out window by {plan.overlap_days} "
+        f"days, so the held-out comparison is less strict than out of time; check it with `churn backtest` "
+        "once more data has arrived"
+    ]
 
 
 def _season_warnings(plan: SnapshotPlan) -> list[str]:
