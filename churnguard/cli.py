@@ -43,6 +43,15 @@ DataOpt = Annotated[
         "events.* and customers.*, optional churnguard.yaml column mapping.",
     ),
 ]
+StoreDataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Input folder (see `churn validate`), validated on the way in. Omitted: the customer store "
+        "(`churn ingest`), read as ingested.",
+    ),
+]
 MappingOpt = Annotated[
     Path | None, typer.Option("--mapping", help="Column mapping YAML (default: <data>/churnguard.yaml).")
 ]
@@ -58,31 +67,43 @@ MapOpt = Annotated[
 
 
 EXIT_BAD_INPUT = 2  # bad data, flags or settings: the user can fix the input
-EXIT_UNAVAILABLE = 3  # a dependency (the model registry) failed: nothing was changed
+EXIT_UNAVAILABLE = 3  # a dependency (the model registry, the customer store) failed: nothing was changed
 
 
 def friendly_errors(fn: F) -> F:
     """Expected failures end in one red line and an exit code, not a traceback: bad input or settings (2), a
-    model that is missing or must be retrained (2), an unreachable or broken registry (3)."""
+    model that is missing or must be retrained (2), an empty customer store (2), an unreachable or broken
+    registry or store (3)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
 
+        from features.store.settings import StoreError
         from model.churn_model import IncompatibleModelError
         from model.registry import ModelNotFoundError, RegistryError
 
         configure_process()
         try:
             return fn(*args, **kwargs)
+        except (RegistryError, StoreError) as e:  # StoreError is a ValueError: caught first
+            err_console.print(f"[red]error:[/red] {_one_line(e)}")
+            raise typer.Exit(EXIT_UNAVAILABLE) from None
         except (ValueError, FileNotFoundError, ValidationError, ModelNotFoundError, IncompatibleModelError) as e:
             err_console.print(f"[red]error:[/red] {_one_line(e)}")
             raise typer.Exit(EXIT_BAD_INPUT) from None
-        except RegistryError as e:
-            err_console.print(f"[red]error:[/red] {_one_line(e)}")
+        except Exception as e:
+            if not _is_store_connection_error(e):
+                raise
+            err_console.print(f"[red]error:[/red] the customer store: {_one_line(e)}")
             raise typer.Exit(EXIT_UNAVAILABLE) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_store_connection_error(e: Exception) -> bool:
+    """A database driver's own error that reached us unwrapped (the store wraps the ones it expects)."""
+    return type(e).__module__.split(".", 1)[0] in ("psycopg", "adbc_driver_manager", "adbc_driver_postgresql")
 
 
 def configure_process() -> None:
@@ -128,6 +149,43 @@ def load_data(
     assert dataset.report is not None
     print_validation(dataset.report, verbose=verbose)
     return dataset, rejects
+
+
+def command_data(
+    data: Path | None,
+    mapping: Path | None,
+    maps: list[str] | None,
+    settings: Settings,
+    *,
+    rejected_ids: bool = False,
+) -> tuple[Dataset, pa.Array | pa.ChunkedArray | None]:
+    """The data a command works on: the folder of ``--data``, validated and counted like every read of files, or
+    without it the customer store, read as ingested (it was validated then, so not again).
+
+    With ``rejected_ids`` also the customer ids of the rows validation rejected (this folder's, or every batch's
+    in the store), so batch scoring can list customers whose every row was bad."""
+    if data is not None:
+        dataset, rejects = load_data(data, mapping, maps, settings)
+        return dataset, rejects["customer_id"] if rejected_ids else None
+    if mapping is not None or maps:
+        raise ValueError("--mapping and --map apply to the files of --data; the store holds rows mapped at ingest")
+    from features.store import EmptyStoreError, open_store
+
+    store = open_store(settings.store, settings.data_dir, create=False)
+    try:
+        with console.status(f"reading the customer store at {store.location} ..."):
+            dataset = store.dataset()
+            ids = store.rejects()["customer_id"] if rejected_ids else None
+    finally:
+        store.close()
+    if dataset.transactions.num_rows == 0:
+        raise EmptyStoreError(store.location)
+    console.print(
+        f"[dim]customer store {store.location}: {dataset.transactions.num_rows:,} transactions, "
+        f"{dataset.events.num_rows:,} events, {dataset.customers.num_rows:,} customer rows "
+        f"(validated at ingest)[/dim]"
+    )
+    return dataset, ids
 
 
 @app.command()
@@ -179,7 +237,7 @@ def validate(
 @app.command()
 @friendly_errors
 def features(
-    data: Annotated[Path | None, typer.Option("--data", "-d", help="Input folder (see `churn validate`).")] = None,
+    data: StoreDataOpt = None,
     as_of: Annotated[
         list[datetime] | None, typer.Option(formats=DATE_FORMATS, help="Snapshot date; repeat for several snapshots.")
     ] = None,
@@ -203,9 +261,9 @@ def features(
         else:
             _print_registry(feature_registry(settings.features.event_types), FEATURE_SET)
         return
-    if data is None or not as_of or out is None:
-        raise ValueError("--data, --as-of and --out are required (or use --list)")
-    dataset, _ = load_data(data, mapping, map_, settings)
+    if not as_of or out is None:
+        raise ValueError("--as-of and --out are required (or use --list)")
+    dataset, _ = command_data(data, mapping, map_, settings)
     entities = entities_at(dataset, as_of)
     with console.status(f"computing features for {entities.num_rows:,} customer snapshots..."):
         table = build_features(dataset, entities, event_types=settings.features.event_types)
@@ -216,9 +274,9 @@ def features(
 @app.command()
 @friendly_errors
 def labels(
-    data: DataOpt,
     as_of: Annotated[list[datetime], typer.Option(formats=DATE_FORMATS, help="Snapshot date; repeatable.")],
     out: Annotated[Path, typer.Option(help="Label table to write (.parquet or .csv).")],
+    data: StoreDataOpt = None,
     horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
@@ -230,7 +288,7 @@ def labels(
 
     settings = _settings(labels={"horizon_days": horizon_days})
     horizon = settings.labels.horizon_days
-    dataset, _ = load_data(data, mapping, map_, settings)
+    dataset, _ = command_data(data, mapping, map_, settings)
     table = build_labels(dataset, entities_at(dataset, as_of), horizon_days=horizon)
     write_table(table, out)
     churned = sum(table["churned"].to_pylist())
@@ -243,7 +301,7 @@ def labels(
 @app.command()
 @friendly_errors
 def train(
-    data: DataOpt,
+    data: StoreDataOpt = None,
     as_of: Annotated[
         datetime | None,
         typer.Option(formats=DATE_FORMATS, help="Train as if today were this date: label windows end before it."),
@@ -271,7 +329,7 @@ def train(
     settings = _settings(
         labels={"horizon_days": horizon_days}, mlflow={"experiment": experiment, "model_name": model_name}
     )
-    dataset, _ = load_data(data, mapping, map_, settings)
+    dataset, _ = command_data(data, mapping, map_, settings)
     with progress("training", total=None) as advance:
         result = train_model(
             dataset,
@@ -299,11 +357,11 @@ def train(
 @app.command(name="backtest")
 @friendly_errors
 def backtest_command(
-    data: DataOpt,
     cutoff: Annotated[
         list[datetime],
         typer.Option(formats=DATE_FORMATS, help="Train on the rows before this date, judge the next H days; repeat."),
     ],
+    data: StoreDataOpt = None,
     horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for backtest.md/.csv/.json/.png (default <data_dir>/reports/backtest).")
@@ -318,7 +376,7 @@ def backtest_command(
     from training.backtest import backtest
 
     settings = _settings(labels={"horizon_days": horizon_days}, mlflow={"experiment": experiment})
-    dataset, _ = load_data(data, mapping, map_, settings)
+    dataset, _ = command_data(data, mapping, map_, settings)
     target = out or settings.data_dir / "reports" / "backtest"
     with progress("backtest", total=len(cutoff)) as advance:
         run = backtest(
@@ -381,8 +439,8 @@ def promote(
 @app.command()
 @friendly_errors
 def score(
-    data: DataOpt,
     out: Annotated[Path, typer.Option(help="Scorecards to write (.parquet or .csv), written atomically.")],
+    data: StoreDataOpt = None,
     as_of: Annotated[
         datetime | None, typer.Option(formats=DATE_FORMATS, help="Score as of this date (default: now).")
     ] = None,
@@ -412,7 +470,7 @@ def score(
     )
     policy = load_policy(settings.scoring.policy_file)
     when = as_of or now_utc()
-    dataset, row_rejects = load_data(data, mapping, map_, settings)
+    dataset, rejected_ids = command_data(data, mapping, map_, settings, rejected_ids=True)
     with console.status(f"loading {settings.model_uri} ..."):
         churn_model = load_model(settings.mlflow, settings.model_uri).with_overrides(
             tier_thresholds=settings.scoring.tier_thresholds
@@ -425,7 +483,7 @@ def score(
             policy,
             settings.scoring,
             as_of=when,
-            invalid_customer_ids=row_rejects["customer_id"],
+            invalid_customer_ids=rejected_ids,
             progress=advance,
         )
     rejects_path = rejects or out.with_name(out.stem + ".rejected.csv")
@@ -569,8 +627,8 @@ def ingest(data: DataOpt, mapping: MappingOpt = None, map_: MapOpt = None) -> No
 @app.command()
 @friendly_errors
 def report(
-    data: DataOpt,
     out: Annotated[Path, typer.Option(help="HTML file to write: one self-contained page that works offline.")],
+    data: StoreDataOpt = None,
     as_of: Annotated[
         datetime | None,
         typer.Option(formats=DATE_FORMATS, help="Report as of this date (default: the day after the last sale)."),
@@ -583,7 +641,7 @@ def report(
     from serving.report import build_report, write_report
 
     settings = _settings(labels={"horizon_days": horizon_days})
-    dataset, _ = load_data(data, mapping, map_, settings)
+    dataset, _ = command_data(data, mapping, map_, settings)
     with console.status("computing the lifecycle report..."):
         result = build_report(dataset, as_of=as_of, horizon_days=settings.labels.horizon_days)
         path = write_report(result, out)

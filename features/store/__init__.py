@@ -30,11 +30,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from features.store.settings import StoreError, StoreSettings
+from features.store.settings import EmptyStoreError, StoreError, StoreSettings
 
 __all__ = [
     "AppendResult",
     "BatchInfo",
+    "EmptyStoreError",
     "IngestResult",
     "Store",
     "StoreError",

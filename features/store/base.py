@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS, TableContract
 from features.dataset import Dataset, ValidationReport
 from features.mapping import Mapping
-from features.store.settings import StoreError, StoreSettings
+from features.store.settings import EmptyStoreError, StoreError, StoreSettings
 from features.validate import RawTable, load_dataset, validate_tables
 
 TABLE_NAMES = ("transactions", "events", "customers")
@@ -81,8 +81,11 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(settings: StoreSettings, data_dir: Path) -> Store:
-    """The store the settings name: PostgreSQL when ``url`` is set, else the embedded one under ``data_dir``."""
+def open_store(settings: StoreSettings, data_dir: Path, *, create: bool = True) -> Store:
+    """The store the settings name: PostgreSQL when ``url`` is set, else the embedded one under ``data_dir``.
+
+    ``create=False`` is for readers: an embedded store that was never written is ``EmptyStoreError`` rather than
+    a new empty folder left behind by a read."""
     if settings.url:
         if not settings.url.startswith(("postgresql://", "postgres://")):
             raise StoreError(f"setting store.url: unsupported URL {_redact(settings.url)!r} (use postgresql://...)")
@@ -91,7 +94,10 @@ def open_store(settings: StoreSettings, data_dir: Path) -> Store:
         return PostgresStore(settings.url)
     from features.store.embedded import EmbeddedStore
 
-    return EmbeddedStore(settings.path or Path(data_dir) / "store", compact_after=settings.compact_after)
+    path = settings.path or Path(data_dir) / "store"
+    if not create and not EmbeddedStore.exists(path):
+        raise EmptyStoreError(str(path))
+    return EmbeddedStore(path, compact_after=settings.compact_after)
 
 
 def ingest(

@@ -110,6 +110,11 @@ class EmbeddedStore:
         self._cache_lock = threading.Lock()
         self._create_catalog()
 
+    @staticmethod
+    def exists(path: Path) -> bool:
+        """Whether a store was ever created at ``path`` (its catalog is there)."""
+        return (Path(path) / CATALOG).is_file()
+
     # ------------------------------------------------------------------------------------------ connections
 
     def _con(self) -> sqlite3.Connection:
@@ -117,15 +122,19 @@ class EmbeddedStore:
         if con is None:
             try:
                 con = sqlite3.connect(self.path / CATALOG, isolation_level=None, timeout=30)
+                con.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as e:
                 raise StoreError(f"store catalog {self.path / CATALOG}: {e}") from None
-            con.execute("PRAGMA synchronous=NORMAL")
             self._local.con = con
         return con
 
     def _create_catalog(self) -> None:
         con = self._con()
-        if con.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+        try:
+            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.Error as e:  # not a database, unreadable, ...
+            raise StoreError(f"store catalog {self.path / CATALOG}: {e}") from None
+        if mode != "wal":
             raise StoreError(f"store catalog {self.path / CATALOG}: cannot use write-ahead logging here")
         with self._transaction(immediate=True) as c:
             c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")

@@ -24,3 +24,14 @@ class StoreSettings(Section):
 
 class StoreError(ValueError):
     """The store cannot be used as asked: unreachable, written by an incompatible version, locked, ..."""
+
+
+class EmptyStoreError(ValueError):
+    """A read found no data in the store: nothing has been ingested there yet (bad input, not an outage)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(
+            f"the customer store at {location} holds no transactions yet: load your data with "
+            "`churn ingest --data DIR`, or pass --data DIR to read files"
+        )
+        self.location = location
