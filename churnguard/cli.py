@@ -502,7 +502,8 @@ def quickstart(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     capacity: Annotated[int, typer.Option(min=1, help="At most this many customers on the outreach list.")] = 500,
 ) -> None:
-    """The whole main job on demo data: generate, validate, train, evaluate, promote, score, outreach list."""
+    """The whole main job on demo data: generate, ingest into the store, train, evaluate, promote, score, outreach
+    list, lifecycle report; ends with a curl to look a customer up in the API."""
     from churnguard.quickstart import run_quickstart
 
     run_quickstart(_settings(scoring={"capacity": capacity}), customers=customers, seed=seed)

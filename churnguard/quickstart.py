@@ -1,17 +1,30 @@
 """``churn quickstart``: the whole main job on demo data, through the same library calls as the single commands.
 
-generate -> validate -> train (candidates, evaluation, MLflow registry) -> evaluation report -> promote ->
-batch scoring -> outreach list. Everything lands under ``<data_dir>/``.
+generate -> ingest into the customer store (validation, rejects kept with the batch) -> train from the store
+(candidates, evaluation, MLflow registry) -> evaluation report -> promote -> batch scoring from the store ->
+outreach list -> lifecycle report. Everything lands under ``<data_dir>/`` (the store too, unless
+``CHURN_STORE__URL`` names a PostgreSQL database), and the last lines say how to look a customer up in the API.
+
+The store is the one the settings name, so ``churn serve`` and the commands without ``--data`` see the demo
+afterwards. Quickstart only ever puts its own demo there: a store holding anything else, or the demo of an earlier
+quickstart with other parameters, is refused before anything is written (re-running with the same parameters adds
+nothing: ingests are idempotent).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from churnguard.console import console, print_batch_summary, print_comparison, print_validation, progress
 from churnguard.settings import Settings
+
+if TYPE_CHECKING:
+    from features.store import Store
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,10 @@ class QuickstartResult:
     outreach: Path
     rejected: Path
     model_version: str
+    store: str
+    lifecycle_report: Path
+    lookup_customer_id: str
+    lookup_curl: str
 
 
 def run_quickstart(
@@ -30,30 +47,45 @@ def run_quickstart(
     from churnguard.demo import generate
     from features.contract import now_utc
     from features.io import write_table
-    from features.validate import load_dataset
+    from features.store import ingest, open_store
     from model.registry import load_model
     from serving.policy import load_policy
+    from serving.report import build_report
+    from serving.report import write_report as write_lifecycle_report
     from serving.scoring import score_batch, write_batch
     from training.report import fetch_evaluation, write_report
     from training.tracking import log_training, promote
     from training.train import train
 
     root = settings.data_dir
-    demo_dir = root / "demo"
+    demo_dir = (root / "demo").resolve()
     start = date(2023, 1, 1)
-    step = _steps(7)
+    step = _steps(8)
 
-    step("generating demo data")
-    summary = generate(demo_dir, customers=customers, seed=seed, start=start, months=months, fmt="csv")
-    console.print(
-        f"  {summary.n_customers:,} customers, " + ", ".join(f"{k} {v:,} rows" for k, v in summary.rows.items())
-    )
+    store = open_store(settings.store, root)
+    try:
+        _check_store_holds_only_this_demo(store, demo_dir, customers=customers, seed=seed, start=start, months=months)
 
-    step("validating")
-    data, rejects = load_dataset(demo_dir, now=now_utc(), reject_future=settings.validation.reject_future)
-    print_validation(data.report)
-    row_rejects = root / "outputs" / "row_rejects.csv"
-    write_table(rejects, row_rejects)
+        step("generating demo data")
+        summary = generate(demo_dir, customers=customers, seed=seed, start=start, months=months, fmt="csv")
+        console.print(
+            f"  {summary.n_customers:,} customers, " + ", ".join(f"{k} {v:,} rows" for k, v in summary.rows.items())
+        )
+
+        step(f"validating and ingesting into the customer store ({store.location})")
+        ingested = ingest(store, demo_dir, now=now_utc(), reject_future=settings.validation.reject_future)
+        print_validation(ingested.report)
+        console.print(
+            f"  batch {ingested.batch_id}: "
+            + ", ".join(f"{name} {n:,} added" for name, n in ingested.added.items())
+            + f" ({sum(ingested.present.values()):,} rows already in the store)"
+        )
+        row_rejects = root / "outputs" / "row_rejects.csv"
+        write_table(store.rejects(ingested.batch_id), row_rejects)
+        data = store.dataset()  # read as ingested: validated once, on the way in
+        invalid_ids = store.rejects()["customer_id"]
+    finally:
+        store.close()
 
     step("training (rolling snapshots, out-of-time holdout, candidates, survival and value models)")
     with progress("training") as advance:
@@ -91,7 +123,7 @@ def run_quickstart(
             load_policy(settings.scoring.policy_file),
             settings.scoring,
             as_of=as_of,
-            invalid_customer_ids=rejects["customer_id"],
+            invalid_customer_ids=invalid_ids,
             progress=advance,
         )
     outputs = root / "outputs"
@@ -99,19 +131,75 @@ def run_quickstart(
     write_batch(batch, scores, outreach, rejected)
     print_batch_summary(batch, model.model_version)
 
+    step("lifecycle report")
+    with console.status("computing the lifecycle KPIs..."):
+        lifecycle = build_report(data, horizon_days=settings.labels.horizon_days)
+        lifecycle_path = write_lifecycle_report(lifecycle, root / "reports" / "lifecycle.html")
+    console.print(
+        f"  as of {lifecycle.as_of:%Y-%m-%d}: {len(lifecycle.facts.month_ends)} months, "
+        f"{lifecycle_path.stat().st_size / 1e6:.1f} MB"
+    )
+
     step("done")
+    ranked = batch.outreach if len(batch.outreach) else batch.scores.sort_values("value_at_risk", ascending=False)
+    customer_id = str(ranked["customer_id"].iloc[0])
+    curl = (
+        f'curl -H "Authorization: Bearer $KEY" '
+        f"http://127.0.0.1:{settings.serving.port}/v1/customers/{quote(customer_id, safe='')}/score"
+    )
     console.print(f"""
   demo data        {demo_dir}
+  customer store   {store.location}
   rejected rows    {row_rejects}
   report           {report}
+  lifecycle report {lifecycle_path}
   scorecards       {scores}
   outreach list    {outreach}
   not scored       {rejected}
 
   MLflow UI:       uv run mlflow ui --backend-store-uri {settings.tracking_uri}
-  scoring API:     uv run churn serve        (then POST http://localhost:{settings.serving.port}/v1/score)
+  scoring API:     uv run churn serve        (without API keys it listens on 127.0.0.1 only)
+  one customer (the top of the outreach list), from the store:
 """)
-    return QuickstartResult(demo_dir, report, scores, outreach, rejected, model.model_version)
+    # plain print: the console would wrap a long line, and this one is meant to be copied
+    print(f"  {curl}\n", flush=True)
+    return QuickstartResult(
+        demo_dir,
+        report,
+        scores,
+        outreach,
+        rejected,
+        model.model_version,
+        store.location,
+        lifecycle_path,
+        customer_id,
+        curl,
+    )
+
+
+def _check_store_holds_only_this_demo(
+    store: Store, demo_dir: Path, *, customers: int, seed: int, start: date, months: int
+) -> None:
+    """Quickstart writes into the configured store, so it refuses one that holds anything but this very demo."""
+    ingests = [b for b in store.batches() if b.kind == "ingest"]
+    if not ingests:
+        return
+    how = "remove it, or point CHURN_DATA_DIR (or CHURN_STORE__PATH / CHURN_STORE__URL) somewhere else"
+    foreign = sorted({b.source for b in ingests if b.source != str(demo_dir)})
+    if foreign:
+        raise ValueError(
+            f"the customer store at {store.location} already holds other data ({', '.join(foreign)}); "
+            f"quickstart only puts its demo into an empty store: {how}"
+        )
+    manifest = demo_dir / "manifest.json"
+    before = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    wanted = {"customers": customers, "seed": seed, "start": start.isoformat(), "months": months}
+    if {k: before.get(k) for k in wanted} != wanted:
+        had = ", ".join(f"{k} {before.get(k)}" for k in wanted)
+        raise ValueError(
+            f"the customer store at {store.location} holds the demo of an earlier quickstart ({had}), not this "
+            f"one; the two would mix: {how}"
+        )
 
 
 def _steps(total: int):

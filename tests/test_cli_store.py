@@ -49,6 +49,7 @@ def _sorted(path: Path, *keys: str) -> pd.DataFrame:
     return frame.sort_values(list(keys)).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_score_from_the_store_equals_score_from_the_files(registered, demo_dir, store_path, use_store, tmp_path):
     use_store(path=store_path)
     out = {}
