@@ -6,9 +6,10 @@ in ``KPIS`` below; the report page and ``docs/kpis.md`` (``kpi_markdown()``) pri
 
 The terms reuse the project's definitions:
 
-* an **order** is what ``features/build.py`` calls one: the purchase lines (amount >= 0: a free order is an order) sharing an ``order_id`` (without an id,
-  the lines sharing a time stamp). It belongs to the month of its first line; money is counted by line, in the
-  month of the line (point in time: a line after a month's end is not known at it).
+* an **order** is what ``features/build.py`` calls one: the purchase lines (amount >= 0: a free order is an
+  order) sharing an ``order_id`` (without an id, the lines sharing a time stamp). It belongs to the month of its
+  first line; money is counted by line, in the month of the line (point in time: a line after a month's end is
+  not known at it).
 * a customer is **active** at time t when their last order started less than H days before t and they had not
   cancelled (``churn_date``) before t: not churned under the non-contractual definition of ``features/labels.py``
   (churned = no purchase within H). It is the complement of the ``lapsed`` stage (``recency_days >= H`` or
