@@ -95,6 +95,28 @@ def test_features_from_the_store_equal_features_from_the_files(demo_dir, store_p
     pd.testing.assert_frame_equal(frames[0], frames[1])
 
 
+def test_features_from_a_postgres_store_equal_features_from_the_files(demo_dir, postgres_url, use_store, tmp_path):
+    import uuid
+
+    import psycopg
+
+    name = f"cli_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    url = f"{postgres_url.rsplit('/', 1)[0]}/{name}"
+    use_store(url=url)
+    r = runner.invoke(app, ["ingest", "--data", str(demo_dir)])
+    assert r.exit_code == 0, r.output
+    frames = []
+    for name, data in (("files", ["--data", str(demo_dir)]), ("store", [])):
+        out = tmp_path / f"{name}.parquet"
+        r = runner.invoke(app, ["features", *data, "--as-of", AS_OF, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        frames.append(_sorted(out, "customer_id", "as_of"))
+    assert "customer store postgresql://" in r.output
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
 def test_labels_from_the_store_equal_labels_from_the_files(demo_dir, store_path, use_store, tmp_path):
     use_store(path=store_path)
     frames = []
