@@ -1,12 +1,14 @@
 """Batch commands from the customer store against the same commands on the files (``--data``), in the same run.
 
-    uv run python benchmarks/bench_store_commands.py [--customers 100000] [--commands features,labels,report]
+    uv run python benchmarks/bench_store_commands.py [--customers 100000] [--format csv|parquet]
+                                                     [--commands features,labels,report]
 
-Generates the demo business (Parquet, cached under ``<out>/demo_store_cmd_<N>/``), ingests it into a fresh embedded
-store with ``churn ingest`` (timed), then runs each command twice as a whole ``churn`` process, alternating: once
-with ``--data DIR`` (read + validate the files: the baseline) and once without (the store, read as ingested). Each
-process reports its own wall time, CPU time and peak RSS (``os.wait4``). The outputs of both runs are compared
-(equal tables), so a speed-up never hides a different answer. Results: ``<out>/store_commands.md`` and ``.json``.
+Generates the demo business (CSV by default, as exports usually come; cached under
+``<out>/demo_store_cmd_<N>_<fmt>/``), ingests it into a fresh embedded store with ``churn ingest`` (timed), then runs
+each command twice as a whole ``churn`` process, alternating: once with ``--data DIR`` (read + validate the files:
+the baseline) and once without (the store, read as ingested). Each process reports its own wall time, CPU time and
+peak RSS (``os.wait4``). The outputs of both runs are compared (equal tables), so a speed-up never hides a different
+answer. Results: ``<out>/store_commands.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -65,11 +67,12 @@ def same_output(a: Path, b: Path) -> bool:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--customers", type=int, default=100_000)
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv")
     p.add_argument("--commands", default="features,labels,report")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = p.parse_args(argv)
     commands = [c for c in args.commands.split(",") if c]
-    demo = args.out / f"demo_store_cmd_{args.customers}"
+    demo = args.out / f"demo_store_cmd_{args.customers}_{args.format}"
     work = args.out / "work" / "store_commands"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (demo / "manifest.json").exists():
         print(f"generating {args.customers:,} demo customers into {demo} ...", flush=True)
         subprocess.run(
-            [*churn, "generate", "--out", str(demo), "--customers", str(args.customers), "--format", "parquet"],
+            [*churn, "generate", "--out", str(demo), "--customers", str(args.customers), "--format", args.format],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -118,9 +121,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{s['peak_rss_gib']} | {f['wall_s'] / s['wall_s']:.2f}x | {results[f'{name}_equal']} | "
             f"{f['load_before']} -> {s['load_after']} |"
         )
-    markdown = f"Batch commands from the store vs the files, {args.customers:,} demo customers\n\n" + "\n".join(rows)
+    markdown = (
+        f"Batch commands from the store vs the files, {args.customers:,} demo customers ({args.format})\n\n"
+        + "\n".join(rows)
+    )
     report = {
         "customers": args.customers,
+        "format": args.format,
         "results": results,
         "machine": machine_info(),
         "code": code_version(),
