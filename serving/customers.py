@@ -141,7 +141,8 @@ def score_stored(
     reasons: bool = False,
 ) -> Lookup:
     """Scorecards of stored customers at ``as_of``, with ``score_batch``'s accounting (module docstring)."""
-    data = store.rows_for(customer_ids)
+    storable = [c for c in customer_ids if "\x00" not in c]  # no store holds such an id (see check_rows)
+    data = store.rows_for(storable)
     known = set(data.customer_ids().to_pylist())
     not_found = [c for c in customer_ids if c not in known]
     entities = entities_at(data, as_of)
@@ -217,6 +218,10 @@ def check_rows(tables: dict[str, list[Any]], *, now: datetime | None) -> Checked
             except ValidationError as e:
                 column, reason, detail = _first_error(e, contract, order)
                 reject(i, column, reason, detail, row)
+                continue
+            nul = next((k for k, v in parsed.model_dump().items() if isinstance(v, str) and "\x00" in v), None)
+            if nul:  # PostgreSQL text cannot hold it, so neither store takes it
+                reject(i, nul, f"invalid {nul}", "text must not contain the NUL character (\\u0000)", row)
                 continue
             late = _after_now(parsed, now)
             if late:

@@ -269,7 +269,7 @@ class ChurnService:
     @api.post(
         "/v1/customers/score",
         response_model=CustomersScoreResponse,
-        responses=SCORING_ERRORS | LOOKUP_ERRORS,
+        responses=SCORING_ERRORS,
         summary="Score stored customers by id",
         tags=["customers"],
     )

@@ -192,6 +192,9 @@ def test_batch_lookup_equals_batch_scoring_and_lists_the_ids_not_found(client, s
 
 
 def test_unknown_customer_is_a_404_problem(client):
+    assert client.get("/v1/customers/a%00b/score").status_code == 404  # an id no store can hold: not found
+    nul = client.post("/v1/customers/score", json={"customer_ids": ["a\x00b"]})
+    assert nul.status_code == 200 and nul.json()["not_found"] == ["a\x00b"]
     r = client.get("/v1/customers/no-such-customer/score")
     assert r.status_code == 404, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -309,6 +312,7 @@ def test_bad_rows_are_rejected_with_index_field_and_reason(client):
             {"customer_id": cid, "timestamp": "2025-03-02T10:00:00", "amount": 1.0, "colour": "red"},
             "not a row",
             {"customer_id": cid, "timestamp": "2025-03-03T10:00:00", "amount": -4.0},  # a refund: valid
+            {"customer_id": cid, "timestamp": "2025-03-04T10:00:00", "amount": 1.0, "channel": "w\x00b"},
         ],
         "customers": [
             {"customer_id": cid, "signup_date": "2025-02-01", "churn_date": "2025-01-01"},
@@ -330,6 +334,7 @@ def test_bad_rows_are_rejected_with_index_field_and_reason(client):
         ("transactions", 6, "transactions[6].customer_id", "missing customer_id"),
         ("transactions", 7, "transactions[7].colour", "unknown column colour"),
         ("transactions", 8, "transactions[8]", "not an object"),
+        ("transactions", 10, "transactions[10].channel", "invalid channel"),
         ("customers", 0, "customers[0].churn_date", "churn_date before signup_date"),
         ("customers", 2, "customers[2].customer_id", "duplicate customer_id"),
     ]
