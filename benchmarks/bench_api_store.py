@@ -197,8 +197,9 @@ def main() -> None:
         f"# Store routes ({args.customers:,} demo customers in the store; {args.requests:,} sequential keep-alive "
         "requests per row, one client)",
         "",
-        f"Machine: {os.cpu_count()} cores, shared; 1-minute load average {results['machine']['load_average_at_start']:.1f} "
-        f"at start, {results['machine']['load_average_at_end']:.1f} at the end.",
+        f"Machine: {os.cpu_count()} cores, shared with other jobs; 1-minute load average "
+        f"{results['machine']['load_average_at_start']:.1f} at start, {results['machine']['load_average_at_end']:.1f} "
+        "at the end.",
         "",
         "| store | route | p50 ms | p99 ms | mean ms | p50 / bare | p99 / bare |",
         "|---|---|---:|---:|---:|---:|---:|",
