@@ -156,10 +156,11 @@ def score_stored(
     rejected = pd.concat(
         [pd.DataFrame({"customer_id": later, "reason": REJECTED_AFTER}), scored.rejected], ignore_index=True
     )
-    order = {c: i for i, c in enumerate(customer_ids)}  # answers in the order the ids were asked
-    if len(scored.scores):
-        scored.scores = scored.scores.sort_values("customer_id", key=lambda s: s.map(order)).reset_index(drop=True)
-    rejected = rejected.sort_values("customer_id", key=lambda s: s.map(order)).reset_index(drop=True)
+    if len(customer_ids) > 1:  # answers in the order the ids were asked
+        order = {c: i for i, c in enumerate(customer_ids)}
+        if len(scored.scores):
+            scored.scores = scored.scores.sort_values("customer_id", key=lambda s: s.map(order)).reset_index(drop=True)
+        rejected = rejected.sort_values("customer_id", key=lambda s: s.map(order)).reset_index(drop=True)
     return Lookup(Scored(scored.scores, rejected, scored.features), not_found)
 
 
