@@ -315,7 +315,7 @@ class ChurnService:
             else:
                 added = present = dict.fromkeys(tables, 0)
                 updated = 0
-        log.info(
+        log.debug(  # the request's own line (middleware) is the INFO one
             "events: added %s, already stored %s, %d rows rejected",
             added,
             present,
