@@ -14,7 +14,8 @@
   index, field and reason.
 * **An unreachable store** is a :class:`StoreUnavailable` (503 on these routes, ``/readyz`` not ready), never a
   default: the store is opened on first use and again after a failure, so the service starts (and serves the
-  routes that need no store) while the store is down, and recovers without a restart when it comes back.
+  routes that need no store) while the store is down, and recovers without a restart when it comes back. A failed
+  store call is tried once more before it counts (a connection dropped by a server restart is replaced then).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from pydantic import BaseModel, ValidationError
@@ -43,6 +44,7 @@ from serving.policy import POLICY_COLUMNS, Policy
 from serving.scoring import REJECTED_AFTER, Scored, score_dataset
 
 log = logging.getLogger("churnguard.api")
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------------ the store
@@ -81,20 +83,24 @@ class StoreHandle:
                 self.location = self._store.location
             return self._store
 
-    @contextlib.contextmanager
-    def use(self) -> Iterator[Store]:
-        """The store, for one request; its failures become ``StoreUnavailable``."""
-        store = self._get()
-        try:
-            yield store
-        except (StoreError, OSError, sqlite3.Error) as e:
-            raise StoreUnavailable(self.location, _one_line(e)) from None
+    def run(self, work: Callable[[Store], T]) -> T:
+        """``work(store)`` for one request; tried a second time if it fails (a request thread may hold a connection
+        the server dropped while it was down or restarting: the store replaces it on the retry). Reads are safe to
+        repeat, and so are appends (a row already stored is not added again). A second failure is a
+        ``StoreUnavailable``."""
+        for attempt in (1, 2):
+            try:
+                return work(self._get())
+            except (StoreError, OSError, sqlite3.Error) as e:
+                if attempt == 2:
+                    raise StoreUnavailable(self.location, _one_line(e)) from None
+                log.warning("the customer store at %s failed, trying once more: %s", self.location, _one_line(e))
+        raise AssertionError("unreachable")
 
     def check(self) -> str | None:
         """None when the store answers a (cheap, empty) read, else why not: for ``/readyz``."""
         try:
-            with self.use() as store:
-                store.rows_for([])
+            self.run(lambda store: store.rows_for([]))
         except StoreUnavailable as e:
             return f"the customer store at {e.location} cannot be reached: {e.reason}"
         return None

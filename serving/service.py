@@ -258,10 +258,11 @@ class ChurnService:
         purchase before `as_of` is listed in `rejected` with the reason (200)."""
         served = self.follower.current
         when = _as_datetime(as_of) if as_of else now_utc()
-        with self.store.use() as store:
-            found = score_stored(
+        found = self.store.run(
+            lambda store: score_stored(
                 store, [customer_id], when, served.model, self.policy, engine=self.engine, reasons=reasons
             )
+        )
         if found.not_found:
             raise Problem(404, f"no customer {customer_id!r} in the store")
         return _response(served, found.scored, when)
@@ -279,10 +280,11 @@ class ChurnService:
         served = self.follower.current
         _unique(body.customer_ids, "customer_ids")
         when = _as_datetime(body.as_of) if body.as_of else now_utc()
-        with self.store.use() as store:
-            found = score_stored(
+        found = self.store.run(
+            lambda store: score_stored(
                 store, body.customer_ids, when, served.model, self.policy, engine=self.engine, reasons=body.reasons
             )
+        )
         base = _response(served, found.scored, when)
         return CustomersScoreResponse(**base.model_dump(), not_found=found.not_found)
 
@@ -308,13 +310,13 @@ class ChurnService:
         now = now_utc() if self.settings.validation.reject_future else None
         checked = check_rows(tables, now=now)
         kept = checked.kept
-        with self.store.use() as store:
-            if any(kept.values()):
-                result = store.append(**kept)
-                added, present, updated = result.added, result.present, result.updated_customers
-            else:
-                added = present = dict.fromkeys(tables, 0)
-                updated = 0
+        if any(kept.values()):
+            result = self.store.run(lambda store: store.append(**kept))
+            added, present, updated = result.added, result.present, result.updated_customers
+        else:
+            self.store.run(lambda store: store.rows_for([]))  # nothing to write, but the store must be there
+            added = present = dict.fromkeys(tables, 0)
+            updated = 0
         log.debug(  # the request's own line (middleware) is the INFO one
             "events: added %s, already stored %s, %d rows rejected",
             added,
