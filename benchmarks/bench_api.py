@@ -87,6 +87,7 @@ def serve(
     workers: int = 1,
     log: Path | None = None,
     threads: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, float]:
     """Our service exactly as `churn serve` launches it (with an API key); the bare service with `bentoml serve`."""
     from churnguard.settings import Settings
@@ -108,6 +109,7 @@ def serve(
     environ["BENTOML_HOME"] = str(out / "api_bentoml")
     if threads:
         environ["CHURN_SERVING__THREADS"] = str(threads)
+    environ.update(env or {})  # e.g. the customer store's settings (benchmarks/bench_api_store.py)
     plan = plan_launch(
         settings.serving,
         settings.scoring,

@@ -68,9 +68,15 @@ def feature_names(event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES) -> list[st
     return [s.name for s in feature_registry(tuple(event_types))]
 
 
+SMALL_ENTITY_ROWS = 50_000  # up to this many rows (an API lookup), entities_at runs on pyarrow: no DuckDB set-up
+
+
 def entities_at(data: Dataset, as_of: datetime | date | Sequence[datetime | date]) -> pa.Table:
     """Every customer known before ``as_of`` (a transaction, event or sign-up before it), one row per as_of."""
     dates = [as_of] if isinstance(as_of, date | datetime) else list(as_of)
+    rows = data.transactions.num_rows + data.events.num_rows + data.customers.num_rows
+    if rows <= SMALL_ENTITY_ROWS:  # the same rule on a few rows: DuckDB's connection and temp table cost ~10 ms
+        return _small_entities_at(data, [_as_timestamp(d) for d in dates])
     con = connect()
     con.register("tx", data.transactions.select(["customer_id", "timestamp"]))
     con.register("ev", data.events.select(["customer_id", "timestamp"]))
@@ -91,6 +97,24 @@ def entities_at(data: Dataset, as_of: datetime | date | Sequence[datetime | date
         parts.append(pa.table({"customer_id": ids, "as_of": pa.array([ts] * len(ids), pa.timestamp("us"))}))
     con.close()
     return pa.concat_tables(parts).cast(ENTITY_SCHEMA) if parts else ENTITY_SCHEMA.empty_table()
+
+
+def _small_entities_at(data: Dataset, dates: list[datetime]) -> pa.Table:
+    schema = pa.schema([("customer_id", pa.string()), ("timestamp", pa.timestamp("us"))])
+    parts = [
+        data.transactions.select(["customer_id", "timestamp"]),
+        data.events.select(["customer_id", "timestamp"]),
+        data.customers.select(["customer_id", "signup_date"]),
+    ]
+    times = pa.concat_tables([pa.Table.from_arrays(p.columns, schema=schema) for p in parts])
+    times = times.filter(pc.is_valid(times["timestamp"]))
+    first = times.group_by("customer_id").aggregate([("timestamp", "min")])
+    out = []
+    for ts in dates:
+        ids = first.filter(pc.less(first["timestamp_min"], pa.scalar(ts, pa.timestamp("us"))))["customer_id"]
+        ids = pc.take(ids, pc.sort_indices(ids)) if len(ids) else ids
+        out.append(pa.table({"customer_id": ids, "as_of": pa.array([ts] * len(ids), pa.timestamp("us"))}))
+    return pa.concat_tables(out).cast(ENTITY_SCHEMA) if out else ENTITY_SCHEMA.empty_table()
 
 
 # --------------------------------------------------------------------------------------------- the query

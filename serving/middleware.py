@@ -2,7 +2,8 @@
 
 1. ``X-Request-ID``: echoed when the client sends a sane one (``[A-Za-z0-9._:-]{1,128}``), generated otherwise;
    set on every response and written in the one log line per request (``churnguard.api`` logger).
-2. Health, metrics and docs stay open; ``/readyz`` answers with the served model (or 503 and why).
+2. Health, metrics and docs stay open; ``/readyz`` answers with the served model (or 503 and why: not started
+   yet, or the customer store cannot be reached).
 3. API keys (``serving/auth.py``): 401 without a valid key, 403 for a revoked key or a missing scope, then the
    key's rate limit (429 + ``Retry-After``). With no key configured the API is open: ``churn serve`` then listens
    on the loopback interface only.
@@ -144,9 +145,16 @@ class ApiGuard:
             service = bentoml.get_current_service()
         except Exception:
             service = None
-        readiness = service.readiness() if service is not None and hasattr(service, "readiness") else None
+        readiness = None
+        if service is not None and hasattr(service, "readiness"):
+            import anyio.to_thread
+
+            readiness = await anyio.to_thread.run_sync(service.readiness)  # it asks the store: not on the event loop
         if readiness is None or readiness.status != "ready":
-            detail = "the service has not finished starting" if readiness is None else readiness.status
+            if readiness is None:
+                detail = "the service has not finished starting"
+            else:
+                detail = readiness.detail or readiness.status
             await reply.problem(503, f"not ready: {detail}")
             return
         await reply.json(200, readiness.model_dump(mode="json"))

@@ -8,16 +8,17 @@ missing fields and unknown fields are a 400 naming the field.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, get_type_hints
+from typing import Annotated, Any, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model, field_validator
 
-from features.contract import CustomerId, EventFields, Timestamp, TransactionFields
+from features.contract import Customer, CustomerId, Event, EventFields, Timestamp, Transaction, TransactionFields
 from model.churn_model import ModelCard
 from model.scorecard import SCORECARD
 
 MAX_CUSTOMERS_PER_REQUEST = 1000
 MAX_ROWS_PER_CUSTOMER = 100_000
+MAX_ROWS_PER_EVENTS_REQUEST = 10_000  # per table, in one POST /v1/events
 
 
 class CustomerHistory(BaseModel):
@@ -102,7 +103,7 @@ class FeatureRow(BaseModel):
 FeatureRows = Annotated[
     list[FeatureRow], Field(min_length=1, max_length=MAX_CUSTOMERS_PER_REQUEST, description="1 to 1,000 rows.")
 ]
-AsOf = Timestamp | date | None
+AsOf = Timestamp | None  # a date ("2024-10-01") is midnight; one type, so an error names just the field
 
 
 class ScoreRequest(BaseModel):
@@ -163,8 +164,97 @@ class ModelInfo(_CardFields):  # type: ignore[valid-type, misc]
 
 class Readiness(BaseModel):
     status: str = Field(description="ready, or not_ready (with a 503).")
+    detail: str | None = Field(None, description="Why the service is not ready (e.g. the store cannot be reached).")
+    store: str | None = Field(None, description="Where the customer store is (a URL without its password).")
     model_version: str | None = None
     source: str | None = None
     loaded_at: datetime | None = None
     last_check: datetime | None = None
     reload_error: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ the store routes
+
+
+class CustomersScoreRequest(BaseModel):
+    """``POST /v1/customers/score``: stored customers by id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_ids: list[CustomerId] = Field(
+        min_length=1,
+        max_length=MAX_CUSTOMERS_PER_REQUEST,
+        description="1 to 1,000 customer ids, each once.",
+        examples=[["c1", "c2"]],
+    )
+    as_of: AsOf = Field(None, description="Features use stored rows strictly before this time; default: now (UTC).")
+    reasons: bool = Field(True, description="Compute top_reasons (about 1 ms per customer).")
+
+
+class CustomersScoreResponse(ScoreResponse):
+    not_found: list[str] = Field(
+        default_factory=list, description="Requested ids with no row in the store (no transaction, event or record)."
+    )
+
+
+def _rows(model: type[BaseModel], what: str) -> Any:
+    """A list of raw rows, checked one by one by the route (a bad row is rejected, not the request); documented
+    with the contract model's schema, so a client generator types them."""
+    schema = {
+        "type": "array",
+        "items": model.model_json_schema(mode="validation"),
+        "maxItems": MAX_ROWS_PER_EVENTS_REQUEST,
+        "description": what,
+    }
+    return Annotated[list[Any], Field(max_length=MAX_ROWS_PER_EVENTS_REQUEST, description=what), WithJsonSchema(schema)]
+
+
+class EventsRequest(BaseModel):
+    """``POST /v1/events``: new rows for the store, each carrying its ``customer_id``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "transactions": [
+                        {"customer_id": "c1", "timestamp": "2024-06-02T10:00:00", "amount": 35.0, "order_id": "o9"}
+                    ],
+                    "events": [{"customer_id": "c1", "timestamp": "2024-06-02T09:55:00", "event_type": "session"}],
+                }
+            ]
+        },
+    )
+
+    transactions: _rows(Transaction, "Purchases and refunds (negative amounts), up to 10,000.") = Field(  # type: ignore[valid-type]
+        default_factory=list
+    )
+    events: _rows(Event, "Engagement events, up to 10,000.") = Field(default_factory=list)  # type: ignore[valid-type]
+    customers: _rows(Customer, "Customer records (sign-up, cancel date); the latest write wins.") = Field(  # type: ignore[valid-type]
+        default_factory=list
+    )
+
+
+class TableCounts(BaseModel):
+    transactions: int
+    events: int
+    customers: int
+
+
+class RejectedRow(BaseModel):
+    table: str = Field(description="transactions, events or customers.")
+    index: int = Field(description="Position of the row in its list in the request (from 0).")
+    field: str = Field(
+        description="Path of the field at fault, e.g. transactions[3].amount (the row itself when "
+        "the whole row is at fault, e.g. an exact duplicate)."
+    )
+    reason: str = Field(description="Why, in the words batch validation uses for files (e.g. unparseable timestamp).")
+    detail: str = Field(description="More about it.")
+    customer_id: str | None = None
+
+
+class EventsResponse(BaseModel):
+    added: TableCounts = Field(description="Rows stored by this request.")
+    present: TableCounts = Field(description="Rows already stored (a retried request adds nothing).")
+    updated_customers: int = Field(0, description="Customer records replaced by a changed version.")
+    rejected: list[RejectedRow] = Field(description="Rows not stored, each with its index, field and reason.")

@@ -5,6 +5,9 @@
 | ``POST /v1/score`` | customers with their raw history -> scorecards (+ the customers not scored, and why) |
 | ``POST /v1/score_features`` | precomputed feature rows -> scorecards |
 | ``GET /v1/model`` | the served model's card, where it came from, when it was loaded |
+| ``GET /v1/customers/{customer_id}/score`` | a stored customer's scorecard (the customer store, ``features/store/``) |
+| ``POST /v1/customers/score`` | up to 1,000 stored customers' scorecards, and the ids not found |
+| ``POST /v1/events`` | new transactions, events and customer records into the store (checked row by row) |
 | ``/readyz``, ``/livez``, ``/metrics``, ``/docs.json`` (= ``/v1/openapi.json``), ``/`` (docs) | open |
 
 The routes are a FastAPI app mounted into the BentoML service (BentoML's own ``@bentoml.api`` routes are POST-only
@@ -16,6 +19,10 @@ The model: followed from the registry (``scoring.model_uri``, default the champi
 restart when the alias moves (``serving/reload.py``); or, in a built bento (``serving.model_source = "bento"``),
 the one packed into it. Features come from the same ``build_features`` as batch scoring, through
 ``serving.scoring.score_dataset``, on the small-data engine (SQLite, see ``features/engines.py``).
+
+The customer store (``settings.store``: embedded under the data dir, or PostgreSQL) is opened on first use and
+again after a failure (``serving/customers.py``): while it cannot be reached its routes answer 503 and ``/readyz``
+says not ready, naming the store; the other routes keep working.
 """
 
 from __future__ import annotations
@@ -23,23 +30,26 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime
 from pathlib import Path
+from typing import Annotated
 
 import bentoml
 import pandas as pd
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from churnguard.settings import load_settings  # the service's edge: it builds its own settings (see the contract)
 from features.build import as_entities
-from features.contract import now_utc
+from features.contract import CustomerId, now_utc
 from features.dataset import Dataset
 from features.engines import SQLiteEngine
 from model.churn_model import ChurnModel
 from model.registry import load_local_model, load_model, registered_version
 from model.scorecard import NOT_SCORABLE, SCORECARD_COLUMNS
 from serving.bento import BENTO_MODEL
+from serving.customers import StoreHandle, StoreUnavailable, check_rows, score_stored
 from serving.middleware import ApiGuard
 from serving.openapi import install_openapi
 from serving.policy import Policy, load_policy
@@ -54,7 +64,12 @@ from serving.problems import (
 )
 from serving.reload import ModelFollower, Served
 from serving.schemas import (
+    AsOf,
     CustomerHistory,
+    CustomersScoreRequest,
+    CustomersScoreResponse,
+    EventsRequest,
+    EventsResponse,
     FeatureScoreRequest,
     ModelInfo,
     Readiness,
@@ -67,6 +82,7 @@ from serving.scoring import Scored, score_dataset, with_actions
 log = logging.getLogger("churnguard.api")
 API_VERSION = "1"
 SCORING_ERRORS = openapi_responses(400, 401, 403, 413, 429, 503)
+LOOKUP_ERRORS = openapi_responses(400, 401, 403, 404, 429, 503)
 
 api = FastAPI(
     title="churnguard scoring API",
@@ -88,6 +104,7 @@ class ChurnService:
         self.policy: Policy = load_policy(self.settings.scoring.policy_file)
         self.engine = SQLiteEngine()
         _limit_threads(self.settings.serving.threads)
+        self.store = StoreHandle(self.settings.store, self.settings.data_dir)
         self.follower = self._follower()
         self.follower.start()
         log.info("serving %s from %s", self.follower.current.version, self.follower.source)
@@ -126,12 +143,16 @@ class ChurnService:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self.follower.stop()
+        self.store.close()
 
     def readiness(self) -> Readiness:
         f = self.follower
         served = f.current
+        store_problem = self.store.check()
         return Readiness(
-            status="ready",
+            status="ready" if store_problem is None else "not_ready",
+            detail=store_problem,
+            store=self.store.location,
             model_version=served.version,
             source=served.source,
             loaded_at=served.loaded_at,
@@ -213,6 +234,102 @@ class ChurnService:
             reload_error=self.follower.reload_error,
         )
 
+    @api.get(
+        "/v1/customers/{customer_id}/score",
+        response_model=ScoreResponse,
+        responses=LOOKUP_ERRORS,
+        summary="Score a stored customer by id",
+        tags=["customers"],
+    )
+    def customer_score(
+        self,
+        customer_id: Annotated[CustomerId, PathParam(description="The customer's id in the store.")],
+        as_of: Annotated[
+            AsOf,
+            Query(
+                description="Features use stored rows strictly before this time (a date or "
+                "an ISO 8601 time stamp); default: now (UTC)."
+            ),
+        ] = None,
+        reasons: Annotated[bool, Query(description="Compute top_reasons.")] = True,
+    ) -> ScoreResponse:
+        """The scorecard from the customer's stored history, at now or `as_of`: the same scorecard `churn score`
+        gives for this customer at the same `as_of`. An id with no stored row is a 404; a customer with no
+        purchase before `as_of` is listed in `rejected` with the reason (200)."""
+        served = self.follower.current
+        when = _as_datetime(as_of) if as_of else now_utc()
+        found = self.store.run(
+            lambda store: score_stored(
+                store, [customer_id], when, served.model, self.policy, engine=self.engine, reasons=reasons
+            )
+        )
+        if found.not_found:
+            raise Problem(404, f"no customer {customer_id!r} in the store")
+        return _response(served, found.scored, when)
+
+    @api.post(
+        "/v1/customers/score",
+        response_model=CustomersScoreResponse,
+        responses=SCORING_ERRORS,
+        summary="Score stored customers by id",
+        tags=["customers"],
+    )
+    def customers_score(self, body: CustomersScoreRequest) -> CustomersScoreResponse:
+        """1 to 1,000 ids: a scorecard for each stored customer scorable at `as_of`, the others in `rejected`
+        with the reason, and the ids with no stored row in `not_found`."""
+        served = self.follower.current
+        _unique(body.customer_ids, "customer_ids")
+        when = _as_datetime(body.as_of) if body.as_of else now_utc()
+        found = self.store.run(
+            lambda store: score_stored(
+                store, body.customer_ids, when, served.model, self.policy, engine=self.engine, reasons=body.reasons
+            )
+        )
+        base = _response(served, found.scored, when)
+        return CustomersScoreResponse(**base.model_dump(), not_found=found.not_found)
+
+    @api.post(
+        "/v1/events",
+        response_model=EventsResponse,
+        responses=openapi_responses(400, 401, 403, 413, 429, 503),
+        summary="Add transactions, events and customer records to the store",
+        tags=["customers"],
+    )
+    def events(self, body: EventsRequest) -> EventsResponse:
+        """Rows for the customer store, each with its `customer_id`, checked one by one against the data contract
+        (the checks batch validation makes on files): kept rows are stored in one transaction, rejected rows come
+        back with their index, field and reason. A row already stored (a retried request) is not added again.
+        The next score of these customers sees the new rows."""
+        tables = {"transactions": body.transactions, "events": body.events, "customers": body.customers}
+        if not any(tables.values()):
+            raise Problem(
+                400,
+                "no rows: send transactions, events or customers",
+                errors=[field_error(("transactions",), "at least one row in transactions, events or customers")],
+            )
+        now = now_utc() if self.settings.validation.reject_future else None
+        checked = check_rows(tables, now=now)
+        kept = checked.kept
+        if any(kept.values()):
+            result = self.store.run(lambda store: store.append(**kept))
+            added, present, updated = result.added, result.present, result.updated_customers
+        else:
+            self.store.run(lambda store: store.rows_for([]))  # nothing to write, but the store must be there
+            added = present = dict.fromkeys(tables, 0)
+            updated = 0
+        log.debug(  # the request's own line (middleware) is the INFO one
+            "events: added %s, already stored %s, %d rows rejected",
+            added,
+            present,
+            len(checked.rejected),
+        )
+        return EventsResponse(
+            added=added,
+            present=present,
+            updated_customers=updated,
+            rejected=[r.__dict__ for r in checked.rejected],
+        )
+
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -241,6 +358,18 @@ def _request_dataset(customers: list[CustomerHistory]) -> Dataset:
         if c.signup_date or c.churn_date:
             cu.append({"customer_id": c.customer_id, "signup_date": c.signup_date, "churn_date": c.churn_date})
     return Dataset.from_records(tx, ev, cu)
+
+
+def _unique(ids: list[str], field: str) -> None:
+    seen: set[str] = set()
+    for i, c in enumerate(ids):
+        if c in seen:
+            raise Problem(
+                400,
+                f"customer {c!r} appears more than once",
+                errors=[field_error((field, i), f"{c!r} appears more than once")],
+            )
+        seen.add(c)
 
 
 def _limit_threads(threads: int) -> None:
@@ -278,6 +407,20 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 async def _our_problem(request: Request, exc: Problem) -> JSONResponse:
     body = problem_body(exc.status, exc.detail, instance=request.url.path, errors=exc.errors, kind=exc.kind)
     return JSONResponse(body, status_code=exc.status, media_type=PROBLEM_JSON, headers=exc.headers)
+
+
+@api.exception_handler(StoreUnavailable)
+async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None) if hasattr(request, "state") else None
+    log.error(
+        "request %s %s: the customer store at %s cannot be reached: %s",
+        request_id,
+        request.url.path,
+        exc.location,
+        exc.reason,
+    )
+    body = problem_body(503, "the customer store cannot be reached; try again shortly", instance=request.url.path)
+    return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON, headers={"retry-after": "5"})
 
 
 @api.exception_handler(HTTPException)

@@ -44,34 +44,64 @@ def _run_as_owner(command: str, owner: str | None) -> None:
         raise RuntimeError(f"{command!r} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
 
 
+class Cluster:
+    """A throwaway cluster that can be stopped and started again on the same port (to test an outage)."""
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.owner = "postgres" if os.geteuid() == 0 else None
+        self.base = Path(tempfile.mkdtemp(prefix="churnguard-pg-"))
+        if self.owner:
+            shutil.chown(self.base, user=self.owner)
+        self.data, self.log, self.port = self.base / "db", self.base / "log", _free_port()
+        self.pg_ctl = shlex.quote(str(shutil.which("pg_ctl")))
+        self.options = f"-k {self.base} -p {self.port} -c listen_addresses=127.0.0.1"
+        if not durable:
+            self.options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        self.running = False
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> None:
+        _run_as_owner(
+            f"{shlex.quote(str(shutil.which('initdb')))} -D {self.data} -U postgres --auth=trust -E UTF8 --no-sync "
+            "> /dev/null",
+            self.owner,
+        )
+
+    def start(self) -> None:
+        _run_as_owner(
+            f"{self.pg_ctl} -D {self.data} -o '{self.options}' -l {self.log} -w start > /dev/null", self.owner
+        )
+        self.running = True
+
+    def stop(self) -> None:
+        _run_as_owner(f"{self.pg_ctl} -D {self.data} -m immediate -w stop > /dev/null", self.owner)
+        self.running = False
+
+    def remove(self) -> None:
+        if self.running:
+            self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextmanager
+def cluster(*, durable: bool = False) -> Iterator[Cluster]:
+    """A started :class:`Cluster`, removed afterwards."""
+    c = Cluster(durable=durable)
+    try:
+        c.init()
+        c.start()
+        yield c
+    finally:
+        c.remove()
+
+
 @contextmanager
 def postgres_cluster(*, durable: bool = False) -> Iterator[str]:
     """Start a fresh cluster on 127.0.0.1 and a free port; yield its URL; stop it and delete it afterwards.
 
     Tests run it without fsync (nothing to keep); ``durable=True`` keeps the server's defaults (benchmarks)."""
-    owner = "postgres" if os.geteuid() == 0 else None
-    base = Path(tempfile.mkdtemp(prefix="churnguard-pg-"))
-    if owner:
-        shutil.chown(base, user=owner)
-    data, log, port = base / "db", base / "log", _free_port()
-    pg_ctl = shutil.which("pg_ctl")
-    started = False
-    try:
-        _run_as_owner(
-            f"{shlex.quote(str(shutil.which('initdb')))} -D {data} -U postgres --auth=trust -E UTF8 --no-sync "
-            "> /dev/null",
-            owner,
-        )
-        options = f"-k {base} -p {port} -c listen_addresses=127.0.0.1"
-        if not durable:
-            options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
-        _run_as_owner(f"{shlex.quote(str(pg_ctl))} -D {data} -o '{options}' -l {log} -w start > /dev/null", owner)
-        started = True
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if started:
-            _run_as_owner(f"{shlex.quote(str(pg_ctl))} -D {data} -m immediate -w stop > /dev/null", owner)
-        shutil.rmtree(base, ignore_errors=True)
+    with cluster(durable=durable) as c:
+        yield c.url
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Seeded mutation of valid requests over every route: never a 5xx, every 4xx a problem document, every 200 valid.
 
+The store routes run on the session service's embedded store (empty but for the rows this test posts).
+
 Each case starts from a valid request and changes one or two things: a value of the wrong type, a missing or an
 unknown key, an odd date, a huge number, unicode, a truncated or corrupted body, a wrong content type. The seed is
 fixed, so a failure names a case that replays exactly (the assertion message holds the request).
@@ -11,12 +13,20 @@ import copy
 import json
 import random
 from datetime import datetime
+from urllib.parse import quote
 
 import pytest
 
 pytestmark = pytest.mark.slow
 SEED = 20261202
-CASES = {"/v1/score": 300, "/v1/score_features": 150, "/v1/model": 40}
+CASES = {
+    "/v1/score": 300,
+    "/v1/score_features": 150,
+    "/v1/model": 40,
+    "/v1/customers/score": 150,
+    "/v1/events": 200,
+    "/v1/customers/{id}/score": 80,
+}
 
 ODD_VALUES = [
     None,
@@ -79,6 +89,22 @@ def _score_body() -> dict:
         ],
         "as_of": "2024-06-01",
         "reasons": True,
+    }
+
+
+def _lookup_body() -> dict:
+    return {"customer_ids": ["m1", "m2", "nobody"], "as_of": "2024-06-01", "reasons": True}
+
+
+def _events_body() -> dict:
+    return {
+        "transactions": [
+            {"customer_id": "m1", "timestamp": "2024-02-01T10:00:00", "amount": 40.0, "order_id": "o1"},
+            {"customer_id": "m1", "timestamp": "2024-04-20T10:00:00", "amount": -10.0, "product_id": "p9"},
+            {"customer_id": "m2", "timestamp": "2024-05-20T12:00:00", "amount": 99.0, "quantity": 1.0},
+        ],
+        "events": [{"customer_id": "m1", "timestamp": "2024-05-01T08:00:00", "event_type": "session"}],
+        "customers": [{"customer_id": "m1", "signup_date": "2023-12-01T00:00:00", "churn_date": None}],
     }
 
 
@@ -176,7 +202,14 @@ def _check(r, what: str) -> str:
 
 def test_mutated_requests_never_fail_the_server(api_client, feature_body):
     rng = random.Random(SEED)
-    bases = {"/v1/score": _score_body(), "/v1/score_features": feature_body}
+    bases = {
+        "/v1/score": _score_body(),
+        "/v1/score_features": feature_body,
+        "/v1/customers/score": _lookup_body(),
+        "/v1/events": _events_body(),
+    }
+    seeded = api_client.post("/v1/events", json=_events_body())  # so that lookups find m1 and m2 in the store
+    assert seeded.status_code == 200 and not seeded.json()["rejected"], seeded.text
     outcomes: dict[str, dict[str, int]] = {}
     for route, n in CASES.items():
         counts = outcomes.setdefault(route, {"200": 0, "4xx": 0})
@@ -185,11 +218,20 @@ def test_mutated_requests_never_fail_the_server(api_client, feature_body):
                 query = {rng.choice(["as_of", "x", "ÿ", ""]): str(rng.choice(ODD_VALUES))}
                 r = api_client.get(route, params=query, headers={"X-Request-ID": rng.choice(["ok-1", "bad id", ""])})
                 what = f"GET {route} case {i}: {query}"
+            elif route == "/v1/customers/{id}/score":
+                cid = rng.choice(["m1", "m2", "nobody", *map(str, ODD_VALUES)])
+                query = {"as_of": "2024-06-01", "reasons": "true"}
+                query[rng.choice(["as_of", "reasons", "x"])] = str(rng.choice(ODD_VALUES))
+                if rng.random() < 0.3:
+                    query.pop(rng.choice(list(query)))
+                r = api_client.get(f"/v1/customers/{quote(cid, safe='')}/score", params=query)
+                what = f"GET {route} case {i}: {cid!r} {query}"
             else:
                 raw, headers = _mutate(rng, bases[route])
                 r = api_client.post(route, content=raw, headers=headers)
                 what = f"POST {route} case {i}: {raw[:600]!r}"
             counts[_check(r, what)] += 1
-    # the mutations must reach both outcomes on the POST routes, or they test nothing
-    for route in ("/v1/score", "/v1/score_features"):
-        assert outcomes[route]["200"] > 10 and outcomes[route]["4xx"] > 50, outcomes
+    # the mutations must reach both outcomes on every route that takes input, or they test nothing
+    for route in ("/v1/score", "/v1/score_features", "/v1/customers/score", "/v1/events"):
+        assert outcomes[route]["200"] > 10 and outcomes[route]["4xx"] > 30, outcomes
+    assert outcomes["/v1/customers/{id}/score"]["200"] > 5 and outcomes["/v1/customers/{id}/score"]["4xx"] > 5

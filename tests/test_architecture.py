@@ -42,7 +42,8 @@ def test_defaults_are_defined_once():
         str(p.relative_to(ROOT))
         for folder in ("features", "model", "training", "serving", "churnguard", "benchmarks", "tests")
         for p in (ROOT / folder).rglob("*.py")
-        if literal in p.read_text()
+        if not p.is_relative_to(ROOT / "benchmarks" / "out")  # benchmark output: registered models carry our code
+        and literal in p.read_text()
     ]
     assert owners == ["features/registry.py"]
 

@@ -288,3 +288,23 @@ def test_feature_docs_are_generated_from_the_registry():
     assert docs.read_text() == registry_markdown(), (
         "regenerate: uv run churn features --list --markdown > docs/features.md"
     )
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_entities_at_on_a_few_rows_equals_the_duckdb_path(seed, monkeypatch):
+    """Request-sized data takes a pyarrow path (no DuckDB set-up); both apply the same rule."""
+    import features.build as build
+
+    txs, evs = _random_history(seed)
+    customers = [
+        {"customer_id": "signup-only", "signup_date": datetime(2023, 5, 1), "churn_date": None},
+        {"customer_id": "no-dates", "signup_date": None, "churn_date": None},
+        {"customer_id": "c0", "signup_date": datetime(2021, 1, 1), "churn_date": None},
+    ]
+    data = dataset(txs, evs, customers)
+    as_ofs = [datetime(2021, 6, 1), datetime(2023, 6, 1), datetime(2023, 11, 15, 12, 0), datetime(2030, 1, 1)]
+    small = entities_at(data, as_ofs)
+    monkeypatch.setattr(build, "SMALL_ENTITY_ROWS", -1)
+    duck = entities_at(data, as_ofs)
+    assert small.num_rows > 10 and small.equals(duck)
+    assert "signup-only" in small.filter(pa.compute.equal(small["as_of"], pa.scalar(as_ofs[1]))).column(0).to_pylist()

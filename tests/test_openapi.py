@@ -40,6 +40,11 @@ def test_every_v1_route_is_documented(doc):
     documented = {(p, m) for p, item in doc["paths"].items() for m in item}
     assert routes and routes <= documented
     assert {("/v1/score", "post"), ("/v1/score_features", "post"), ("/v1/model", "get")} <= documented
+    assert {
+        ("/v1/customers/{customer_id}/score", "get"),
+        ("/v1/customers/score", "post"),
+        ("/v1/events", "post"),
+    } <= documented
     assert ("/readyz", "get") in documented
 
 
@@ -69,4 +74,24 @@ def test_bearer_scheme_and_problem_responses(doc):
 
 def test_operation_ids_are_the_route_names(doc):
     ids = {op["operationId"] for item in doc["paths"].values() for op in item.values()}
-    assert {"score", "score_features", "model_info"} <= ids
+    assert {"score", "score_features", "model_info", "customer_score", "customers_score", "events"} <= ids
+
+
+def test_the_store_routes_document_their_problems_and_parameters(doc):
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}
+    lookup = doc["paths"]["/v1/customers/{customer_id}/score"]["get"]
+    assert {"400", "401", "403", "404", "429", "503"} <= set(lookup["responses"])
+    assert lookup["responses"]["404"]["content"] == problem and lookup["responses"]["503"]["content"] == problem
+    params = {(p["name"], p["in"], p.get("required", False)) for p in lookup["parameters"]}
+    assert params == {("customer_id", "path", True), ("as_of", "query", False), ("reasons", "query", False)}
+    batch = doc["paths"]["/v1/customers/score"]["post"]
+    assert {"400", "413", "503"} <= set(batch["responses"])
+    events = doc["paths"]["/v1/events"]["post"]
+    assert {"400", "401", "403", "413", "429", "503"} <= set(events["responses"])
+    body = events["requestBody"]["content"]["application/json"]["schema"]
+    schema = doc["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    rows = schema["properties"]["transactions"]
+    assert rows["type"] == "array" and rows["maxItems"] == 10_000
+    assert {"customer_id", "timestamp", "amount"} <= set(rows["items"]["required"])  # typed for client generators
+    assert "rejected" in doc["components"]["schemas"]["EventsResponse"]["properties"]
+    assert "not_found" in doc["components"]["schemas"]["CustomersScoreResponse"]["properties"]
