@@ -140,10 +140,19 @@ def test_cli_writes_the_report(demo_dir, tmp_path) -> None:
     from churnguard.cli import app
 
     out = tmp_path / "report.html"
-    result = CliRunner().invoke(app, ["report", "--data", str(demo_dir), "--out", str(out), "--as-of", "2024-07-01"])
+    env = {"CHURN_DATA_DIR": str(tmp_path / "empty")}  # a registry without a champion
+    result = CliRunner().invoke(
+        app, ["report", "--data", str(demo_dir), "--out", str(out), "--as-of", "2024-07-01"], env=env
+    )
     assert result.exit_code == 0, result.output
-    assert out.exists() and "As of 2024-07-01" in out.read_text()
-    bad = CliRunner().invoke(app, ["report", "--data", str(demo_dir), "--out", str(out), "--as-of", "2010-01-01"])
+    page = out.read_text()
+    assert "As of 2024-07-01" in page
+    assert "No model: no model behind models:/churnguard@champion" in page
+    skipped = CliRunner().invoke(app, ["report", "--data", str(demo_dir), "--out", str(out), "--no-model"], env=env)
+    assert skipped.exit_code == 0 and NO_MODEL in out.read_text()
+    bad = CliRunner().invoke(
+        app, ["report", "--data", str(demo_dir), "--out", str(out), "--as-of", "2010-01-01", "--no-model"]
+    )
     assert bad.exit_code == 2 and "no purchase before as_of" in bad.output
 
 
