@@ -60,7 +60,7 @@ MapOpt = Annotated[
 EXIT_BAD_INPUT = 2  # bad data, flags or settings: the user can fix the input
 EXIT_UNAVAILABLE = 3  # a dependency (the model registry) failed: nothing was changed
 EXIT_DRIFT = 4  # churn monitor: a feature's or the score's PSI reached the alert threshold
-EXIT_NO_REFERENCE = 5  # churn monitor: the model carries no training distributions, drift cannot be measured
+EXIT_NOT_MEASURED = 5  # churn monitor: drift cannot be measured (a model without a training reference, no customer)
 
 
 def friendly_errors(fn: F) -> F:
@@ -638,7 +638,7 @@ def monitor(
 ) -> None:
     """For a scheduler: the model's health (PSI of every feature and of the score against training, predicted vs
     observed churn), logged to MLflow. Exit 0 when stable or at warn, 4 when a PSI reaches the alert threshold,
-    5 when the model has no training reference to compare with."""
+    5 when drift cannot be measured (a model without a training reference, no customer)."""
     from churnguard.console import print_health
     from model.monitoring import model_health
     from model.registry import load_model
@@ -657,11 +657,11 @@ def monitor(
     console.print(f"MLflow run {run_id} (experiment {settings.mlflow.experiment})")
     if health.no_reference:
         err_console.print(f"[red]no drift reference:[/red] model {health.model_version}: {health.no_reference}")
-        raise typer.Exit(EXIT_NO_REFERENCE)
+        raise typer.Exit(EXIT_NOT_MEASURED)
     worst = health.worst
     if worst is None:
-        console.print("[yellow]nothing to compare: no customer with an order as of this date[/yellow]")
-        return
+        err_console.print(f"[red]drift not measured:[/red] no customer with an order before {when:%Y-%m-%d}")
+        raise typer.Exit(EXIT_NOT_MEASURED)
     counts = f"{health.count('alert')} column(s) at alert, {health.count('warn')} at warn"
     where = f"model {health.model_version} as of {when:%Y-%m-%d} vs training snapshot {health.reference_as_of}"
     if health.status == "alert":

@@ -297,7 +297,7 @@ def test_monitor_thresholds_are_settings(cli_env, demo_dir) -> None:
     assert result.exit_code == 4 and "drift alert:" in result.output, result.output
 
 
-def test_report_cli_shows_the_champions_health(cli_env, demo_dir, tmp_path) -> None:
+def test_report_cli_shows_the_champions_health(cli_env, registered, demo_dir, tmp_path) -> None:
     from typer.testing import CliRunner
 
     from churnguard.cli import app
@@ -307,10 +307,28 @@ def test_report_cli_shows_the_champions_health(cli_env, demo_dir, tmp_path) -> N
     result = CliRunner().invoke(app, ["report", "--data", str(demo_dir), "--out", str(out)], env=cli_env)
     assert result.exit_code == 0, result.output
     page = out.read_text()
-    assert "Population stability (PSI)" in page and "churnguard/1" in page and NO_MODEL not in page
+    assert "Population stability (PSI)" in page and NO_MODEL not in page
+    assert f"Model <b>churnguard/{registered.version}</b>" in page
     missing = CliRunner().invoke(
         app,
         ["report", "--data", str(demo_dir), "--out", str(out), "--model", "models:/churnguard@nobody"],
         env=cli_env,
     )
     assert missing.exit_code == 2 and "no model behind models:/churnguard@nobody" in missing.output
+
+
+def test_monitor_of_a_model_without_reference_exits_5(trained, demo_dir, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from churnguard.cli import EXIT_NOT_MEASURED, app
+    from churnguard.settings import Settings
+    from training.tracking import log_training
+
+    old = copy.copy(trained)
+    old.model = copy.copy(trained.model)
+    old.model.drift_reference = None  # as registered before references existed
+    log_training(old, Settings(data_dir=tmp_path).mlflow)  # a registry of its own: version 1, champion
+    result = CliRunner().invoke(app, ["monitor", "--data", str(demo_dir)], env={"CHURN_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == EXIT_NOT_MEASURED == 5, result.output
+    assert "no drift reference" in result.output and "retrain" in result.output
+    assert "predicted churn" in result.output  # the outcome check still ran
