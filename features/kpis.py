@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from features.dataset import Dataset
 from features.duck import connect
+from features.labels import is_lapsed
 
 ROUND_DECIMALS = 9  # as features/build.py: floats are rounded so runs and engines agree to the bit
 STAGE_INPUT_COLUMNS = (
@@ -360,9 +361,9 @@ class _Timeline:
 
 
 def active_flags(stage_inputs: pa.Table, horizon_days: int) -> np.ndarray:
-    """Active at the month end: last order less than H days before it and no cancel before it (not lapsed)."""
-    recency = stage_inputs["recency_days"].to_numpy()
-    return (recency < horizon_days) & (stage_inputs["cancelled"].to_numpy() == 0)
+    """Active at the month end: not lapsed (``features/labels.py``: an order less than H days before it and no
+    cancel before it)."""
+    return ~is_lapsed(stage_inputs["recency_days"].to_numpy(), stage_inputs["cancelled"].to_numpy(), horizon_days)
 
 
 def previous_rows(stage_inputs: pa.Table) -> np.ndarray:
