@@ -1,11 +1,12 @@
 """Model-health benchmark: what ``churn monitor`` (and the report's model-health section) costs, against the
 scoring pass it watches, measured in the same run.
 
-    uv run python benchmarks/bench_monitor.py [--customers 100000] [--out benchmarks/out/monitor]
+    uv run python benchmarks/bench_monitor.py [--customers 100000] [--max-training-rows 100000] [--out DIR]
 
 Stages, in one process on one validated demo dataset (generated once into ``<out>/demo-<n>``):
 
-* ``train``      ``training.train.train`` with the default settings (for the model; its time is context);
+* ``train``      ``training.train.train`` with the default settings but at most ``--max-training-rows`` snapshot
+                 rows (the model is only the subject here; its time is context);
 * ``reference``  ``training.drift.drift_reference`` on the reference snapshot again: what recording the drift
                  reference adds to training;
 * ``baseline``   the floor of a scoring run: ``build_features`` for every customer at as_of + the classifier's
@@ -43,6 +44,7 @@ def timed(results: dict, name: str, fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--max-training-rows", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "monitor")
     args = parser.parse_args()
 
@@ -61,7 +63,11 @@ def main() -> None:
     if not (demo / "transactions.parquet").exists():
         print(f"generating {args.customers:,} demo customers into {demo} ...", flush=True)
         generate(demo, customers=args.customers, seed=42, fmt="parquet")
-    settings = Settings(data_dir=args.out / "data", mlflow={"tracking_uri": None})
+    settings = Settings(
+        data_dir=args.out / "data",
+        mlflow={"tracking_uri": None},
+        training={"max_training_rows": args.max_training_rows, "production_max_rows": args.max_training_rows},
+    )
     results: dict = {}
     data, _ = timed(results, "load", lambda: load_dataset(demo, now=datetime(2030, 1, 1)))
     result = timed(results, "train", lambda: train(data, settings.training, settings.labels, settings.features))
@@ -85,6 +91,7 @@ def main() -> None:
     }
     report = {
         "customers": args.customers,
+        "max_training_rows": args.max_training_rows,
         "reference_rows": len(rows),
         "health_customers": health.customers,
         "health_status": health.status,
