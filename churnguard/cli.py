@@ -68,6 +68,8 @@ MapOpt = Annotated[
 
 EXIT_BAD_INPUT = 2  # bad data, flags or settings: the user can fix the input
 EXIT_UNAVAILABLE = 3  # a dependency (the model registry, the customer store) failed: nothing was changed
+EXIT_DRIFT = 4  # churn monitor: a feature's or the score's PSI reached the alert threshold
+EXIT_NOT_MEASURED = 5  # churn monitor: drift cannot be measured (a model without a training reference, no customer)
 
 
 def friendly_errors(fn: F) -> F:
@@ -635,21 +637,104 @@ def report(
         typer.Option(formats=DATE_FORMATS, help="Report as of this date (default: the day after the last sale)."),
     ] = None,
     horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model for the model-health section (default: the champion, when there is one)."),
+    ] = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="Leave the model-health section out.")] = False,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
-    """The lifecycle KPI report: KPIs per month, stages over time and their transitions, cohorts, KPIs per stage."""
+    """The lifecycle KPI report: KPIs per month, stages over time and their transitions, cohorts, KPIs per stage,
+    and the model's health (drift against training, predicted vs observed churn)."""
+    import dataclasses
+
     from serving.report import build_report, write_report
 
-    settings = _settings(labels={"horizon_days": horizon_days})
+    settings = _settings(labels={"horizon_days": horizon_days}, scoring={"model_uri": model})
     dataset, _ = command_data(data, mapping, map_, settings)
     with console.status("computing the lifecycle report..."):
         result = build_report(dataset, as_of=as_of, horizon_days=settings.labels.horizon_days)
-        path = write_report(result, out)
+    if not no_model:
+        section = _health_section(dataset, result.as_of, settings, required=model is not None)
+        result = dataclasses.replace(result, model_health=section)
+    path = write_report(result, out)
     console.print(
         f"lifecycle report as of {result.as_of:%Y-%m-%d}: [bold]{path}[/bold] ({path.stat().st_size / 1e6:.1f} MB, "
         f"{len(result.facts.month_ends)} months, {result.facts.customers.num_rows:,} customers with an order)"
     )
+
+
+def _health_section(dataset: Dataset, when: datetime, settings: Settings, *, required: bool) -> Any:
+    """The report's model-health section; without a champion (and no --model) a section that says so."""
+    from model.monitoring import model_health
+    from model.registry import ModelNotFoundError, load_model
+    from serving.health import health_section, no_model_section
+
+    try:
+        with console.status(f"loading {settings.model_uri} ..."):
+            churn_model = load_model(settings.mlflow, settings.model_uri)
+    except ModelNotFoundError as e:
+        if required:
+            raise
+        return no_model_section(f"No model: {_one_line(e)}.")
+    with console.status(f"model health of {churn_model.model_version} ..."):
+        health = model_health(dataset, churn_model, as_of=when, settings=settings.monitor)
+    return health_section(health)
+
+
+@app.command()
+@friendly_errors
+def monitor(
+    data: StoreDataOpt = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(formats=DATE_FORMATS, help="Check as of this date (default: the day after the last sale)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model to check (default models:/<name>@champion).")] = None,
+    mapping: MappingOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """For a scheduler: the model's health (PSI of every feature and of the score against training, predicted vs
+    observed churn), logged to MLflow. Exit 0 when stable or at warn, 4 when a PSI reaches the alert threshold,
+    5 when drift cannot be measured (a model without a training reference, no customer)."""
+    from churnguard.console import print_health
+    from model.monitoring import model_health
+    from model.registry import load_model
+    from serving.report import default_as_of
+    from training.tracking import log_health
+
+    settings = _settings(scoring={"model_uri": model})
+    dataset, _ = command_data(data, mapping, map_, settings)
+    when = as_of or default_as_of(dataset)
+    with console.status(f"loading {settings.model_uri} ..."):
+        churn_model = load_model(settings.mlflow, settings.model_uri)
+    with console.status(f"model health of {churn_model.model_version} as of {when:%Y-%m-%d} ..."):
+        health = model_health(dataset, churn_model, as_of=when, settings=settings.monitor)
+    run_id = log_health(health, settings.mlflow)
+    print_health(health)
+    console.print(f"MLflow run {run_id} (experiment {settings.mlflow.experiment})")
+    if health.no_reference:
+        err_console.print(f"[red]no drift reference:[/red] model {health.model_version}: {health.no_reference}")
+        raise typer.Exit(EXIT_NOT_MEASURED)
+    worst = health.worst
+    if worst is None:
+        err_console.print(f"[red]drift not measured:[/red] no customer with an order before {when:%Y-%m-%d}")
+        raise typer.Exit(EXIT_NOT_MEASURED)
+    counts = f"{health.count('alert')} column(s) at alert, {health.count('warn')} at warn"
+    where = f"model {health.model_version} as of {when:%Y-%m-%d} vs training snapshot {health.reference_as_of}"
+    if health.status == "alert":
+        err_console.print(
+            f"[red]drift alert:[/red] {worst.name} PSI {worst.psi:.3f} >= {health.psi_alert:g} ({counts}; {where})"
+        )
+        raise typer.Exit(EXIT_DRIFT)
+    if health.status == "warn":
+        console.print(
+            f"[yellow]drift warning:[/yellow] {worst.name} PSI {worst.psi:.3f} >= {health.psi_warn:g} "
+            f"({counts}; {where})"
+        )
+    else:
+        console.print(f"[green]stable:[/green] largest PSI {worst.psi:.3f} ({worst.name}; {where})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from rich.table import Table
 from features.dataset import ValidationReport
 
 if TYPE_CHECKING:
+    from model.monitoring import ModelHealth
     from serving.scoring import BatchResult
     from training.backtest import BacktestResult
     from training.evaluation import Evaluation
@@ -169,3 +170,38 @@ def print_batch_summary(result: BatchResult, model_version: str) -> None:
     )
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def print_health(health: ModelHealth, *, rows: int = 15) -> None:
+    """The model-health summary: the outcome check, then the PSI of the score and the most shifted features."""
+    colour = {"ok": "green", "warn": "yellow", "alert": "red"}
+    o = health.outcome
+    if o is not None:
+        auc = f", AUC {o.roc_auc:.3f}" if o.roc_auc is not None else ""
+        console.print(
+            f"window {o.window_start:%Y-%m-%d} to {o.window_end:%Y-%m-%d}: predicted churn {o.predicted:.1%}, "
+            f"observed {o.observed:.1%} ({o.customers:,} customers{auc}, Brier {o.brier:.4f})"
+            + (" [dim](in-sample: the model learned from this window)[/dim]" if o.in_sample else "")
+        )
+    for note in health.notes:
+        console.print(f"[dim]{note}[/dim]")
+    if health.no_reference:
+        return
+    table = Table(
+        title=f"PSI against the training snapshot {health.reference_as_of} ({health.customers:,} customers today; "
+        f"warn >= {health.psi_warn:g}, alert >= {health.psi_alert:g})",
+        title_justify="left",
+    )
+    for col in ("column", "PSI", "status"):
+        table.add_column(col, justify="right" if col == "PSI" else "left")
+    columns = sorted(health.columns, key=lambda c: -c.psi)
+    shown = columns[:rows]
+    if health.score is not None and health.score not in shown:
+        shown.append(health.score)
+    for c in shown:
+        state = "[dim]not judged (grows with history)[/dim]" if c.expected else f"[{colour[c.status]}]{c.status}[/]"
+        table.add_row(c.name, f"{c.psi:.3f}", state)
+    console.print(table)
+    rest = [c for c in columns if c not in shown]
+    if rest:
+        console.print(f"[dim]{len(rest)} more columns, PSI at most {rest[0].psi:.3f}[/dim]")

@@ -6,6 +6,7 @@
 | features     | features/settings.py   | the feature registry (event types) |
 | labels       | features/settings.py   | labels, training, scoring (the horizon) |
 | mlflow       | model/settings.py      | registry reading (model), logging and promotion (training) |
+| monitor      | model/settings.py      | model health: PSI thresholds (``churn monitor``, the report) |
 | training     | training/settings.py   | training |
 | scoring      | serving/settings.py    | batch scoring, the API |
 | serving      | serving/settings.py    | the API |
@@ -37,7 +38,7 @@ from pydantic_settings import (
 
 from features.settings import FeatureSettings, LabelSettings, ValidationSettings
 from features.store.settings import StoreSettings
-from model.settings import MlflowSettings
+from model.settings import MlflowSettings, MonitorSettings
 from serving.settings import ScoringSettings, ServingSettings
 from training.settings import TrainingSettings
 
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     labels: LabelSettings = LabelSettings()
     training: TrainingSettings = TrainingSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    monitor: MonitorSettings = MonitorSettings()
     scoring: ScoringSettings = ScoringSettings()
     serving: ServingSettings = ServingSettings()
     store: StoreSettings = StoreSettings()

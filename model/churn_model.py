@@ -23,6 +23,7 @@ from model.seasons import seasons_covered
 
 if TYPE_CHECKING:
     from model.classifiers import Classifier
+    from model.drift import DriftReference
     from model.survival import SurvivalModel
     from model.value import ValueModel
 
@@ -57,6 +58,10 @@ class ModelCard:
 class ChurnModel(mlflow.pyfunc.PythonModel):
     """Scorecards from ``build_features`` rows. Prospects (no order before as_of) must be filtered out first."""
 
+    # the training distributions ``churn monitor`` and the report compare with (``model/drift.py``); a class
+    # default, so a model pickled before references existed loads with None instead of failing
+    drift_reference: DriftReference | None = None
+
     def __init__(
         self,
         *,
@@ -73,6 +78,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         model_version: str = "unregistered",
         selection_snapshots: tuple[datetime, ...] = (),
         production_fit: dict[str, Any] | None = None,
+        drift_reference: DriftReference | None = None,
     ) -> None:
         self.classifier = classifier
         self.survival = survival
@@ -89,6 +95,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self.model_version = model_version
         self.selection_snapshots = tuple(selection_snapshots)
         self.production_fit = dict(production_fit or {})
+        self.drift_reference = drift_reference
         self.trained_at = datetime.now().replace(microsecond=0)
 
     # MLflow entry point: params={"reasons": true} adds top_reasons (TreeSHAP, ~1 ms per row)

@@ -140,10 +140,19 @@ def test_cli_writes_the_report(demo_dir, tmp_path) -> None:
     from churnguard.cli import app
 
     out = tmp_path / "report.html"
-    result = CliRunner().invoke(app, ["report", "--data", str(demo_dir), "--out", str(out), "--as-of", "2024-07-01"])
+    env = {"CHURN_DATA_DIR": str(tmp_path / "empty")}  # a registry without a champion
+    result = CliRunner().invoke(
+        app, ["report", "--data", str(demo_dir), "--out", str(out), "--as-of", "2024-07-01"], env=env
+    )
     assert result.exit_code == 0, result.output
-    assert out.exists() and "As of 2024-07-01" in out.read_text()
-    bad = CliRunner().invoke(app, ["report", "--data", str(demo_dir), "--out", str(out), "--as-of", "2010-01-01"])
+    page = out.read_text()
+    assert "As of 2024-07-01" in page
+    assert "No model: no model behind models:/churnguard@champion" in page
+    skipped = CliRunner().invoke(app, ["report", "--data", str(demo_dir), "--out", str(out), "--no-model"], env=env)
+    assert skipped.exit_code == 0 and NO_MODEL in out.read_text()
+    bad = CliRunner().invoke(
+        app, ["report", "--data", str(demo_dir), "--out", str(out), "--as-of", "2010-01-01", "--no-model"]
+    )
     assert bad.exit_code == 2 and "no purchase before as_of" in bad.output
 
 
@@ -225,3 +234,36 @@ def test_the_browser_check_sees_script_errors(browser, tmp_path) -> None:
     b.page.close()
     assert any("undefinedFunction" in e for e in b.errors), b.errors
     assert any("127.0.0.1:9" in e for e in b.errors), b.errors
+
+
+@pytest.mark.slow
+def test_report_with_model_health_renders_in_chromium(demo_report, trained, demo_data, browser, tmp_path) -> None:
+    """The model-health section's two charts draw too (seven in all), its PSI table shows, and no script errs."""
+    from dataclasses import replace
+
+    from model.monitoring import model_health
+    from model.settings import MonitorSettings
+    from serving.health import health_section
+
+    data, _ = demo_data
+    health = model_health(data, trained.model, as_of=demo_report.as_of, settings=MonitorSettings())
+    report = replace(demo_report, model_health=health_section(health))
+    page_file = write_report(report, tmp_path / "report.html")
+    b = browser()
+    page = b.page
+    page.goto(page_file.resolve().as_uri(), wait_until="load")
+    charts = len(CHART_IDS) + 2  # the score distribution and predicted vs observed per decile
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {charts}")
+    plots = page.query_selector_all("#model-health .js-plotly-plot")
+    assert len(plots) == 2
+    for chart in plots:
+        box = chart.bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 200
+        assert chart.query_selector_all("g.trace")
+    rows = page.locator("#model-health table.psi-table tbody tr")
+    assert rows.count() == len(health.columns)
+    assert page.locator("#model-health").get_by_text("Population stability (PSI)").is_visible()
+    assert page.locator(".no-model").count() == 0
+    page.locator("#model-health").screenshot(path=str(tmp_path / "health.png"))
+    page.close()
+    assert not b.errors, b.errors

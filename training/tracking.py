@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from model.churn_model import ChurnModel, IncompatibleModelError
+from model.churn_model import IncompatibleModelError
+from model.monitoring import ModelHealth, labels_seen_until
 from model.registry import (
     CHALLENGER,
     CHAMPION,
@@ -133,6 +134,39 @@ def log_backtest(result: BacktestResult, files: dict[str, Path], settings: Mlflo
         client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         for path in files.values():
             client.log_artifact(run_id, str(path), "backtest")
+        client.set_terminated(run_id)
+    return run_id
+
+
+def log_health(health: ModelHealth, settings: MlflowSettings) -> str:
+    """One run of the experiment for a ``churn monitor`` check: every PSI, the means and the outcome check as
+    metrics (stamped at as_of), the thresholds and the model as params, the status and worst column as tags, and
+    the whole result as ``monitor/health.json``. Returns the run id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = mlflow_client(settings)
+    worst = health.worst
+    with registry_errors(settings, "logging the monitoring run"):
+        run = client.create_run(_experiment_id(client, settings), run_name=f"monitor-{health.as_of:%Y%m%d-%H%M%S}")
+        run_id = run.info.run_id
+        at = int(health.as_of.timestamp() * 1000)
+        params = {
+            "kind": "monitor",
+            "model_version": health.model_version,
+            "as_of": f"{health.as_of:%Y-%m-%d %H:%M:%S}",
+            "reference_as_of": health.reference_as_of or "none",
+            "psi_warn": health.psi_warn,
+            "psi_alert": health.psi_alert,
+            "horizon_days": health.horizon_days,
+        }
+        tags = {"status": health.status, "worst": worst.name if worst else "none"}
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, at, 0) for k, v in health.metrics().items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        client.log_dict(run_id, json.loads(json.dumps(health.to_dict(), default=str)), "monitor/health.json")
         client.set_terminated(run_id)
     return run_id
 
@@ -283,13 +317,6 @@ def _stored(role: str, version: str, tags: dict[str, dict], reference: dict, dat
             + "; compare them with `churn backtest` instead"
         )
     return {"log_loss": float(own["log_loss"]), "roc_auc": float(own["roc_auc"])}
-
-
-def labels_seen_until(model: ChurnModel) -> datetime | None:
-    """The end of the latest label window a model learned from (fit or calibration), None if unknown."""
-    dates = [*model.training_snapshots, *model.selection_snapshots]
-    dates += [datetime.fromisoformat(d) for d in model.production_fit.get("calibration_snapshots", [])]
-    return max(dates) + timedelta(days=model.horizon_days) if dates else None
 
 
 def _score_on_holdout(settings: MlflowSettings, versions: dict[str, str], data: Dataset, tags: dict) -> dict:

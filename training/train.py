@@ -28,6 +28,7 @@ from model.scorecard import LifecycleRules
 from model.seasons import seasons_covered
 from training import plots
 from training.candidates import fit_candidates
+from training.drift import drift_reference, reference_date
 from training.evaluation import (
     Curves,
     Evaluation,
@@ -163,6 +164,8 @@ def train(
             selection_snapshots=plan.train,
             production_fit=evaluation.production,
         )
+        reference_at = reference_date(production.fit_dates, production.calibration_dates)
+        model.drift_reference = drift_reference(frame.at([reference_at]), production.classifier, reference_at)
     with _stage("plots", timings, peaks):
         say(1, "drawing the plots")
         plot_paths = _plots(evaluation, curves, production.classifier, plot_dir)

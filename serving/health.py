@@ -1,0 +1,179 @@
+"""The model-health section of the lifecycle report, from ``model.monitoring.ModelHealth``.
+
+Three parts: the churn score's distribution today next to the one the model recorded at training, predicted vs
+observed churn on the last window whose outcome is known (overall and per score decile), and the PSI of the score
+and of every feature the model reads, with its status against the thresholds. The numbers are the ones
+``churn monitor`` logs to MLflow; this module only lays them out.
+"""
+
+from __future__ import annotations
+
+import html
+
+from model.drift import EPSILON
+from model.monitoring import ColumnDrift, ModelHealth
+from serving.report import ReportSection
+
+TITLE = "Model health"
+PSI_DEFINITION = (
+    "PSI (population stability index) compares the share of customers in each bin today (a) with the share at "
+    "training (e), over the bins recorded at training (deciles of the training rows; nulls in a bin of their own; "
+    f"categories by value): PSI = sum of (a - e) x ln(a / e), shares below {EPSILON:g} counted as {EPSILON:g}."
+)
+STATUS_TEXT = {"ok": "stable", "warn": "moderate shift", "alert": "major shift"}
+
+
+def health_section(health: ModelHealth) -> ReportSection:
+    """The report's model-health section (trusted HTML with its Plotly charts)."""
+    parts = [f"<style>{_CSS}</style>", _summary(health)]
+    if health.no_reference:
+        parts.append(f"<p class='no-reference note'>No drift reference: {html.escape(health.no_reference)}.</p>")
+    else:
+        parts += ["<h3>Churn score: today vs at training</h3>", _div(_score_figure(health))]
+    parts.append("<h3>Predicted vs observed churn</h3>")
+    parts.append(_outcome(health))
+    if not health.no_reference:
+        parts += ["<h3>Population stability (PSI)</h3>", _psi_table(health)]
+    parts += [f"<p class='small'>{html.escape(note)}</p>" for note in health.notes]
+    return ReportSection(TITLE, "\n".join(parts))
+
+
+def no_model_section(reason: str) -> ReportSection:
+    return ReportSection(TITLE, f"<p class='no-model'>{html.escape(reason)}</p>")
+
+
+def _summary(h: ModelHealth) -> str:
+    worst = h.worst
+    if h.no_reference:
+        verdict = "drift not measured (no reference)"
+    else:
+        verdict = f"<span class='psi-{h.status}'>{h.status}</span>" + (
+            f": the largest PSI is {worst.psi:.3f} ({html.escape(worst.name)})" if worst else ""
+        )
+    reference = (
+        f"training reference: the snapshot of {h.reference_as_of} ({h.reference_rows:,} customers)"
+        if h.reference_as_of
+        else "no training reference"
+    )
+    return (
+        f"<p class='health-summary'>Model <b>{html.escape(h.model_version)}</b> as of {h.as_of:%Y-%m-%d} "
+        f"(H = {h.horizon_days} days): {verdict}. {h.customers:,} customers today (with an order and not "
+        f"cancelled); {reference}. Thresholds: PSI &ge; {h.psi_warn:g} warn, &ge; {h.psi_alert:g} alert.</p>"
+    )
+
+
+def _score_figure(h: ModelHealth):
+    import plotly.graph_objects as go
+
+    score = h.score
+    assert score is not None
+    fig = go.Figure(
+        [
+            go.Bar(x=score.bins, y=score.training, name=f"at training ({h.reference_as_of})", marker_color="#9D9D9D"),
+            go.Bar(x=score.bins, y=score.current, name=f"today ({h.as_of:%Y-%m-%d})", marker_color="#4C78A8"),
+        ]
+    )
+    mean_then = f"{h.training_mean_score:.1%}" if h.training_mean_score is not None else "-"
+    fig.update_layout(
+        barmode="group",
+        height=340,
+        yaxis={"title": "share of customers", "tickformat": ".0%"},
+        xaxis_title=f"churn probability bin (mean today {h.mean_score:.1%}, at training {mean_then}; "
+        f"PSI {score.psi:.3f})",
+        margin={"t": 20, "b": 60},
+        legend={"orientation": "h", "y": 1.1},
+    )
+    return fig
+
+
+def _outcome(h: ModelHealth) -> str:
+    o = h.outcome
+    if o is None:
+        return "<p class='note'>No window with a known outcome before as_of.</p>"
+    import plotly.graph_objects as go
+
+    auc = f"{o.roc_auc:.3f}" if o.roc_auc is not None else "-"
+    sample = (
+        "<p class='note'>In-sample: the model learned from (part of) this window's labels, so this comparison "
+        "flatters it; an out-of-sample check needs a window that ends after the model's training.</p>"
+        if o.in_sample
+        else ""
+    )
+    table = (
+        "<table class='outcome'><tbody>"
+        f"<tr><th>window</th><td>{o.window_start:%Y-%m-%d} to {o.window_end:%Y-%m-%d}</td></tr>"
+        f"<tr><th>customers scored at its start</th><td>{o.customers:,}</td></tr>"
+        f"<tr><th>predicted churn (mean probability)</th><td>{o.predicted:.1%}</td></tr>"
+        f"<tr><th>observed churn</th><td>{o.observed:.1%}</td></tr>"
+        f"<tr><th>ROC AUC</th><td>{auc}</td></tr><tr><th>Brier score</th><td>{o.brier:.4f}</td></tr>"
+        "</tbody></table>"
+    )
+    if not o.deciles:
+        return sample + table
+    pred = [d["predicted"] for d in o.deciles]
+    obs = [d["observed"] for d in o.deciles]
+    fig = go.Figure(
+        [
+            go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dot", "color": "#999"}),
+            go.Scatter(
+                x=pred,
+                y=obs,
+                mode="lines+markers",
+                name="score deciles",
+                line={"color": "#F58518"},
+                text=[f"{int(d['n']):,} customers" for d in o.deciles],
+                hovertemplate="predicted %{x:.1%}, observed %{y:.1%} (%{text})<extra></extra>",
+            ),
+        ]
+    )
+    fig.update_layout(
+        height=340,
+        xaxis={"title": "predicted churn (mean of the decile)", "tickformat": ".0%", "range": [0, 1]},
+        yaxis={"title": "observed churn", "tickformat": ".0%", "range": [0, 1]},
+        margin={"t": 20, "b": 40},
+    )
+    return sample + f"<div class='outcome-grid'><div>{table}</div><div>{_div(fig)}</div></div>"
+
+
+def _psi_table(h: ModelHealth) -> str:
+    rows = []
+    for c in h.columns:
+        rows.append(_psi_row(c))
+    expected = [c.name for c in h.columns if c.expected]
+    note = (
+        "<p class='small'>Not judged (grow with the length of the history, so they shift by construction between "
+        f"training and today; setting monitor.expected_drift): {html.escape(', '.join(expected))}.</p>"
+        if expected
+        else ""
+    )
+    return (
+        f"<p class='small'>{html.escape(PSI_DEFINITION)} Below {h.psi_warn:g}: stable; {h.psi_warn:g} to "
+        f"{h.psi_alert:g}: moderate shift (warn); {h.psi_alert:g} and above: major shift (alert). Features the "
+        "model reads; the season features (a function of the date alone) are left out.</p>"
+        "<div class='scroll psi-scroll'><table class='psi-table'><thead><tr><th>column</th><th>PSI</th>"
+        "<th>status</th><th>largest change</th></tr></thead><tbody>" + "".join(rows) + f"</tbody></table></div>{note}"
+    )
+
+
+def _psi_row(c: ColumnDrift) -> str:
+    moves = sorted(zip(c.bins, c.training, c.current, strict=True), key=lambda t: -abs(t[2] - t[1]))
+    label, before, now = moves[0] if moves else ("-", 0.0, 0.0)
+    shown = "expected" if c.expected else c.status
+    status_text = "not judged" if c.expected else STATUS_TEXT[c.status]
+    return (
+        f"<tr class='psi-{shown}'><th>{html.escape(c.name)}</th><td>{c.psi:.3f}</td>"
+        f"<td class='status'>{shown} ({status_text})</td>"
+        f"<td>{html.escape(label)}: {before:.1%} &rarr; {now:.1%}</td></tr>"
+    )
+
+
+def _div(fig) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+
+
+_CSS = """
+.psi-ok .status,span.psi-ok{color:#2E7D32} .psi-warn .status,span.psi-warn{color:#b26a00;font-weight:600}
+.psi-alert .status,span.psi-alert{color:#c62828;font-weight:700} .psi-expected .status{color:#777}
+.psi-scroll{max-height:480px;overflow-y:auto} .outcome-grid{display:grid;grid-template-columns:1fr 2fr;gap:16px}
+table.psi-table td:last-child{text-align:left}
+"""
