@@ -584,7 +584,7 @@ def triggers(
     map_: MapOpt = None,
 ) -> None:
     """Evaluate the trigger rules for every customer and write each firing once to the store's outbox."""
-    from churnguard.console import progress
+    from churnguard.console import print_trigger_run, progress
     from features.contract import now_utc
     from features.io import write_table
     from features.store import open_store
@@ -616,20 +616,7 @@ def triggers(
             )
     finally:
         store.close()
-    from rich.table import Table
-
-    table = Table(title=f"triggers as of {run.as_of:%Y-%m-%d %H:%M}", title_justify="left")
-    for col in ("rule", "action", "matched", "cool-down", "capped", "fired", "of which control"):
-        table.add_column(col, justify="left" if col in ("rule", "action") else "right")
-    for name, counts in run.rules.items():
-        action = trigger_rules.rules[name].action
-        table.add_row(name, action, *(f"{v:,}" for v in (counts.matched, counts.cooldown, counts.capped,
-                                                           counts.fired, counts.control)))  # fmt: skip
-    console.print(table)
-    console.print(
-        f"{run.customers_evaluated:,} customers evaluated ({run.customers_not_evaluated:,} prospects not); "
-        f"{run.added:,} new outbox items in {store.location}"
-    )
+    print_trigger_run(run, trigger_rules, store.location)
     if out is not None:
         write_table(items_for_export(run.items()), out)
         console.print(f"this run's firings: [bold]{out}[/bold] ({run.items().num_rows:,})")
