@@ -328,6 +328,19 @@ def test_live_evaluation_of_a_few_customers_from_the_store(store):
     assert fired(run) == {"a"} and run.added == 1
     again = evaluate_customers(store, hand_model(), rules_of(rule), ["a"], AS_OF + HOUR, policy=POLICY)
     assert again.added == 0  # the same day: the same id, and the cool-down
+    # a caller that scored the customers already (the route) passes its rows and scorecards: the same firings
+    later = AS_OF + 2 * HOUR
+    data = store.rows_for(["a", "b", "nobody"])
+    entities = pa.table({"customer_id": ["a", "b", "nobody"], "as_of": pa.array([later] * 3, pa.timestamp("us"))})
+    scored = score_dataset(data, entities, hand_model(), POLICY)
+    other = open_store(StoreSettings(path=store.path.parent / "other"), store.path.parent)
+    given = evaluate_customers(other, hand_model(), rules_of(rule), ["a", "b", "nobody"], later, policy=POLICY,
+                               data=data, scored=scored)  # fmt: skip
+    fresh = evaluate_customers(store.__class__(store.path.parent / "third"), hand_model(), rules_of(rule),
+                               ["a", "b", "nobody"], later, policy=POLICY, data=data)  # fmt: skip
+    assert fired(given) == fired(fresh) == {"a"}
+    assert given.customers_evaluated == 2 and given.customers_not_evaluated == 1  # "nobody": no order
+    other.close()
 
 
 # --------------------------------------------------------------------------------------------- the pull page
