@@ -286,6 +286,22 @@ def test_same_evaluation_twice_fires_nothing_new(any_store):
     assert any_store.outbox_after(0, 1000).num_rows == first.added
 
 
+def test_evaluating_the_store_rows_equals_evaluating_the_files(any_store, tmp_path):
+    rows = [tx(f"c{i:03d}", at((5 + i % 50) * DAY), 10.0 + i) for i in range(90)]
+    rows += [tx(f"c{i:03d}", at((60 + i % 30) * DAY), 5.0) for i in range(0, 90, 3)]
+    events = [ev(f"c{i:03d}", at(30 * HOUR), "cart_add") for i in range(0, 90, 4)]
+    any_store.append(transactions=rows, events=events)
+    rules = load_triggers(policy=POLICY)
+    from_store = evaluate_triggers(None, hand_model(), rules, any_store, AS_OF, policy=POLICY, chunk_size=40)
+    files = open_store(StoreSettings(path=tmp_path / "files"), tmp_path)
+    from_files = fire(dataset(rows, events), rules, files)
+    key = ["id", "customer_id", "rule", "control", "fields"]
+    assert from_store.items().num_rows > 0
+    assert from_store.items().select(key).sort_by("id").equals(from_files.items().select(key).sort_by("id"))
+    assert "cart_abandoned" in {r["rule"] for r in from_store.items().to_pylist()}  # events read from the store too
+    files.close()
+
+
 class _DiesOnSecondChunk:
     """A store whose second outbox commit fails (as if the process were killed there)."""
 
