@@ -5,7 +5,8 @@
 One process, in this order (the machine is shared: the baseline runs in the same process, minutes apart):
 
 * ``generate``   the demo business (cached under ``<out>/triggers_demo_<N>_seed<seed>/``; ``--regenerate``);
-* ``model``      a model trained on a smaller demo business (set-up, not timed against anything);
+* ``model``      a model trained on a smaller demo business (set-up, not timed against anything; kept as
+                 ``<out>/triggers_model_<N>_seed<seed>.pkl`` for the next run);
 * ``load``       ``load_dataset`` of the big data (read + validate; not part of either figure);
 * ``baseline``   ``score_batch`` with ``reasons="none"``: scoring alone, the same chunks (``--chunk-size``);
 * ``first``      ``evaluate_triggers`` into a fresh embedded store at as_of - 7 days (every customer's first
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     as_of = datetime.fromisoformat(manifest["end"])
 
     with _stage(stages, "model"):
-        model = _train(model_dir)
+        model = _train(model_dir, out / f"triggers_model_{args.model_customers}_seed{args.seed}.pkl")
     with _stage(stages, "load"):
         data, rejects = load_dataset(data_dir, now=NOW)
     policy = load_policy()
@@ -134,14 +135,22 @@ def _demo(out: Path, customers: int, seed: int, regenerate: bool) -> tuple[Path,
     return data_dir, time.perf_counter() - t
 
 
-def _train(model_dir: Path):
+def _train(model_dir: Path, cached: Path):
+    """The model, trained once per (model customers, seed) and kept beside the data (set-up, not measured)."""
+    import pickle
+
+    if cached.exists():
+        print(f"using the model trained earlier: {cached}", flush=True)
+        return pickle.loads(cached.read_bytes())
     from churnguard.settings import Settings
     from features.validate import load_dataset
     from training.train import train
 
     data, _ = load_dataset(model_dir, now=NOW)
     settings = Settings(mlflow={"tracking_uri": None})
-    return train(data, settings.training, settings.labels, settings.features).model
+    model = train(data, settings.training, settings.labels, settings.features).model
+    cached.write_bytes(pickle.dumps(model))
+    return model
 
 
 class _stage:
