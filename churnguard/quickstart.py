@@ -2,8 +2,9 @@
 
 generate -> ingest into the customer store (validation, rejects kept with the batch) -> train from the store
 (candidates, evaluation, MLflow registry) -> evaluation report -> promote -> batch scoring from the store ->
-outreach list -> lifecycle report. Everything lands under ``<data_dir>/`` (the store too, unless
-``CHURN_STORE__URL`` names a PostgreSQL database), and the last lines say how to look a customer up in the API.
+outreach list -> lifecycle report -> trigger rules into the store's outbox. Everything lands under
+``<data_dir>/`` (the store too, unless ``CHURN_STORE__URL`` names a PostgreSQL database), and the last lines say
+how to look a customer up in the API.
 
 The store is the one the settings name, so ``churn serve`` and the commands without ``--data`` see the demo
 afterwards. Quickstart only ever puts its own demo there: a store holding anything else, or the demo of an earlier
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -60,7 +61,7 @@ def run_quickstart(
     root = settings.data_dir
     demo_dir = (root / "demo").resolve()
     start = date(2023, 1, 1)
-    step = _steps(8)
+    step = _steps(9)
 
     store = open_store(settings.store, root)
     try:
@@ -140,6 +141,23 @@ def run_quickstart(
         f"{lifecycle_path.stat().st_size / 1e6:.1f} MB"
     )
 
+    step("trigger rules: a week ago (the baseline for risk jumps), then today")
+    from churnguard.console import print_trigger_run
+    from serving.triggers import evaluate_triggers, load_triggers
+
+    policy = load_policy(settings.scoring.policy_file)
+    rules = load_triggers(settings.scoring.triggers_file, policy=policy)
+    store = open_store(settings.store, root)
+    outbox = store.location
+    try:
+        for when in (as_of - timedelta(days=7), as_of):
+            run = evaluate_triggers(
+                data, model, rules, store, when, policy=policy, chunk_size=settings.scoring.chunk_size
+            )
+            print_trigger_run(run, rules, store.location)
+    finally:
+        store.close()
+
     step("done")
     ranked = batch.outreach if len(batch.outreach) else batch.scores.sort_values("value_at_risk", ascending=False)
     customer_id = str(ranked["customer_id"].iloc[0])
@@ -156,6 +174,7 @@ def run_quickstart(
   scorecards       {scores}
   outreach list    {outreach}
   not scored       {rejected}
+  trigger outbox   the store at {outbox} (`churn triggers`; pull: GET /v1/outbox)
 
   MLflow UI:       uv run mlflow ui --backend-store-uri {settings.tracking_uri}
   scoring API:     uv run churn serve        (without API keys it listens on 127.0.0.1 only)
