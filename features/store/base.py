@@ -80,6 +80,36 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    # the trigger outbox and evaluation state (``features/store/outbox.py`` defines the columns)
+
+    def add_outbox(self, items: pa.Table, *, evaluations: pa.Table | None = None) -> int:
+        """Add outbox items (``ITEM_SCHEMA``) not present yet (by ``id``) and record ``evaluations``
+        (``EVALUATION_INPUT``: customer_id, as_of, risk_tier), all in one transaction; returns how many items were
+        added."""
+        ...
+
+    def outbox_after(self, cursor: int, limit: int) -> pa.Table:
+        """Items with ``seq > cursor``, in ``seq`` order, at most ``limit`` (``OUTBOX_SCHEMA``)."""
+        ...
+
+    def pending_deliveries(self, now: datetime, limit: int) -> pa.Table:
+        """Pending items due at ``now`` (``next_attempt_at <= now``), oldest due first (``OUTBOX_SCHEMA``)."""
+        ...
+
+    def mark_delivery(
+        self, id: str, state: str, attempts: int, next_attempt_at: datetime | None, last_error: str | None
+    ) -> None:
+        """Record a delivery attempt's outcome; unknown ids and control items are a ``StoreError``."""
+        ...
+
+    def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:
+        """Items with ``as_of >= since`` (all customers, or those given): ``FIRINGS_SCHEMA``."""
+        ...
+
+    def evaluations(self, customer_ids: Sequence[str] | None = None) -> pa.Table:
+        """The latest and previous evaluation of each customer (``EVALUATIONS_SCHEMA``)."""
+        ...
+
 
 def open_store(settings: StoreSettings, data_dir: Path) -> Store:
     """The store the settings name: PostgreSQL when ``url`` is set, else the embedded one under ``data_dir``."""

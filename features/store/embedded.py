@@ -79,6 +79,17 @@ from features.store.base import (
     records,
 )
 from features.store.identity import ROW_ID, current_probe, row_ids
+from features.store.outbox import (
+    CONTROL,
+    EVALUATION_INPUT,
+    EVALUATIONS_SCHEMA,
+    FIRINGS_SCHEMA,
+    OUTBOX_COLUMNS,
+    OUTBOX_SCHEMA,
+    PENDING,
+    check_delivery_state,
+    items_table,
+)
 from features.validate import REJECTS_SCHEMA
 
 FORMAT = "1"
@@ -86,6 +97,27 @@ CATALOG = "catalog.sqlite"
 SEGMENTS = "segments"
 ROWS_PER_RECORD_BATCH = 131_072  # readers bisect within one record batch; DuckDB scans batches in parallel
 _SQL = {"string": "TEXT", "timestamp": "INTEGER", "float64": "REAL"}  # time stamps: microseconds since the epoch
+# the trigger outbox and evaluation state (columns: features/store/outbox.py); time stamps in microseconds
+_OUTBOX_DDL = (
+    "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, "
+    "customer_id TEXT NOT NULL, rule TEXT NOT NULL, action TEXT NOT NULL, fired_at INTEGER NOT NULL, "
+    "as_of INTEGER NOT NULL, fields TEXT NOT NULL, control INTEGER NOT NULL, state TEXT NOT NULL, "
+    "attempts INTEGER NOT NULL, next_attempt_at INTEGER, last_error TEXT)",
+    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at, seq) WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS outbox_as_of ON outbox (as_of)",
+    "CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer_id, as_of)",
+    "CREATE TABLE IF NOT EXISTS trigger_evaluations (customer_id TEXT PRIMARY KEY, as_of INTEGER NOT NULL, "
+    "risk_tier TEXT NOT NULL, prev_as_of INTEGER, prev_tier TEXT)",
+)
+# a later evaluation shifts the latest into "previous"; the same as_of again keeps the previous; an earlier one
+# changes nothing (the state always describes the latest evaluation and the one before it)
+_UPSERT_EVALUATION = (
+    "INSERT INTO trigger_evaluations AS t (customer_id, as_of, risk_tier) VALUES (?, ?, ?) "
+    "ON CONFLICT (customer_id) DO UPDATE SET "
+    "prev_as_of = CASE WHEN excluded.as_of > t.as_of THEN t.as_of ELSE t.prev_as_of END, "
+    "prev_tier = CASE WHEN excluded.as_of > t.as_of THEN t.risk_tier ELSE t.prev_tier END, "
+    "as_of = excluded.as_of, risk_tier = excluded.risk_tier WHERE excluded.as_of >= t.as_of"
+)
 
 
 # the contract derives these from its pydantic models on every access (~0.1 ms each): computed once here
@@ -143,6 +175,8 @@ class EmbeddedStore:
                     f"CREATE TABLE IF NOT EXISTS hot_{contract.name} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                     f"{columns}, row_id INTEGER NOT NULL, UNIQUE ({unique}))"
                 )
+            for statement in _OUTBOX_DDL:
+                c.execute(statement)
             c.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
             c.execute("INSERT OR IGNORE INTO meta VALUES ('row_id_probe', ?)", (current_probe(),))
         found = dict(con.execute("SELECT key, value FROM meta").fetchall())
@@ -283,6 +317,75 @@ class EmbeddedStore:
             if "rejects" in json.loads(files)
         ]
         return pa.concat_tables(parts) if parts else _with_batch(REJECTS_SCHEMA.empty_table(), "")
+
+    # ------------------------------------------------------------------------------------------ outbox
+
+    def add_outbox(self, items: pa.Table, *, evaluations: pa.Table | None = None) -> int:
+        items = items_table(items)
+        rows = _outbox_rows(items)
+        with self._transaction(immediate=True, durable=True) as con:
+            before = con.total_changes
+            con.executemany(
+                "INSERT OR IGNORE INTO outbox (id, customer_id, rule, action, fired_at, as_of, fields, control, "
+                "state, attempts, next_attempt_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            added = con.total_changes - before
+            if evaluations is not None and evaluations.num_rows:
+                ev = evaluations.select(EVALUATION_INPUT.names).cast(EVALUATION_INPUT)
+                con.executemany(
+                    _UPSERT_EVALUATION,
+                    zip(
+                        ev["customer_id"].to_pylist(),
+                        ev["as_of"].cast(pa.int64()).to_pylist(),
+                        ev["risk_tier"].to_pylist(),
+                        strict=True,
+                    ),
+                )
+        return added
+
+    def outbox_after(self, cursor: int, limit: int) -> pa.Table:
+        with self._transaction() as con:
+            rows = con.execute(
+                f"SELECT {_OUTBOX_SELECT} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (int(cursor), int(limit))
+            ).fetchall()
+        return _from_rows(rows, OUTBOX_SCHEMA)
+
+    def pending_deliveries(self, now: datetime, limit: int) -> pa.Table:
+        with self._transaction() as con:
+            rows = con.execute(
+                f"SELECT {_OUTBOX_SELECT} FROM outbox WHERE state = '{PENDING}' AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, seq LIMIT ?",
+                (_micros(now), int(limit)),
+            ).fetchall()
+        return _from_rows(rows, OUTBOX_SCHEMA)
+
+    def mark_delivery(
+        self, id: str, state: str, attempts: int, next_attempt_at: datetime | None, last_error: str | None
+    ) -> None:
+        check_delivery_state(state)
+        with self._transaction(immediate=True, durable=True) as con:
+            found = con.execute("SELECT state FROM outbox WHERE id = ?", (id,)).fetchone()
+            if found is None:
+                raise StoreError(f"no outbox item {id!r} in the store at {self.path}")
+            if found[0] == CONTROL:
+                raise StoreError(f"outbox item {id!r} is a control item: it is never delivered")
+            con.execute(
+                "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                (state, int(attempts), _micros(next_attempt_at), last_error, id),
+            )
+
+    def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:
+        query = "SELECT customer_id, rule, as_of, control FROM outbox WHERE as_of >= ?"
+        with self._transaction() as con:
+            rows = _select_for(con, query, (_micros(since),), customer_ids)
+        return _from_rows(rows, FIRINGS_SCHEMA)
+
+    def evaluations(self, customer_ids: Sequence[str] | None = None) -> pa.Table:
+        query = "SELECT customer_id, as_of, risk_tier, prev_as_of, prev_tier FROM trigger_evaluations WHERE 1 = 1"
+        with self._transaction() as con:
+            rows = _select_for(con, query, (), customer_ids)
+        return _from_rows(rows, EVALUATIONS_SCHEMA)
 
     # ------------------------------------------------------------------------------------------ writes
 
@@ -719,3 +822,70 @@ def _thread_duck(local: threading.local) -> Any:
     if con is None:
         con = local.duck = connect(threads=1)
     return con
+
+
+# ---------------------------------------------------------------------------------------------- outbox helpers
+
+_OUTBOX_SELECT = ", ".join(OUTBOX_COLUMNS)
+
+
+def _micros(when: datetime | None) -> int | None:
+    if when is None:
+        return None
+    return (
+        pa.scalar(
+            when.replace(tzinfo=None) if when.tzinfo is None else when.astimezone(UTC).replace(tzinfo=None),
+            pa.timestamp("us"),
+        )
+        .cast(pa.int64())
+        .as_py()
+    )
+
+
+def _outbox_rows(items: pa.Table) -> list[tuple]:
+    """New items as SQLite rows, with their initial delivery state (outbox.py: control items are never pending)."""
+    fired = items["fired_at"].cast(pa.int64()).to_pylist()
+    control = items["control"].to_pylist()
+    return list(
+        zip(
+            items["id"].to_pylist(),
+            items["customer_id"].to_pylist(),
+            items["rule"].to_pylist(),
+            items["action"].to_pylist(),
+            fired,
+            items["as_of"].cast(pa.int64()).to_pylist(),
+            items["fields"].to_pylist(),
+            [int(c) for c in control],
+            [CONTROL if c else PENDING for c in control],
+            [0] * items.num_rows,
+            [None if c else f for c, f in zip(control, fired, strict=True)],
+            [None] * items.num_rows,
+            strict=True,
+        )
+    )
+
+
+def _select_for(con: sqlite3.Connection, query: str, params: tuple, customer_ids: Sequence[str] | None) -> list:
+    if customer_ids is None:
+        return con.execute(query, params).fetchall()
+    ids = sorted(set(customer_ids))
+    rows: list = []
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        rows += con.execute(f"{query} AND customer_id IN ({', '.join('?' * len(part))})", (*params, *part)).fetchall()
+    return rows
+
+
+def _from_rows(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    """SQLite rows as Arrow: integer microseconds become time stamps, 0/1 booleans."""
+    if not rows:
+        return schema.empty_table()
+    arrays = []
+    for f, values in zip(schema, zip(*rows, strict=True), strict=True):
+        if pa.types.is_timestamp(f.type):
+            arrays.append(pa.array(values, pa.int64()).cast(f.type))
+        elif pa.types.is_boolean(f.type):
+            arrays.append(pa.array([None if v is None else bool(v) for v in values], pa.bool_()))
+        else:
+            arrays.append(pa.array(values, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)

@@ -46,6 +46,18 @@ from features.store.base import (
     records,
 )
 from features.store.identity import ROW_ID, current_probe, row_ids
+from features.store.outbox import (
+    CONTROL,
+    EVALUATION_INPUT,
+    EVALUATIONS_SCHEMA,
+    FIRINGS_SCHEMA,
+    OUTBOX_COLUMNS,
+    OUTBOX_SCHEMA,
+    PENDING,
+    STATES,
+    check_delivery_state,
+    items_table,
+)
 from features.validate import REJECTS_SCHEMA
 
 SCHEMA = "churnguard"
@@ -54,6 +66,7 @@ _ARROW_SCHEMA = {name: c.arrow_schema for name, c in CONTRACTS.items()}
 _COLUMNS = {name: list(c.column_names) for name, c in CONTRACTS.items()}
 _COLLATE_C, _NOT_NULL = ' COLLATE "C"', " NOT NULL"
 _LOCK = 7_264_311  # advisory lock id: one ingest at a time
+_OUTBOX_LOCK = 7_264_312  # one outbox writer at a time: seq grows in commit order (a cursor never skips an item)
 
 
 def _ddl() -> list[str]:
@@ -67,6 +80,17 @@ def _ddl() -> list[str]:
         f'CREATE TABLE IF NOT EXISTS {SCHEMA}.rejects (batch_id text NOT NULL, "table" text, source_file text, '
         "row_number bigint, reason text, customer_id text, raw text)",
         f"CREATE INDEX IF NOT EXISTS rejects_batch ON {SCHEMA}.rejects (batch_id)",
+        # the trigger outbox and evaluation state (features/store/outbox.py)
+        f"CREATE TABLE IF NOT EXISTS {SCHEMA}.outbox (seq bigserial PRIMARY KEY, id text UNIQUE NOT NULL, "
+        'customer_id text COLLATE "C" NOT NULL, rule text NOT NULL, action text NOT NULL, fired_at timestamp NOT '
+        "NULL, as_of timestamp NOT NULL, fields json NOT NULL, control boolean NOT NULL, state text NOT NULL CHECK "
+        f"(state IN ({', '.join(repr(s) for s in STATES)})), attempts bigint NOT NULL, next_attempt_at timestamp, "
+        "last_error text)",
+        f"CREATE INDEX IF NOT EXISTS outbox_due ON {SCHEMA}.outbox (next_attempt_at, seq) WHERE state = '{PENDING}'",
+        f"CREATE INDEX IF NOT EXISTS outbox_as_of ON {SCHEMA}.outbox (as_of)",
+        f"CREATE INDEX IF NOT EXISTS outbox_customer ON {SCHEMA}.outbox (customer_id, as_of)",
+        f'CREATE TABLE IF NOT EXISTS {SCHEMA}.trigger_evaluations (customer_id text COLLATE "C" PRIMARY KEY, '
+        "as_of timestamp NOT NULL, risk_tier text NOT NULL, prev_as_of timestamp, prev_tier text)",
     ]
     for name, contract in CONTRACTS.items():
         cols = ", ".join(
@@ -243,6 +267,96 @@ class PostgresStore:
             for name in (*TABLE_NAMES, "customer_keys"):
                 con.execute(f"ANALYZE {SCHEMA}.{name}")
 
+    # ------------------------------------------------------------------------------------------ outbox
+
+    def add_outbox(self, items: pa.Table, *, evaluations: pa.Table | None = None) -> int:
+        items = items_table(items)
+        control = items["control"].to_pylist()
+        fired = items["fired_at"].to_pylist()
+        with self._small() as con, con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(%s)", (_OUTBOX_LOCK,))
+            added = 0
+            if items.num_rows:
+                added = con.execute(
+                    f"WITH ins AS (INSERT INTO {SCHEMA}.outbox (id, customer_id, rule, action, fired_at, as_of, "
+                    "fields, control, state, attempts, next_attempt_at) SELECT * FROM unnest(%s::text[], %s::text[], "
+                    "%s::text[], %s::text[], %s::timestamp[], %s::timestamp[], %s::json[], %s::boolean[], %s::text[], "
+                    "%s::bigint[], %s::timestamp[]) ON CONFLICT (id) DO NOTHING RETURNING 1) SELECT count(*) FROM ins",
+                    (
+                        items["id"].to_pylist(),
+                        items["customer_id"].to_pylist(),
+                        items["rule"].to_pylist(),
+                        items["action"].to_pylist(),
+                        fired,
+                        items["as_of"].to_pylist(),
+                        items["fields"].to_pylist(),
+                        control,
+                        [CONTROL if c else PENDING for c in control],
+                        [0] * items.num_rows,
+                        [None if c else f for c, f in zip(control, fired, strict=True)],
+                    ),
+                ).fetchone()[0]
+            if evaluations is not None and evaluations.num_rows:
+                ev = evaluations.select(EVALUATION_INPUT.names).cast(EVALUATION_INPUT)
+                con.execute(
+                    f"INSERT INTO {SCHEMA}.trigger_evaluations AS t (customer_id, as_of, risk_tier) "
+                    "SELECT * FROM unnest(%s::text[], %s::timestamp[], %s::text[]) ON CONFLICT (customer_id) DO UPDATE "
+                    "SET prev_as_of = CASE WHEN excluded.as_of > t.as_of THEN t.as_of ELSE t.prev_as_of END, "
+                    "prev_tier = CASE WHEN excluded.as_of > t.as_of THEN t.risk_tier ELSE t.prev_tier END, "
+                    "as_of = excluded.as_of, risk_tier = excluded.risk_tier WHERE excluded.as_of >= t.as_of",
+                    (ev["customer_id"].to_pylist(), ev["as_of"].to_pylist(), ev["risk_tier"].to_pylist()),
+                )
+        return added
+
+    def outbox_after(self, cursor: int, limit: int) -> pa.Table:
+        with self._small() as con:
+            rows = con.execute(
+                f"SELECT {_OUTBOX_SELECT} FROM {SCHEMA}.outbox WHERE seq > %s ORDER BY seq LIMIT %s",
+                (int(cursor), int(limit)),
+            ).fetchall()
+        return _from_rows(rows, OUTBOX_SCHEMA)
+
+    def pending_deliveries(self, now: datetime, limit: int) -> pa.Table:
+        with self._small() as con:
+            rows = con.execute(
+                f"SELECT {_OUTBOX_SELECT} FROM {SCHEMA}.outbox WHERE state = '{PENDING}' AND next_attempt_at <= %s "
+                "ORDER BY next_attempt_at, seq LIMIT %s",
+                (_naive(now), int(limit)),
+            ).fetchall()
+        return _from_rows(rows, OUTBOX_SCHEMA)
+
+    def mark_delivery(
+        self, id: str, state: str, attempts: int, next_attempt_at: datetime | None, last_error: str | None
+    ) -> None:
+        check_delivery_state(state)
+        with self._small() as con, con.transaction():
+            found = con.execute(f"SELECT state FROM {SCHEMA}.outbox WHERE id = %s FOR UPDATE", (id,)).fetchone()
+            if found is None:
+                raise StoreError(f"no outbox item {id!r} in the store at {self.location}")
+            if found[0] == CONTROL:
+                raise StoreError(f"outbox item {id!r} is a control item: it is never delivered")
+            con.execute(
+                f"UPDATE {SCHEMA}.outbox SET state = %s, attempts = %s, next_attempt_at = %s, last_error = %s "
+                "WHERE id = %s",
+                (state, int(attempts), _naive(next_attempt_at), last_error, id),
+            )
+
+    def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:
+        query = f"SELECT customer_id, rule, as_of, control FROM {SCHEMA}.outbox WHERE as_of >= %s"
+        params: tuple = (_naive(since),)
+        if customer_ids is not None:
+            query, params = query + " AND customer_id = ANY(%s)", (*params, sorted(set(customer_ids)))
+        with self._small() as con:
+            return _from_rows(con.execute(query, params).fetchall(), FIRINGS_SCHEMA)
+
+    def evaluations(self, customer_ids: Sequence[str] | None = None) -> pa.Table:
+        query = f"SELECT customer_id, as_of, risk_tier, prev_as_of, prev_tier FROM {SCHEMA}.trigger_evaluations"
+        params: tuple = ()
+        if customer_ids is not None:
+            query, params = query + " WHERE customer_id = ANY(%s)", (sorted(set(customer_ids)),)
+        with self._small() as con:
+            return _from_rows(con.execute(query, params).fetchall(), EVALUATIONS_SCHEMA)
+
     # ------------------------------------------------------------------------------------------ reads
 
     def dataset(self) -> Dataset:
@@ -366,3 +480,20 @@ def _literal(text: str) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+_OUTBOX_SELECT = ", ".join("fields::text" if c == "fields" else c for c in OUTBOX_COLUMNS)
+
+
+def _naive(when: datetime | None) -> datetime | None:
+    """Naive UTC, as the store keeps time stamps."""
+    if when is None or when.tzinfo is None:
+        return when
+    return when.astimezone(UTC).replace(tzinfo=None)
+
+
+def _from_rows(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    if not rows:
+        return schema.empty_table()
+    columns = list(zip(*rows, strict=True))
+    return pa.Table.from_arrays([pa.array(v, f.type) for f, v in zip(schema, columns, strict=True)], schema=schema)

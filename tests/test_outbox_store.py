@@ -1,0 +1,149 @@
+"""The trigger outbox and evaluation state in the customer store, on both backends (embedded SQLite catalog and a
+throwaway PostgreSQL server): idempotent on id, seq in commit order for cursors, delivery states, control items
+never delivered, evaluation state shifting, one transaction for items and state."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+
+import pyarrow as pa
+import pytest
+
+from features.store import StoreError, StoreSettings, open_store
+from features.store.outbox import EVALUATION_INPUT, OUTBOX_COLUMNS, items_table, outbox_id
+
+T0 = datetime(2025, 3, 1)
+FIRED = datetime(2025, 3, 1, 6, 0, 0)
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def store(request, tmp_path):
+    if request.param == "embedded":
+        settings = StoreSettings(path=tmp_path / "store")
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres_url")
+        name = f"outbox_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute(f"CREATE DATABASE {name}")
+        settings = StoreSettings(url=f"{url.rsplit('/', 1)[0]}/{name}")
+    s = open_store(settings, tmp_path)
+    yield s
+    s.close()
+
+
+def item(customer: str, rule: str = "cart_abandoned", as_of: datetime = T0, control: bool = False) -> dict:
+    return {
+        "id": outbox_id(rule, customer, as_of),
+        "customer_id": customer,
+        "rule": rule,
+        "action": "cart_reminder",
+        "fired_at": FIRED,
+        "as_of": as_of,
+        "fields": json.dumps({"hours_since_cart_add": 30.5}),
+        "control": control,
+    }
+
+
+def test_ids_are_deterministic_per_rule_customer_and_day():
+    assert outbox_id("r", "c1", T0) == outbox_id("r", "c1", T0 + timedelta(hours=5))
+    assert outbox_id("r", "c1", T0) != outbox_id("r", "c1", T0 + timedelta(days=1))
+    assert outbox_id("r", "c1", T0) != outbox_id("r2", "c1", T0) != outbox_id("r", "c2", T0)
+
+
+def test_add_outbox_is_idempotent_and_seq_orders_the_cursor(store):
+    first = items_table([item("a"), item("b", control=True), item("c")])
+    assert store.add_outbox(first) == 3
+    assert store.add_outbox(first) == 0  # a re-run adds nothing
+    assert store.add_outbox(items_table([item("c"), item("d")])) == 1
+    page = store.outbox_after(0, 10)
+    assert tuple(page.column_names) == OUTBOX_COLUMNS
+    assert page["customer_id"].to_pylist() == ["a", "b", "c", "d"]
+    seq = page["seq"].to_pylist()
+    assert seq == sorted(seq) and len(set(seq)) == 4
+    assert page["state"].to_pylist() == ["pending", "control", "pending", "pending"]
+    assert page["control"].to_pylist() == [False, True, False, False]
+    assert page["next_attempt_at"].to_pylist() == [FIRED, None, FIRED, FIRED]
+    assert page["attempts"].to_pylist() == [0] * 4
+    assert json.loads(page["fields"][0].as_py()) == {"hours_since_cart_add": 30.5}
+    assert page["as_of"][0].as_py() == T0 and page["fired_at"][0].as_py() == FIRED
+    # paging with the cursor: every item once, in order
+    got, cursor = [], 0
+    while True:
+        part = store.outbox_after(cursor, 3)
+        if part.num_rows == 0:
+            break
+        got += part["customer_id"].to_pylist()
+        cursor = part["seq"][-1].as_py()
+    assert got == ["a", "b", "c", "d"]
+    assert store.outbox_after(seq[-1], 10).num_rows == 0
+
+
+def test_delivery_states_and_control_items(store):
+    store.add_outbox(items_table([item("a"), item("b", control=True), item("c")]))
+    due = store.pending_deliveries(FIRED, 10)
+    assert due["customer_id"].to_pylist() == ["a", "c"]  # control items are never due
+    assert store.pending_deliveries(FIRED - timedelta(seconds=1), 10).num_rows == 0
+    a, b = outbox_id("cart_abandoned", "a", T0), outbox_id("cart_abandoned", "b", T0)
+    later = FIRED + timedelta(minutes=5)
+    store.mark_delivery(a, "pending", 1, later, "HTTP 503")
+    assert store.pending_deliveries(FIRED, 10)["customer_id"].to_pylist() == ["c"]
+    due = store.pending_deliveries(later, 10)
+    assert due["customer_id"].to_pylist() == ["c", "a"]  # oldest due first
+    assert due.filter(pa.compute.equal(due["customer_id"], "a"))["last_error"].to_pylist() == ["HTTP 503"]
+    store.mark_delivery(a, "delivered", 2, None, None)
+    store.mark_delivery(outbox_id("cart_abandoned", "c", T0), "dead", 8, None, "HTTP 410")
+    assert store.pending_deliveries(later, 10).num_rows == 0
+    states = dict(zip(*store.outbox_after(0, 10).select(["customer_id", "state"]).to_pydict().values(), strict=True))
+    assert states == {"a": "delivered", "b": "control", "c": "dead"}
+    with pytest.raises(StoreError, match="control item"):
+        store.mark_delivery(b, "delivered", 1, None, None)
+    with pytest.raises(StoreError, match="no outbox item"):
+        store.mark_delivery("nope", "delivered", 1, None, None)
+    with pytest.raises(ValueError, match="delivery state"):
+        store.mark_delivery(a, "control", 1, None, None)
+
+
+def evaluations(rows: list[tuple[str, datetime, str]]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [{"customer_id": c, "as_of": d, "risk_tier": t} for c, d, t in rows], schema=EVALUATION_INPUT
+    )
+
+
+def test_evaluation_state_keeps_the_latest_and_the_previous(store):
+    day2, day3 = T0 + timedelta(days=1), T0 + timedelta(days=2)
+    store.add_outbox(items_table([]), evaluations=evaluations([("a", T0, "low"), ("b", T0, "medium")]))
+    store.add_outbox(items_table([]), evaluations=evaluations([("a", day2, "high")]))
+    store.add_outbox(items_table([]), evaluations=evaluations([("a", day2, "critical")]))  # same as_of again
+    store.add_outbox(items_table([]), evaluations=evaluations([("b", T0 - timedelta(days=5), "low")]))  # older
+    rows = {r["customer_id"]: r for r in store.evaluations().to_pylist()}
+    assert rows["a"] == {"customer_id": "a", "as_of": day2, "risk_tier": "critical", "prev_as_of": T0,
+                         "prev_tier": "low"}  # fmt: skip
+    assert rows["b"] == {"customer_id": "b", "as_of": T0, "risk_tier": "medium", "prev_as_of": None,
+                         "prev_tier": None}  # fmt: skip
+    store.add_outbox(items_table([]), evaluations=evaluations([("a", day3, "low")]))
+    (a,) = store.evaluations(["a"]).to_pylist()
+    assert (a["prev_tier"], a["risk_tier"], a["prev_as_of"]) == ("critical", "low", day2)
+
+
+def test_firings_since(store):
+    store.add_outbox(
+        items_table([item("a", as_of=T0 - timedelta(days=10)), item("a", "risk_jump"), item("b", control=True)])
+    )
+    recent = store.firings_since(T0 - timedelta(days=1))
+    assert sorted(zip(recent["customer_id"].to_pylist(), recent["rule"].to_pylist(), strict=True)) == [
+        ("a", "risk_jump"),
+        ("b", "cart_abandoned"),
+    ]
+    assert store.firings_since(T0 - timedelta(days=30), ["a"]).num_rows == 2
+    assert store.firings_since(T0 - timedelta(days=30), ["zz"]).num_rows == 0
+
+
+def test_items_and_state_are_one_transaction(store):
+    bad = evaluations([("a", T0, "low")]).set_column(2, "risk_tier", pa.array([None], pa.string()))
+    with pytest.raises(Exception):  # noqa: B017 - NOT NULL violation of either backend's driver
+        store.add_outbox(items_table([item("a")]), evaluations=bad)
+    assert store.outbox_after(0, 10).num_rows == 0
