@@ -6,15 +6,17 @@ what the treated customers would have done without the contact, and the differen
 effect of the action (intention to treat: a treated firing counts whether or not its webhook was delivered, since
 the draw decided who was *meant* to be contacted; ``delivered`` says how many were).
 
-For each firing at ``fired_at`` the outcome window is ``[fired_at, fired_at + H)``, the window of the churn labels
-(``features/labels.py``) started at the firing, with the same definitions:
+A firing happens at the ``as_of`` it was evaluated at (the customer's history strictly before it made the rule fire):
+for the live and the daily evaluation that is when it fired, for an evaluation of a past date that date. Its outcome
+window is ``[as_of, as_of + H)``, the window of the churn labels (``features/labels.py``), with the same
+definitions:
 
 - **purchased**: at least one transaction line with amount >= 0 in the window (an order is an order, a free one
   too; a refund is not a purchase);
 - **revenue**: net spend in the window, purchases minus refunds dated in it (the labels' ``future_spend``);
 - **churned**: no purchase in the window, or a cancellation (``churn_date``) before its end.
 
-Only firings whose whole window is observed are judged (``fired_at + H <= data end``, the last transaction time
+Only firings whose whole window is observed are judged (``as_of + H <= data end``, the last transaction time
 stamp); the others are counted as ``too_recent``. A customer a rule fired for several times (after its cool-down)
 counts once per rule, at their first judged firing in the range, so the units are independent customers.
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,9 +43,10 @@ import pyarrow as pa
 from features.dataset import Dataset
 
 if TYPE_CHECKING:
+    from features.store import Store
     from serving.policy import Policy
 
-FIRING_COLUMNS = ("customer_id", "rule", "action", "fired_at", "control")
+FIRING_COLUMNS = ("customer_id", "rule", "action", "as_of", "control")
 CONFIDENCE = 0.95
 
 
@@ -85,7 +88,7 @@ class LiftResult:
     data_end: datetime
     fired_from: datetime | None
     fired_to: datetime | None
-    firings: int  # in the fired_at range
+    firings: int  # in the as_of range
     too_recent: int  # in the range, window not yet observed
     repeats: int  # later firings of a rule for a customer already counted
     rules: list[RuleLift] = field(default_factory=list)
@@ -114,28 +117,30 @@ def measure_lift(
     fired_from: datetime | None = None,
     fired_to: datetime | None = None,
 ) -> LiftResult:
-    """Lift per (rule, action) of the ``firings`` (outbox rows: customer_id, rule, action, fired_at, control and
-    optionally state) on the purchases in ``data``. ``fired_to`` is exclusive."""
+    """Lift per (rule, action) of the ``firings`` (outbox rows: customer_id, rule, action, as_of, control and
+    optionally state) on the purchases in ``data``. The range [``fired_from``, ``fired_to``) selects on as_of."""
     missing = [c for c in FIRING_COLUMNS if c not in firings.columns]
     if missing:
         raise ValueError(f"firings: missing column(s) {', '.join(missing)}")
     data_end = data.data_end
     f = firings.copy()
-    f["fired_at"] = _naive_utc(f["fired_at"])
+    f["as_of"] = _naive_utc(f["as_of"])
     f["control"] = f["control"].astype(bool)
     if fired_from is not None:
-        f = f[f["fired_at"] >= pd.Timestamp(fired_from)]
+        f = f[f["as_of"] >= pd.Timestamp(fired_from)]
     if fired_to is not None:
-        f = f[f["fired_at"] < pd.Timestamp(fired_to)]
+        f = f[f["as_of"] < pd.Timestamp(fired_to)]
     in_range = len(f)
-    judged = f[f["fired_at"] + pd.Timedelta(days=horizon_days) <= pd.Timestamp(data_end)]
+    judged = f[f["as_of"] + pd.Timedelta(days=horizon_days) <= pd.Timestamp(data_end)]
     too_recent = in_range - len(judged)
-    judged = judged.sort_values(["rule", "customer_id", "fired_at"], kind="stable")
+    judged = judged.sort_values(["rule", "customer_id", "as_of"], kind="stable")
     first = judged.drop_duplicates(["rule", "customer_id"], keep="first")
     repeats = len(judged) - len(first)
+    if first.empty:
+        return LiftResult(horizon_days, data_end, fired_from, fired_to, in_range, too_recent, repeats, [])
     outcomes = _outcomes(first, data, horizon_days)
     rules = [
-        _rule_lift(rule, action, group, policy)
+        compare(rule, action, group, policy)
         for (rule, action), group in outcomes.groupby(["rule", "action"], sort=True)
     ]
     return LiftResult(horizon_days, data_end, fired_from, fired_to, in_range, too_recent, repeats, rules)
@@ -146,14 +151,30 @@ def _naive_utc(values: pd.Series) -> pd.Series:
     return t.dt.tz_convert("UTC").dt.tz_localize(None)
 
 
+def read_firings(store: Store, page: int = 100_000) -> pd.DataFrame:
+    """Every outbox item of the store (the columns ``measure_lift`` needs, and the delivery state)."""
+    parts, cursor = [], 0
+    while True:
+        chunk = store.outbox_after(cursor, page)
+        if chunk.num_rows == 0:
+            break
+        parts.append(chunk.select(["seq", *FIRING_COLUMNS, "fired_at", "state"]))
+        cursor = chunk["seq"][-1].as_py()
+    if not parts:
+        from features.store.outbox import OUTBOX_SCHEMA
+
+        return OUTBOX_SCHEMA.empty_table().select(["seq", *FIRING_COLUMNS, "fired_at", "state"]).to_pandas()
+    return pa.concat_tables(parts).to_pandas()
+
+
 def _outcomes(firings: pd.DataFrame, data: Dataset, horizon_days: int) -> pd.DataFrame:
     """purchased, revenue and churned of each firing's window, one DuckDB pass over the transactions."""
     from features.duck import connect
 
-    cols = ["customer_id", "rule", "action", "fired_at", "control"] + (["state"] if "state" in firings else [])
+    cols = [*FIRING_COLUMNS, *(["state"] if "state" in firings else [])]
     table = firings[cols].reset_index(drop=True).assign(k=np.arange(len(firings), dtype=np.int64))
     con = connect()
-    con.register("f", pa.Table.from_pandas(table[["k", "customer_id", "fired_at"]], preserve_index=False))
+    con.register("f", pa.Table.from_pandas(table[["k", "customer_id", "as_of"]], preserve_index=False))
     con.register("tx", data.transactions.select(["customer_id", "timestamp", "amount"]))
     con.register("cu", data.customers.select(["customer_id", "churn_date"]))
     sql = f"""
@@ -163,12 +184,12 @@ def _outcomes(firings: pd.DataFrame, data: Dataset, horizon_days: int) -> pd.Dat
                    coalesce(sum(t.amount), 0.0) AS revenue
             FROM f LEFT JOIN tx t
               ON t.customer_id = f.customer_id
-             AND t.timestamp >= f.fired_at
-             AND t.timestamp < f.fired_at + INTERVAL {int(horizon_days)} DAY
+             AND t.timestamp >= f.as_of
+             AND t.timestamp < f.as_of + INTERVAL {int(horizon_days)} DAY
             GROUP BY f.k
         )
         SELECT w.k, w.purchased, w.revenue,
-               (NOT w.purchased) OR coalesce(c.churn_date < f.fired_at + INTERVAL {int(horizon_days)} DAY, false)
+               (NOT w.purchased) OR coalesce(c.churn_date < f.as_of + INTERVAL {int(horizon_days)} DAY, false)
                  AS churned
         FROM w JOIN f USING (k) LEFT JOIN (SELECT customer_id, max(churn_date) AS churn_date FROM cu GROUP BY 1) c
           ON c.customer_id = f.customer_id
@@ -178,7 +199,9 @@ def _outcomes(firings: pd.DataFrame, data: Dataset, horizon_days: int) -> pd.Dat
     return table.merge(out, on="k", how="left", validate="one_to_one")
 
 
-def _rule_lift(rule: str, action: str, g: pd.DataFrame, policy: Policy | None) -> RuleLift:
+def compare(rule: str, action: str, g: pd.DataFrame, policy: Policy | None) -> RuleLift:
+    """Treated vs control of one rule's firings ``g`` (columns control, purchased, revenue, churned; optional
+    state), with the 95 % intervals of the module docstring."""
     from scipy import stats
     from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
 
@@ -186,13 +209,7 @@ def _rule_lift(rule: str, action: str, g: pd.DataFrame, policy: Policy | None) -
     nt, nc = len(t), len(c)
     assumed = policy.actions[action].save_rate if policy is not None and action in policy.actions else None
     delivered = int((t["state"] == "delivered").sum()) if "state" in g else None
-    empty: dict[str, Any] = dict.fromkeys(
-        (
-            "treated_rate control_rate lift ci_low ci_high p_value treated_revenue control_revenue revenue_lift "
-            "revenue_ci_low revenue_ci_high treated_churn_rate control_churn_rate churn_diff churn_ci_low "
-            "churn_ci_high observed_save_rate save_rate_ci_low save_rate_ci_high"
-        ).split()
-    )
+    empty: dict[str, Any] = {f.name: None for f in fields(RuleLift)[4:-3]}  # treated_rate ... save_rate_ci_high
     if nt == 0 or nc == 0:
         note = "no control firings: lift cannot be measured" if nc == 0 else "no treated firings"
         return RuleLift(rule, action, nt, nc, **empty, assumed_save_rate=assumed, delivered=delivered, note=note)
@@ -251,29 +268,79 @@ def _clean(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ outputs
 
 
+TABLE_COLUMNS = (
+    "rule (action)",
+    "treated / control",
+    "bought: treated / control",
+    "lift [95 % CI]",
+    "revenue/customer: treated / control",
+    "difference [95 % CI]",
+    "churned: treated / control",
+    "save rate [95 % CI]",
+    "assumed",
+)
+STACKED_COLUMNS = (  # the same columns, headers stacked like the cells of ``table_rows(stacked=True)``
+    "rule\n(action)",
+    "customers\ntreated\ncontrol",
+    "bought\ntreated\ncontrol",
+    "lift\n[95 % CI]",
+    "revenue/customer\ntreated\ncontrol",
+    "difference\n[95 % CI]",
+    "churned\ntreated\ncontrol",
+    "save rate\n[95 % CI]",
+    "assumed\nsave rate",
+)
+NUMERIC_COLUMNS = range(1, len(TABLE_COLUMNS))
+
+
+def table_rows(result: LiftResult, *, stacked: bool = False) -> list[list[str]]:
+    """The lift table's cells (``TABLE_COLUMNS``): the terminal and the Markdown file show the same numbers.
+    Rates are shares of customers within H days; lifts and differences are treated minus control. ``stacked``:
+    treated above control and intervals below their estimate (narrow cells for a terminal)."""
+    pair = "\n" if stacked else " / "
+    gap = "\n" if stacked else " "
+
+    def est(value: str, interval: str) -> str:
+        return f"{value}{gap}{interval}" if interval else value
+
+    return [
+        [
+            f"{r.rule}{gap}({r.action})",
+            f"{r.treated:,}{pair}{r.control:,}",
+            f"{fmt_pct(r.treated_rate)}{pair}{fmt_pct(r.control_rate)}",
+            est(fmt_pts(r.lift), fmt_ci(r.ci_low, r.ci_high, fmt_pts)),
+            f"{fmt_money(r.treated_revenue)}{pair}{fmt_money(r.control_revenue)}",
+            est(fmt_money(r.revenue_lift, sign=True), fmt_ci(r.revenue_ci_low, r.revenue_ci_high, fmt_money)),
+            f"{fmt_pct(r.treated_churn_rate)}{pair}{fmt_pct(r.control_churn_rate)}",
+            est(fmt_pct(r.observed_save_rate), fmt_ci(r.save_rate_ci_low, r.save_rate_ci_high, fmt_pct)),
+            fmt_pct(r.assumed_save_rate),
+        ]
+        for r in result.rules
+    ]
+
+
+def table_notes(result: LiftResult) -> list[str]:
+    return [f"{r.rule}: {r.note}" for r in result.rules if r.note]
+
+
+def table_caption(result: LiftResult) -> str:
+    return (
+        f"firings (as_of) from {_day(result.fired_from) or 'the start'} to {_day(result.fired_to) or 'the end'}, "
+        f"purchases within {result.horizon_days} days of each, data end {result.data_end:%Y-%m-%d %H:%M}; "
+        f"{result.firings:,} firings in the range, {result.too_recent:,} too recent to judge, {result.repeats:,} "
+        "repeat firings of a rule for a customer not counted"
+    )
+
+
 def lift_markdown(result: LiftResult) -> str:
     """The lift table: one row per rule, purchase rates within H days, their difference with its 95 % interval."""
-    h = result.horizon_days
     lines = [
-        f"| rule | action | treated | control | purchase rate treated | control | lift (95 % CI) | revenue/customer "
-        f"treated | control | difference (95 % CI) | churn rate treated | control | observed save rate (95 % CI) | "
-        f"assumed save rate | note |",
-        "|---|---|" + "---:|" * 12 + "---|",
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "|" + "".join("---:|" if i in NUMERIC_COLUMNS else "---|" for i in range(len(TABLE_COLUMNS))),
     ]
-    for r in result.rules:
-        lines.append(
-            f"| {r.rule} | {r.action} | {r.treated:,} | {r.control:,} | {_pct(r.treated_rate)} | "
-            f"{_pct(r.control_rate)} | {_pts(r.lift)} {_ci(r.ci_low, r.ci_high, _pts)} | {_money(r.treated_revenue)} | "
-            f"{_money(r.control_revenue)} | {_money(r.revenue_lift)} {_ci(r.revenue_ci_low, r.revenue_ci_high, _money)}"
-            f" | {_pct(r.treated_churn_rate)} | {_pct(r.control_churn_rate)} | {_pct(r.observed_save_rate)} "
-            f"{_ci(r.save_rate_ci_low, r.save_rate_ci_high, _pct)} | {_pct(r.assumed_save_rate)} | {r.note} |"
-        )
-    window = (
-        f"firings from {_day(result.fired_from) or 'the start'} to {_day(result.fired_to) or 'the end'}; "
-        f"{h}-day windows, data end {result.data_end:%Y-%m-%d %H:%M}; {result.too_recent:,} firings too recent to "
-        f"judge, {result.repeats:,} repeat firings not counted"
-    )
-    return "\n".join(lines) + f"\n\n{window}\n"
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
+    notes = "".join(f"\n- {n}" for n in table_notes(result))
+    return "\n".join(lines) + f"\n\n{table_caption(result)}\n{notes}\n"
 
 
 def lift_chart(result: LiftResult, path: Path) -> Path:
@@ -337,20 +404,22 @@ def _day(t: datetime | None) -> str | None:
     return f"{t:%Y-%m-%d}" if t else None
 
 
-def _pct(v: float | None) -> str:
+def fmt_pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
-def _pts(v: float | None) -> str:
+def fmt_pts(v: float | None) -> str:
+    """A difference of two rates, in percentage points."""
     return "-" if v is None else f"{v * 100:+.1f} pts"
 
 
-def _money(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.2f}"
+def fmt_money(v: float | None, sign: bool = False) -> str:
+    return "-" if v is None else (f"{v:+,.2f}" if sign else f"{v:,.2f}")
 
 
-def _ci(low: float | None, high: float | None, fmt: Any) -> str:
+def fmt_ci(low: float | None, high: float | None, fmt: Any) -> str:
     if low is None or high is None:
         return ""
+    if fmt is fmt_pts:
+        return f"[{low * 100:+.1f}, {high * 100:+.1f}]"
     return f"[{fmt(low)}, {fmt(high)}]"
-
