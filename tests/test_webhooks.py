@@ -375,3 +375,37 @@ def test_one_deliverer_at_a_time(tmp_path):
         pass
     with single_deliverer(lock):  # released
         pass
+
+
+@pytest.mark.slow  # serves HTTP
+def test_churn_deliver_once_and_its_errors(tmp_path, monkeypatch, receivers):
+    from typer.testing import CliRunner
+
+    from churnguard.cli import app
+
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHURN_DATA_DIR", str(tmp_path / "data"))
+    r = runner.invoke(app, ["deliver", "--once"])
+    assert r.exit_code == 2 and "delivery.webhook_url" in r.output
+
+    store = open_store(StoreSettings(), tmp_path / "data")
+    ids = fill(store, 3, controls=1, fired=datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=1))
+    store.close()
+    rx = receivers(lambda n, _: (500, {}) if n == 0 else (200, {}))
+    monkeypatch.setenv("CHURN_DELIVERY__WEBHOOK_URL", rx.url)
+    monkeypatch.setenv("CHURN_DELIVERY__SECRET", SECRET)
+    monkeypatch.setenv("CHURN_DELIVERY__CONCURRENCY", "1")
+    r = runner.invoke(app, ["deliver", "--once"])
+    assert r.exit_code == 0, r.output
+    assert "sent 3: 2 delivered, 1 to retry, 0 dead-lettered" in r.output and "HTTP 500" in r.output
+    r = runner.invoke(app, ["deliver", "--once"])
+    assert r.exit_code == 0 and "nothing due" in r.output  # the failed one waits for its back-off
+    assert len(verify_all(rx)) == 3 and set(rx.ids()) <= set(ids)
+
+    gone = receivers(lambda n, _: (410, {}))
+    store = open_store(StoreSettings(), tmp_path / "data")
+    store.mark_delivery(ids[0], "pending", 1, datetime(2020, 1, 1), "HTTP 500")  # due again
+    store.close()
+    r = runner.invoke(app, ["deliver", "--once", "--url", gone.url])
+    assert r.exit_code == 3 and "410 Gone" in r.output
