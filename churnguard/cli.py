@@ -568,6 +568,62 @@ def ingest(data: DataOpt, mapping: MappingOpt = None, map_: MapOpt = None) -> No
 
 @app.command()
 @friendly_errors
+def triggers(
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Evaluate these files (default: the customer store's rows).")
+    ] = None,
+    as_of: Annotated[
+        datetime | None, typer.Option(formats=DATE_FORMATS, help="Evaluate as of this date (default: now).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Export what this run fired (.csv or .parquet, with rule and control).")
+    ] = None,
+    rules: Annotated[Path | None, typer.Option(help="Trigger rules YAML (default from settings).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model URI (default models:/<name>@champion).")] = None,
+    mapping: MappingOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """Evaluate the trigger rules for every customer and write each firing once to the store's outbox."""
+    from churnguard.console import print_trigger_run, progress
+    from features.contract import now_utc
+    from features.io import write_table
+    from features.store import open_store
+    from model.registry import load_model
+    from serving.policy import load_policy
+    from serving.triggers import evaluate_triggers, items_for_export, load_triggers
+
+    settings = _settings(scoring={"model_uri": model, "triggers_file": rules})
+    policy = load_policy(settings.scoring.policy_file)
+    trigger_rules = load_triggers(settings.scoring.triggers_file, policy=policy)
+    when = as_of or now_utc()
+    dataset = load_data(data, mapping, map_, settings)[0] if data else None
+    with console.status(f"loading {settings.model_uri} ..."):
+        churn_model = load_model(settings.mlflow, settings.model_uri).with_overrides(
+            tier_thresholds=settings.scoring.tier_thresholds
+        )
+    store = open_store(settings.store, settings.data_dir)
+    try:
+        with progress(f"evaluating triggers as of {when:%Y-%m-%d}", total=None) as advance:
+            run = evaluate_triggers(
+                dataset,
+                churn_model,
+                trigger_rules,
+                store,
+                when,
+                policy=policy,
+                chunk_size=settings.scoring.chunk_size,
+                progress=advance,
+            )
+    finally:
+        store.close()
+    print_trigger_run(run, trigger_rules, store.location)
+    if out is not None:
+        write_table(items_for_export(run.items()), out)
+        console.print(f"this run's firings: [bold]{out}[/bold] ({run.items().num_rows:,})")
+
+
+@app.command()
+@friendly_errors
 def report(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="HTML file to write: one self-contained page that works offline.")],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys  # noqa: E402
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -192,3 +192,18 @@ def print_lift(result: LiftResult) -> None:
     for note in table_notes(result):
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"[dim]{table_caption(result)}[/dim]")
+
+
+def print_trigger_run(run: Any, rules: Any, location: str) -> None:
+    """Per rule: matched, held back by the cool-down or the contact cap, fired (of which control)."""
+    table = Table(title=f"triggers as of {run.as_of:%Y-%m-%d %H:%M}", title_justify="left")
+    for col in ("rule", "action", "matched", "cool-down", "capped", "fired", "of which control"):
+        table.add_column(col, justify="left" if col in ("rule", "action") else "right")
+    for name, c in run.rules.items():
+        values = (c.matched, c.cooldown, c.capped, c.fired, c.control)
+        table.add_row(name, rules.rules[name].action, *(f"{v:,}" for v in values))
+    console.print(table)
+    console.print(
+        f"{run.customers_evaluated:,} customers evaluated ({run.customers_not_evaluated:,} prospects not); "
+        f"{run.added:,} new outbox items in {location}"
+    )

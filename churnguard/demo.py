@@ -71,8 +71,9 @@ from features.registry import DEFAULT_EVENT_TYPES
 
 Format = Literal["csv", "parquet"]
 DAY = 86_400  # seconds
-EVENT_TYPES = DEFAULT_EVENT_TYPES  # the simulator emits exactly the event types the features know by default
-SESSION, EMAIL_OPEN, EMAIL_CLICK, SUPPORT_TICKET, APP_LOGIN = range(len(EVENT_TYPES))
+# the event types the features know by default, plus cart_add (read by the trigger rules' abandoned-cart condition)
+EVENT_TYPES = (*DEFAULT_EVENT_TYPES, "cart_add")
+SESSION, EMAIL_OPEN, EMAIL_CLICK, SUPPORT_TICKET, APP_LOGIN, CART_ADD = range(len(EVENT_TYPES))
 CHANNELS = ("web", "app", "store")
 WEB, APP, STORE = range(len(CHANNELS))
 MESS_KINDS = (
@@ -197,6 +198,11 @@ class DemoProcess:
     email_residual_level: float = 0.25
     email_residual_days: tuple[float, float] = (60.0, 300.0)
     ticket_rate: float = 0.4 / 365
+    # carts (cart_add events): most web and app orders start with one a little before the order; engaged customers
+    # also fill carts they never check out (abandoned carts), fading like their browsing before they leave
+    cart_before_order_share: float = 0.7
+    cart_lead_minutes: float = 20.0
+    abandoned_cart_rate: float = 0.004  # per day at engagement 1
     leaver_ticket_share: float = 0.3  # share of retail leavers who file tickets before leaving
     subscriber_leaver_ticket_share: float = 0.5
     leaver_tickets_mean: float = 1.5
@@ -280,7 +286,9 @@ def generate(
     say(f"order lines and refunds ({orders.cust.size:,} orders)")
     tx = _transactions(rng, orders, spells, pop, cal, cat, P)
     say("engagement events")
-    ev = _events(rng, _concat_spells(spells, subs.spells), orders, spells, pop, cal, P)
+    # carts from their own stream, so adding them left every other draw of the story as it was
+    cart_rng = np.random.default_rng([seed, 0xCA27])
+    ev = _events(rng, _concat_spells(spells, subs.spells), orders, spells, pop, cal, P, cart_rng)
 
     say("mess")
     tx_mess = _plan_mess(rng, tx, dict(P.transaction_mess), cal, P, fmt)
@@ -846,14 +854,17 @@ def _events(
     pop: _Population,
     cal: _Calendar,
     P: DemoProcess,
+    cart_rng: np.random.Generator,
 ) -> _Rows:
-    """Browsing, pre-purchase sessions, e-mail opens and clicks, support tickets; sorted, no exact repeats."""
+    """Browsing, pre-purchase sessions, e-mail opens and clicks, support tickets, carts; sorted, no exact
+    repeats."""
     key = _EventKey(pop, cal)
     keys = [
         key.encode(*_browsing(rng, engaged, pop, cal, P)),
         key.encode(*_pre_order_sessions(rng, orders, retail, cal, P)),
         *(key.encode(*part) for part in _emails(rng, engaged, pop, cal, P)),
         key.encode(*_tickets(rng, engaged, cal, P)),
+        *(key.encode(*part) for part in _carts(cart_rng, engaged, orders, pop, cal, P)),
     ]
     return key.decode_unique(np.concatenate(keys))
 
@@ -937,6 +948,20 @@ def _tickets(rng: np.random.Generator, s: _Spells, cal: _Calendar, P: DemoProces
     t2 = np.where(t2 >= s.eng_start[burst], t2, -1.0)
     cust = np.concatenate([s.cust[idx], s.cust[burst]])
     return cust, np.concatenate([t, t2]), np.full(cust.size, SUPPORT_TICKET)
+
+
+def _carts(
+    rng: np.random.Generator, s: _Spells, orders: _OrderBook, pop: _Population, cal: _Calendar, P: DemoProcess
+) -> tuple[EventPart, EventPart]:
+    """A cart_add minutes before a share of the web and app orders, and carts never checked out."""
+    o = np.flatnonzero(orders.retail & (orders.channel != STORE))
+    o = o[rng.random(o.size) < P.cart_before_order_share]
+    t = orders.ts[o] / DAY - (1 + rng.exponential(P.cart_lead_minutes * 60, o.size)) / DAY
+    before = (orders.cust[o], t, np.full(o.size, CART_ADD))
+    rate = P.abandoned_cart_rate * pop.engagement[s.cust]
+    idx, t2 = _engaged_times(rng, cal, s, rate, P.residual_level, s.residual, P)
+    abandoned = (s.cust[idx], t2, np.full(idx.size, CART_ADD))
+    return before, abandoned
 
 
 class _EventKey:

@@ -1,13 +1,13 @@
 """``churn quickstart``: the whole main job on demo data, through the same library calls as the single commands.
 
 generate -> validate -> train (candidates, evaluation, MLflow registry) -> evaluation report -> promote ->
-batch scoring -> outreach list. Everything lands under ``<data_dir>/``.
+batch scoring -> outreach list -> trigger rules into the store's outbox. Everything lands under ``<data_dir>/``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from churnguard.console import console, print_batch_summary, print_comparison, print_validation, progress
@@ -41,7 +41,7 @@ def run_quickstart(
     root = settings.data_dir
     demo_dir = root / "demo"
     start = date(2023, 1, 1)
-    step = _steps(7)
+    step = _steps(8)
 
     step("generating demo data")
     summary = generate(demo_dir, customers=customers, seed=seed, start=start, months=months, fmt="csv")
@@ -99,6 +99,24 @@ def run_quickstart(
     write_batch(batch, scores, outreach, rejected)
     print_batch_summary(batch, model.model_version)
 
+    step("trigger rules: a week ago (the baseline for risk jumps), then today")
+    from churnguard.console import print_trigger_run
+    from features.store import open_store
+    from serving.triggers import evaluate_triggers, load_triggers
+
+    policy = load_policy(settings.scoring.policy_file)
+    rules = load_triggers(settings.scoring.triggers_file, policy=policy)
+    store = open_store(settings.store, root)
+    outbox = store.location
+    try:
+        for when in (as_of - timedelta(days=7), as_of):
+            run = evaluate_triggers(
+                data, model, rules, store, when, policy=policy, chunk_size=settings.scoring.chunk_size
+            )
+            print_trigger_run(run, rules, store.location)
+    finally:
+        store.close()
+
     step("done")
     console.print(f"""
   demo data        {demo_dir}
@@ -107,6 +125,7 @@ def run_quickstart(
   scorecards       {scores}
   outreach list    {outreach}
   not scored       {rejected}
+  trigger outbox   the store at {outbox} (`churn triggers`; pull: GET /v1/outbox)
 
   MLflow UI:       uv run mlflow ui --backend-store-uri {settings.tracking_uri}
   scoring API:     uv run churn serve        (then POST http://localhost:{settings.serving.port}/v1/score)

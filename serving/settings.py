@@ -19,6 +19,9 @@ class ScoringSettings(Section):
         "(set at training from training.tier_thresholds).",
     )
     policy_file: Path | None = Field(None, description="Retention policy YAML; default: the one shipped in serving/.")
+    triggers_file: Path | None = Field(
+        None, description="Trigger rules YAML (`churn triggers`); default: the one shipped in serving/."
+    )
     control_share: float = Field(0.1, ge=0, lt=1, description="Share of the outreach list held out as control.")
     chunk_size: int = Field(100_000, ge=100, description="Customers scored per chunk in batch scoring.")
     reasons: Literal["outreach", "all", "none"] = Field(
