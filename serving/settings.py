@@ -103,9 +103,9 @@ class DeliverySettings(Section):
     previous_secrets: list[SecretStr] = Field(
         default_factory=list, description="Older secrets still signed with during a rotation (zero downtime)."
     )
-    max_attempts: int = Field(8, ge=1, le=100, description="Failed attempts after which an item is dead-lettered.")
+    max_attempts: int = Field(14, ge=1, le=100, description="Failed attempts after which an item is dead-lettered.")
     backoff_base_s: float = Field(
-        30.0, ge=0, description="Wait after the first failure; doubles after each further one (exponential back-off)."
+        60.0, ge=0, description="Wait after the first failure; doubles after each further one (exponential back-off)."
     )
     backoff_max_s: float = Field(6 * 3600.0, ge=0, description="Longest wait between two attempts of one item.")
     backoff_jitter: float = Field(

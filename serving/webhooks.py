@@ -158,8 +158,11 @@ class WebhookSender:
     def send(self, item: dict[str, Any]) -> Attempt:
         import httpx
 
-        body = payload(item)
-        headers = signed_headers(str(item["id"]), int(time.time()), body, self.keys)
+        try:
+            body = payload(item)
+            headers = signed_headers(str(item["id"]), int(time.time()), body, self.keys)
+        except (TypeError, ValueError) as e:  # an item that cannot be sent fails (and is dead-lettered), not the pass
+            return Attempt(False, error=f"cannot build the request: {e}"[:ERROR_CHARS])
         try:
             response = self._client.post(self.url, content=body, headers=headers)
         except httpx.TimeoutException:

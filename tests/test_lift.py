@@ -113,7 +113,8 @@ def test_intervals_cover_the_truth_about_95_percent_of_the_time():
         hits["zero"] += r.ci_low <= 0 <= r.ci_high
     assert 0.92 <= hits["lift"] / reps <= 0.98, hits
     assert 0.92 <= hits["revenue"] / reps <= 0.98, hits
-    assert hits["zero"] / reps < 0.5, hits  # with d = 0.1 and n = 400 the test has power
+    # not so wide that a real effect stays invisible: here d is about 2 standard errors, so about half exclude 0
+    assert hits["zero"] / reps < 0.7, hits
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ def project(tmp_path, monkeypatch):
             {
                 **f,
                 "id": outbox_id(f["rule"], f["customer_id"], f["as_of"]),
-                "action": "winback_discount" if f["rule"] == "inactive_past_usual_gap" else "vip_offer",
+                "action": "winback_discount" if f["rule"] == "inactive_past_usual_gap" else "loyalty_invitation",
                 "fired_at": f["as_of"] + timedelta(minutes=5),
                 "fields": "{}",
             }
@@ -163,7 +164,7 @@ def test_churn_lift_recovers_an_injected_effect_and_prints_the_specified_json(pr
     assert a["ci_low"] <= 0.10 <= a["ci_high"] and a["ci_low"] > 0  # recovered, and distinguishable from 0
     assert abs(a["lift"] - 0.10) < 0.05
     assert b["ci_low"] <= 0 <= b["ci_high"]  # no effect: the interval covers 0
-    assert a["assumed_save_rate"] == 0.12 and b["assumed_save_rate"] == 0.20
+    assert a["assumed_save_rate"] == 0.12 and b["assumed_save_rate"] == 0.04
     assert a["delivered"] == 0  # nothing was pushed: intention to treat still counts them as treated
     assert (project / "data" / "reports" / "lift" / "lift.png").stat().st_size > 10_000
 

@@ -331,6 +331,20 @@ def test_signature_matches_the_reference_implementation():
     assert ours == Webhook(SECRET).sign("msg_1", when, body.decode())
 
 
+@pytest.mark.slow  # serves HTTP
+def test_an_item_that_cannot_be_sent_fails_alone(store, receivers):
+    clock = Clock()
+    ids = fill(store, 2, fired=clock.now)
+    rx = receivers(lambda n, _: (200, {}))
+    sender = WebhookSender(settings(rx.url))
+    send = sender.send
+    sender.send = lambda item: send({**item, "fields": "{not json"} if item["id"] == ids[0] else item)
+    result = deliver_once(store, settings(rx.url), sender=sender, clock=clock)
+    sender.close()
+    assert (result.delivered, result.retrying) == (1, 1)
+    assert outbox(store)[ids[0]]["last_error"].startswith("cannot build the request")
+
+
 def test_payload_is_minified_json_with_the_outbox_fields():
     item = {
         "id": "abc",
