@@ -755,7 +755,19 @@ def lift_command(
     finally:
         store.close()
     if data is not None:
-        dataset = load_data(data, mapping, map_, settings, verbose=False)[0]
+        from features.contract import now_utc
+        from features.mapping import load_mapping
+        from features.validate import load_dataset
+
+        dataset = load_dataset(
+            data,
+            now=now_utc(),
+            mapping=load_mapping(data, mapping, map_),
+            reject_future=settings.validation.reject_future,
+        )[0]
+        assert dataset.report is not None
+        r = dataset.report  # to stderr: with --json, stdout holds the JSON alone
+        err_console.print(f"[dim]validated {data}: {r.rows_read:,} rows read, {r.rows_kept:,} kept[/dim]")
     if dataset.transactions.num_rows == 0:
         raise ValueError("no transactions to measure against: ingest them (`churn ingest`) or pass --data")
     result = measure_lift(

@@ -168,6 +168,11 @@ def test_churn_lift_recovers_an_injected_effect_and_prints_the_specified_json(pr
     assert a["delivered"] == 0  # nothing was pushed: intention to treat still counts them as treated
     assert (project / "data" / "reports" / "lift" / "lift.png").stat().st_size > 10_000
 
+    # purchases from the files instead of the store: the same answer, and stdout is still JSON alone
+    r = runner.invoke(app, ["lift", "--horizon-days", str(H), "--json", "--no-mlflow", "--data", "business"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["rules"] == out["rules"]
+
 
 @pytest.mark.slow
 def test_churn_lift_table_and_mlflow_run(project, test_settings, monkeypatch):
