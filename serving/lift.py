@@ -25,6 +25,14 @@ rates), Welch's t interval for the difference in mean revenue, and the log-adjus
 for the **observed save rate**, ``1 - churn_treated / churn_control``: the share of the customers who would have
 churned that the action kept, which is what the retention policy's ``save_rate`` assumes (``serving/policy.yaml``;
 expected value saved = value at risk x save rate - cost).
+
+**Revenue with small groups.** Spend is very skewed (the demo's 90-day spend after a firing: skewness 7, the top 1 %
+above 1,000 against a mean of 82), and Welch's interval assumes the means are close to normal. Resampling that
+distribution into groups of 10 % control, its interval excluded 0 when there was no effect 14 % of the time with 25
+controls, 10 % with 100, 7.7 % with 200, 6.7 % with 400 and 5.7 % with 1,000 (2,000 draws each); a BCa bootstrap
+did no better (16 % at 25). So ``revenue_p_value`` comes from a permutation test (9,999 seeded relabellings of
+treated and control: exact when the action does nothing; 6.3 % and 5.3 % at 25 and 100 controls), and a rule with
+fewer than 200 customers in a group gets a note that its revenue interval is too narrow.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ if TYPE_CHECKING:
 
 FIRING_COLUMNS = ("customer_id", "rule", "action", "as_of", "control")
 CONFIDENCE = 0.95
+PERMUTATIONS = 9_999  # resamples of the revenue permutation test
+PERMUTATION_MAX_CUSTOMERS = 200_000  # above: Welch's p-value (its error rate is nominal at that size)
+REVENUE_SMALL_GROUP = 200  # below: Welch's interval is too narrow on skewed spend (measured, see the docstring)
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class RuleLift:
     revenue_lift: float | None
     revenue_ci_low: float | None
     revenue_ci_high: float | None
+    revenue_p_value: float | None  # two-sided permutation test of equal mean revenue (exact under no effect)
     treated_churn_rate: float | None
     control_churn_rate: float | None
     churn_diff: float | None  # treated - control: negative is good
@@ -229,8 +241,10 @@ def compare(rule: str, action: str, g: pd.DataFrame, policy: Policy | None) -> R
     rt, rc = t["revenue"].to_numpy(float), c["revenue"].to_numpy(float)
     out |= {"treated_revenue": rt.mean(), "control_revenue": rc.mean(), "revenue_lift": rt.mean() - rc.mean()}
     if nt >= 2 and nc >= 2 and (rt.std() > 0 or rc.std() > 0):
-        welch = stats.ttest_ind(rt, rc, equal_var=False).confidence_interval(CONFIDENCE)
-        out |= {"revenue_ci_low": welch.low, "revenue_ci_high": welch.high}
+        welch = stats.ttest_ind(rt, rc, equal_var=False)
+        ci = welch.confidence_interval(CONFIDENCE)
+        out |= {"revenue_ci_low": ci.low, "revenue_ci_high": ci.high}
+        out["revenue_p_value"] = revenue_p_value(rt, rc) if nt + nc <= PERMUTATION_MAX_CUSTOMERS else welch.pvalue
     ct, cc = int(t["churned"].sum()), int(c["churned"].sum())
     low, high = confint_proportions_2indep(ct, nt, cc, nc, method="newcomb", compare="diff", alpha=alpha)
     out |= {"treated_churn_rate": ct / nt, "control_churn_rate": cc / nc, "churn_diff": ct / nt - cc / nc}
@@ -245,9 +259,31 @@ def compare(rule: str, action: str, g: pd.DataFrame, policy: Policy | None) -> R
         notes.append("no churner among the controls: save rate undefined")
     if min(nt, nc) < 30:
         notes.append(f"only {min(nt, nc)} {'control' if nc < nt else 'treated'} customers: wide interval")
+    if min(nt, nc) < REVENUE_SMALL_GROUP and out["revenue_ci_low"] is not None:
+        notes.append("revenue interval too narrow for so few customers with skewed spend: judge it by its p-value")
     return RuleLift(
         rule, action, nt, nc, **_floats(out), assumed_save_rate=assumed, delivered=delivered, note="; ".join(notes)
     )
+
+
+def revenue_p_value(treated: np.ndarray, control: np.ndarray, seed: int = 0) -> float:
+    """Two-sided permutation test of equal mean revenue (seeded: the same data gives the same p-value)."""
+    from scipy import stats
+
+    def mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return x.mean(axis=axis) - y.mean(axis=axis)
+
+    batch = max(1, 20_000_000 // (len(treated) + len(control)))  # bounds memory: resamples x customers floats
+    result = stats.permutation_test(
+        (treated, control),
+        mean_difference,
+        permutation_type="independent",
+        vectorized=True,
+        n_resamples=PERMUTATIONS,
+        batch=batch,
+        random_state=seed,
+    )
+    return float(result.pvalue)
 
 
 def _floats(values: dict[str, Any]) -> dict[str, float | None]:
@@ -274,7 +310,7 @@ TABLE_COLUMNS = (
     "bought: treated / control",
     "lift [95 % CI]",
     "revenue/customer: treated / control",
-    "difference [95 % CI]",
+    "difference [95 % CI] p",
     "churned: treated / control",
     "save rate [95 % CI]",
     "assumed",
@@ -285,7 +321,7 @@ STACKED_COLUMNS = (  # the same columns, headers stacked like the cells of ``tab
     "bought\ntreated\ncontrol",
     "lift\n[95 % CI]",
     "revenue/customer\ntreated\ncontrol",
-    "difference\n[95 % CI]",
+    "difference\n[95 % CI]\np (permutation)",
     "churned\ntreated\ncontrol",
     "save rate\n[95 % CI]",
     "assumed\nsave rate",
@@ -310,7 +346,11 @@ def table_rows(result: LiftResult, *, stacked: bool = False) -> list[list[str]]:
             f"{fmt_pct(r.treated_rate)}{pair}{fmt_pct(r.control_rate)}",
             est(fmt_pts(r.lift), fmt_ci(r.ci_low, r.ci_high, fmt_pts)),
             f"{fmt_money(r.treated_revenue)}{pair}{fmt_money(r.control_revenue)}",
-            est(fmt_money(r.revenue_lift, sign=True), fmt_ci(r.revenue_ci_low, r.revenue_ci_high, fmt_money)),
+            est(
+                fmt_money(r.revenue_lift, sign=True),
+                fmt_ci(r.revenue_ci_low, r.revenue_ci_high, fmt_money)
+                + ("" if r.revenue_p_value is None else f"{gap}p = {r.revenue_p_value:.3f}"),
+            ),
             f"{fmt_pct(r.treated_churn_rate)}{pair}{fmt_pct(r.control_churn_rate)}",
             est(fmt_pct(r.observed_save_rate), fmt_ci(r.save_rate_ci_low, r.save_rate_ci_high, fmt_pct)),
             fmt_pct(r.assumed_save_rate),
@@ -386,7 +426,7 @@ def write_lift(result: LiftResult, out: Path) -> dict[str, Path]:
 def lift_metrics(result: LiftResult) -> dict[str, float]:
     """Flat metrics for MLflow: ``<rule>.<name>`` per rule."""
     keys = ("treated", "control", "treated_rate", "control_rate", "lift", "ci_low", "ci_high", "p_value")
-    keys += ("revenue_lift", "churn_diff", "observed_save_rate")
+    keys += ("revenue_lift", "revenue_p_value", "churn_diff", "observed_save_rate")
     out = {}
     for r in result.rules:
         for k in keys:

@@ -16,7 +16,7 @@ from churnguard.cli import app
 from features.dataset import Dataset
 from features.store import StoreSettings, ingest, open_store
 from features.store.outbox import items_table, outbox_id
-from serving.lift import compare, measure_lift
+from serving.lift import compare, measure_lift, revenue_p_value
 from serving.policy import load_policy
 
 runner = CliRunner()
@@ -66,7 +66,7 @@ def test_outcome_windows_by_hand():
     assert rule.treated_churn_rate == pytest.approx(1 / 3) and rule.control_churn_rate == pytest.approx(0.5)
     assert rule.observed_save_rate == pytest.approx(1 / 3)
     assert rule.assumed_save_rate == 0.12  # winback_discount in serving/policy.yaml
-    assert "wide interval" in rule.note
+    assert "wide interval" in rule.note and "revenue interval too narrow" in rule.note
 
     later = measure_lift(firings, data, horizon_days=H, fired_from=d(1))
     assert later.firings == 2  # a's repeat, judged alone: no control, so no lift
@@ -75,6 +75,13 @@ def test_outcome_windows_by_hand():
     ]
     earlier = measure_lift(firings, data, horizon_days=H, fired_to=d(1))
     assert earlier.firings == 5
+
+
+def test_revenue_p_value_is_the_exact_permutation_test_on_small_groups():
+    # 3 + 3 customers: 20 ways to split them; only this split and its mirror are as extreme -> p = 2 / 20
+    assert revenue_p_value(np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0])) == pytest.approx(0.1)
+    # difference -1: the splits whose treated sum is 10 or 11 (6 of 20) are less extreme -> p = 14 / 20
+    assert revenue_p_value(np.array([1.0, 5.0, 3.0]), np.array([4.0, 2.0, 6.0])) == pytest.approx(0.7)
 
 
 def simulate(n: int, p: float, d: float, seed: int, control_share: float = 0.3, rule: str = "r") -> tuple:
