@@ -349,7 +349,7 @@ def table_rows(result: LiftResult, *, stacked: bool = False) -> list[list[str]]:
             est(
                 fmt_money(r.revenue_lift, sign=True),
                 fmt_ci(r.revenue_ci_low, r.revenue_ci_high, fmt_money)
-                + ("" if r.revenue_p_value is None else f"{gap}p = {r.revenue_p_value:.3f}"),
+                + ("" if r.revenue_p_value is None else f"{gap}{fmt_p(r.revenue_p_value)}"),
             ),
             f"{fmt_pct(r.treated_churn_rate)}{pair}{fmt_pct(r.control_churn_rate)}",
             est(fmt_pct(r.observed_save_rate), fmt_ci(r.save_rate_ci_low, r.save_rate_ci_high, fmt_pct)),
@@ -451,6 +451,10 @@ def fmt_pct(v: float | None) -> str:
 def fmt_pts(v: float | None) -> str:
     """A difference of two rates, in percentage points."""
     return "-" if v is None else f"{v * 100:+.1f} pts"
+
+
+def fmt_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def fmt_money(v: float | None, sign: bool = False) -> str:
