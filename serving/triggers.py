@@ -56,18 +56,18 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.build import entities_at
 from features.dataset import Dataset
-from features.duck import connect
 from features.engines import Engine
 from features.store.outbox import EVALUATION_INPUT, ITEM_SCHEMA, outbox_id
 from model.churn_model import ChurnModel
 from model.scorecard import STAGES, TIERS
 from serving.policy import Policy
-from serving.scoring import score_dataset
+from serving.scoring import Scored, score_dataset
 
 DEFAULT_TRIGGERS = Path(__file__).with_name("triggers.yaml")
 # columns of an exported run (``churn triggers --out``)
@@ -218,61 +218,63 @@ def control_draw(seed: int, rule: str, customer_ids: Sequence[str], as_of: date)
 def history_facts(data: Dataset, as_of: datetime, rules: TriggerRules) -> pd.DataFrame:
     """Per customer, what the rules read from the raw history before ``as_of`` that the features do not hold:
     ``median_gap_days`` and ``gaps`` (between purchase days), ``cart_added_at`` (latest cart event in the rules'
-    window) and ``last_order_at``. Indexed by customer_id; only what the rules need is computed."""
+    window) and ``last_order_at``. Indexed by customer_id; only what the rules need is computed.
+
+    Plain Arrow and numpy, no query engine: the same code serves a million customers in batch (about a second per
+    10M rows) and one customer after an API call (well under a millisecond, where a DuckDB connection alone costs
+    several)."""
     kinds = [r.when for r in rules.rules.values()]
-    con = connect()
+    cut = pa.scalar(as_of, pa.timestamp("us"))
+    tx = data.transactions
+    bought = tx.filter(pc.and_(pc.greater_equal(tx["amount"], 0.0), pc.less(tx["timestamp"], cut)))
     frames = []
-    try:
-        con.register("tx", data.transactions.select(["customer_id", "timestamp", "amount"]))
-        if any(isinstance(k, InactivePastUsualGap) for k in kinds):
-            frames.append(
-                con.execute(
-                    """
-                    WITH days AS (
-                        SELECT DISTINCT customer_id,
-                               CAST(round(epoch(date_trunc('day', "timestamp")) / 86400) AS BIGINT) AS day
-                        FROM tx WHERE amount >= 0 AND "timestamp" < ?),
-                    gaps AS (SELECT customer_id, day - lag(day) OVER (PARTITION BY customer_id ORDER BY day) AS gap
-                             FROM days)
-                    SELECT customer_id, median(gap)::DOUBLE AS median_gap_days, count(gap) AS gaps
-                    FROM gaps WHERE gap IS NOT NULL GROUP BY customer_id
-                    """,
-                    [as_of],
-                )
-                .df()
-                .set_index("customer_id")
-            )
-        carts = [k for k in kinds if isinstance(k, CartAbandoned)]
-        if carts:
-            con.register("ev", data.events.select(["customer_id", "timestamp", "event_type"]))
-            types = sorted({k.event_type for k in carts})
-            since = as_of - timedelta(days=max(k.within_days for k in carts))
-            frames.append(
-                con.execute(
-                    f"""
-                    SELECT customer_id, max("timestamp") AS cart_added_at FROM ev
-                    WHERE event_type IN ({", ".join("?" * len(types))}) AND "timestamp" < ? AND "timestamp" >= ?
-                    GROUP BY customer_id
-                    """,
-                    [*types, as_of, since],
-                )
-                .df()
-                .set_index("customer_id")
-            )
-            frames.append(
-                con.execute(
-                    'SELECT customer_id, max("timestamp") AS last_order_at FROM tx '
-                    'WHERE amount >= 0 AND "timestamp" < ? GROUP BY customer_id',
-                    [as_of],
-                )
-                .df()
-                .set_index("customer_id")
-            )
-    finally:
-        con.close()
+    if any(isinstance(k, InactivePastUsualGap) for k in kinds):
+        frames.append(_median_gaps(bought))
+    carts = [k for k in kinds if isinstance(k, CartAbandoned)]
+    if carts:
+        ev = data.events
+        since = pa.scalar(as_of - timedelta(days=max(k.within_days for k in carts)), pa.timestamp("us"))
+        types = pa.array(sorted({k.event_type for k in carts}), pa.string())
+        window = pc.and_(pc.less(ev["timestamp"], cut), pc.greater_equal(ev["timestamp"], since))
+        cart_rows = ev.filter(pc.and_(pc.is_in(ev["event_type"], types), window))
+        frames.append(_latest(cart_rows, "cart_added_at"))
+        frames.append(_latest(bought, "last_order_at"))
     if not frames:
         return pd.DataFrame(index=pd.Index([], name="customer_id"))
     return pd.concat(frames, axis=1)
+
+
+def _latest(rows: pa.Table, name: str) -> pd.DataFrame:
+    latest = rows.group_by("customer_id").aggregate([("timestamp", "max")])
+    return pd.DataFrame(
+        {name: latest["timestamp_max"].to_pandas().to_numpy()},
+        index=pd.Index(latest["customer_id"].to_pylist(), name="customer_id"),
+    )
+
+
+def _median_gaps(bought: pa.Table) -> pd.DataFrame:
+    """Median and count of the gaps between consecutive purchase days (calendar days with an order line of amount
+    >= 0, as the features' ``gap_*``), per customer with at least one gap."""
+    empty = pd.DataFrame({"median_gap_days": [], "gaps": []}, index=pd.Index([], name="customer_id"))
+    if bought.num_rows == 0:
+        return empty
+    encoded = pc.dictionary_encode(bought["customer_id"]).combine_chunks()
+    code = encoded.indices.to_numpy().astype(np.int64)
+    day = np.floor_divide(bought["timestamp"].cast(pa.int64()).to_numpy(), 86_400_000_000)
+    day -= day.min()  # small non-negative numbers: (customer, day) packs into one int64
+    key = np.unique(code * (int(day.max()) + 1) + day)  # distinct purchase days, by customer then day
+    cust, d = np.divmod(key, int(day.max()) + 1)
+    same = cust[1:] == cust[:-1]
+    gap_cust, gaps = cust[1:][same], (d[1:] - d[:-1])[same].astype(np.float64)
+    if gaps.size == 0:
+        return empty
+    order = np.lexsort((gaps, gap_cust))
+    gap_cust, gaps = gap_cust[order], gaps[order]
+    starts = np.flatnonzero(np.r_[True, gap_cust[1:] != gap_cust[:-1]])
+    counts = np.diff(np.r_[starts, gaps.size])
+    median = (gaps[starts + (counts - 1) // 2] + gaps[starts + counts // 2]) / 2
+    ids = encoded.dictionary.take(pa.array(gap_cust[starts])).to_pylist()
+    return pd.DataFrame({"median_gap_days": median, "gaps": counts}, index=pd.Index(ids, name="customer_id"))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -340,22 +342,31 @@ def evaluate_customers(
     *,
     policy: Policy,
     engine: Engine | None = None,
+    data: Dataset | None = None,
+    scored: Scored | None = None,
 ) -> TriggerRun:
-    """Evaluate a few customers (those a ``POST /v1/events`` touched) at ``now`` from their rows in the store, and
-    commit what fires. Time-based rules (an abandoned cart ``hours`` old, inactivity) fire from the batch run; an
-    event reveals at once a second order, a risk jump or a high value at risk."""
+    """Evaluate a few customers (those a ``POST /v1/events`` touched) at ``now`` and commit what fires.
+
+    ``data`` is their rows (default: read from the store) and ``scored`` their scorecards at ``now`` when the
+    caller has them already (the route that scored them): then nothing is computed twice. Time-based rules (an
+    abandoned cart ``hours`` old, inactivity) fire from the batch run; an event reveals at once a second order, a
+    risk jump or a high value at risk. Customers with no order before ``now`` are not evaluated."""
     now = _naive(now)
     ids = sorted(set(customer_ids))
     run = TriggerRun(now, now.replace(microsecond=0))
     run.rules = {name: RuleCounts() for name in rules.rules}
     if not ids:
         return run
-    data = store.rows_for(ids)
-    entities = entities_at(data, now)
+    data = data if data is not None else store.rows_for(ids)
+    # every given customer at now: build_features gives a customer with no order before now frequency 0, and
+    # scoring lists them as not scorable, as entities_at would have left out one with no row before now at all
+    entities = pa.table(
+        {"customer_id": pa.array(ids, pa.string()), "as_of": pa.array([now] * len(ids), pa.timestamp("us"))}
+    )
     firings = store.firings_since(now - timedelta(days=rules.lookback_days), ids).to_pandas()
     previous = store.evaluations(ids).to_pandas().set_index("customer_id")
     facts = history_facts(data, now, rules)
-    _evaluate_chunk(data, entities, facts, model, rules, store, policy, run, firings, previous, engine)
+    _evaluate_chunk(data, entities, facts, model, rules, store, policy, run, firings, previous, engine, scored)
     return run
 
 
@@ -386,8 +397,12 @@ def _evaluate_chunk(
     firings: pd.DataFrame,
     previous: pd.DataFrame,
     engine: Engine | None,
+    scored: Scored | None = None,
 ) -> None:
-    scored = score_dataset(data, entities, model, policy, engine=engine)
+    if scored is None:
+        scored = score_dataset(data, entities, model, policy, engine=engine)
+    elif scored.features is None:
+        raise ValueError("scored: the feature rows are needed (score_dataset returns them)")
     cards, feats = scored.scores, scored.features
     run.customers_evaluated += len(cards)
     run.customers_not_evaluated += len(scored.rejected)

@@ -286,6 +286,22 @@ def test_same_evaluation_twice_fires_nothing_new(any_store):
     assert any_store.outbox_after(0, 1000).num_rows == first.added
 
 
+def test_evaluating_the_store_rows_equals_evaluating_the_files(any_store, tmp_path):
+    rows = [tx(f"c{i:03d}", at((5 + i % 50) * DAY), 10.0 + i) for i in range(90)]
+    rows += [tx(f"c{i:03d}", at((60 + i % 30) * DAY), 5.0) for i in range(0, 90, 3)]
+    events = [ev(f"c{i:03d}", at(30 * HOUR), "cart_add") for i in range(0, 90, 4)]
+    any_store.append(transactions=rows, events=events)
+    rules = load_triggers(policy=POLICY)
+    from_store = evaluate_triggers(None, hand_model(), rules, any_store, AS_OF, policy=POLICY, chunk_size=40)
+    files = open_store(StoreSettings(path=tmp_path / "files"), tmp_path)
+    from_files = fire(dataset(rows, events), rules, files)
+    key = ["id", "customer_id", "rule", "control", "fields"]
+    assert from_store.items().num_rows > 0
+    assert from_store.items().select(key).sort_by("id").equals(from_files.items().select(key).sort_by("id"))
+    assert "cart_abandoned" in {r["rule"] for r in from_store.items().to_pylist()}  # events read from the store too
+    files.close()
+
+
 class _DiesOnSecondChunk:
     """A store whose second outbox commit fails (as if the process were killed there)."""
 
@@ -328,6 +344,19 @@ def test_live_evaluation_of_a_few_customers_from_the_store(store):
     assert fired(run) == {"a"} and run.added == 1
     again = evaluate_customers(store, hand_model(), rules_of(rule), ["a"], AS_OF + HOUR, policy=POLICY)
     assert again.added == 0  # the same day: the same id, and the cool-down
+    # a caller that scored the customers already (the route) passes its rows and scorecards: the same firings
+    later = AS_OF + 2 * HOUR
+    data = store.rows_for(["a", "b", "nobody"])
+    entities = pa.table({"customer_id": ["a", "b", "nobody"], "as_of": pa.array([later] * 3, pa.timestamp("us"))})
+    scored = score_dataset(data, entities, hand_model(), POLICY)
+    other = open_store(StoreSettings(path=store.path.parent / "other"), store.path.parent)
+    given = evaluate_customers(other, hand_model(), rules_of(rule), ["a", "b", "nobody"], later, policy=POLICY,
+                               data=data, scored=scored)  # fmt: skip
+    fresh = evaluate_customers(store.__class__(store.path.parent / "third"), hand_model(), rules_of(rule),
+                               ["a", "b", "nobody"], later, policy=POLICY, data=data)  # fmt: skip
+    assert fired(given) == fired(fresh) == {"a"}
+    assert given.customers_evaluated == 2 and given.customers_not_evaluated == 1  # "nobody": no order
+    other.close()
 
 
 # --------------------------------------------------------------------------------------------- the pull page

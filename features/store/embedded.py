@@ -323,7 +323,9 @@ class EmbeddedStore:
     def add_outbox(self, items: pa.Table, *, evaluations: pa.Table | None = None) -> int:
         items = items_table(items)
         rows = _outbox_rows(items)
-        with self._transaction(immediate=True, durable=True) as con:
+        # synchronous=NORMAL, like the API's appends: a crash of the process loses nothing (WAL); a power loss may
+        # drop the last commits, which the next evaluation then fires again under the same ids
+        with self._transaction(immediate=True) as con:
             before = con.total_changes
             con.executemany(
                 "INSERT OR IGNORE INTO outbox (id, customer_id, rule, action, fired_at, as_of, fields, control, "
@@ -364,7 +366,7 @@ class EmbeddedStore:
         self, id: str, state: str, attempts: int, next_attempt_at: datetime | None, last_error: str | None
     ) -> None:
         check_delivery_state(state)
-        with self._transaction(immediate=True, durable=True) as con:
+        with self._transaction(immediate=True) as con:
             found = con.execute("SELECT state FROM outbox WHERE id = ?", (id,)).fetchone()
             if found is None:
                 raise StoreError(f"no outbox item {id!r} in the store at {self.path}")
