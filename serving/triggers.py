@@ -262,7 +262,8 @@ def _median_gaps(bought: pa.Table) -> pd.DataFrame:
     code = encoded.indices.to_numpy().astype(np.int64)
     day = np.floor_divide(bought["timestamp"].cast(pa.int64()).to_numpy(), 86_400_000_000)
     day -= day.min()  # small non-negative numbers: (customer, day) packs into one int64
-    key = np.unique(code * (int(day.max()) + 1) + day)  # distinct purchase days, by customer then day
+    key = np.sort(code * (int(day.max()) + 1) + day)
+    key = key[np.r_[True, key[1:] != key[:-1]]]  # distinct purchase days, by customer then day
     cust, d = np.divmod(key, int(day.max()) + 1)
     same = cust[1:] == cust[:-1]
     gap_cust, gaps = cust[1:][same], (d[1:] - d[:-1])[same].astype(np.float64)

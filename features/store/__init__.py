@@ -21,6 +21,10 @@ per batch + an SQLite catalog, ``features/store/embedded.py``: why, with measure
 ``postgresql://...``: PostgreSQL (``features/store/postgres.py``). Both pass the same tests
 (``tests/test_store.py``).
 
+**The trigger outbox** (``features/store/outbox.py``: columns, states, ordering) lives in the same store: each
+trigger firing once (``add_outbox``, idempotent on its id, in one transaction with the customers' evaluation state),
+read by cursor (``outbox_after``) or for delivery (``pending_deliveries`` / ``mark_delivery``).
+
 **Customer keys.** Each customer gets a stable integer ``customer_key`` when an ingest first sees them
 (``store.customer_keys()``), for feature queries that group on integers. Customers first seen through the API get
 theirs at the next ingest (or ``compact()``). ``Dataset`` tables keep ``customer_id`` strings, as everywhere else.

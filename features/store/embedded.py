@@ -2,7 +2,8 @@
 
 Layout under the store folder (default ``<data_dir>/store``)::
 
-    catalog.sqlite                 batches (id, kind, source, summary, live), meta, the API's hot rows
+    catalog.sqlite                 batches (id, kind, source, summary, live), meta, the API's hot rows, the
+                                   trigger outbox and evaluation state (``features/store/outbox.py``)
     segments/<batch_id>/           transactions.arrow, events.arrow, customers.arrow, keys.arrow, rejects.arrow
     write.lock                     held by the one ingest / compaction that may write segments at a time
 
