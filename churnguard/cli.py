@@ -793,5 +793,158 @@ def monitor(
         console.print(f"[green]stable:[/green] largest PSI {worst.psi:.3f} ({worst.name}; {where})")
 
 
+@app.command()
+@friendly_errors
+def deliver(
+    once: Annotated[bool, typer.Option("--once", help="One pass over the due items, then exit.")] = False,
+    url: Annotated[str | None, typer.Option(help="Webhook URL (default: setting delivery.webhook_url).")] = None,
+) -> None:
+    """Push fired triggers (the store's outbox, control items excepted) to the CRM's webhook, signed as in the
+    Standard Webhooks specification; failures are retried with exponential back-off, then dead-lettered. Runs
+    apart from scoring and the API: a slow receiver only slows this process down."""
+    import signal
+    import threading
+
+    from features.store import open_store
+    from serving.webhooks import DeliveryError, PassResult, deliver_once, run_delivery, single_deliverer
+
+    settings = _settings(delivery={"webhook_url": url})
+    s = settings.delivery
+    if not s.webhook_url or s.secret is None:
+        raise ValueError(
+            "set delivery.webhook_url and delivery.secret "
+            "(CHURN_DELIVERY__WEBHOOK_URL, CHURN_DELIVERY__SECRET=whsec_...)"
+        )
+    assert settings.serving.state_dir is not None
+    store = open_store(settings.store, settings.data_dir)
+
+    def report(result: PassResult) -> None:
+        if result.attempted:
+            console.print(
+                f"{datetime.now():%H:%M:%S} sent {result.attempted:,}: {result.delivered:,} delivered, "
+                f"{result.retrying:,} to retry, {result.dead:,} dead-lettered"
+            )
+        for error in result.errors[:5]:
+            err_console.print(f"[yellow]  failed[/yellow] {error}")
+
+    try:
+        with single_deliverer(settings.serving.state_dir / "deliver.lock"):
+            if once:
+                result = deliver_once(store, s)
+                report(result)
+                if not result.attempted:
+                    console.print("nothing due")
+                if result.gone:
+                    raise DeliveryError(f"{s.webhook_url} answered 410 Gone: it no longer accepts these webhooks")
+                return
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            console.print(f"delivering to {s.webhook_url} every {s.poll_interval_s:g} s (Ctrl-C to stop)")
+            try:
+                run_delivery(store, s, stop=stop, on_pass=report)
+            except KeyboardInterrupt:
+                console.print("stopped")
+    except DeliveryError as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    finally:
+        store.close()
+
+
+@app.command(name="lift")
+@friendly_errors
+def lift_command(
+    fired_from: Annotated[
+        datetime | None, typer.Option(formats=DATE_FORMATS, help="Firings evaluated on or after this date.")
+    ] = None,
+    fired_to: Annotated[
+        datetime | None,
+        typer.Option(formats=DATE_FORMATS, help="Firings evaluated before the end of this day (or this time)."),
+    ] = None,
+    horizon_days: Annotated[
+        int | None, typer.Option(min=1, help="Purchases within H days of a firing (default: the churn horizon).")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON (nothing else on stdout).")] = False,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Read purchases from this folder (default: the store).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for lift.md/.json/.png (default <data_dir>/reports/lift).")
+    ] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log the table and plot to MLflow.")] = True,
+    mapping: MappingOpt = None,
+    map_: MapOpt = None,
+) -> None:
+    """Measured lift of each trigger rule: treated vs control among the customers it fired for, purchase rate,
+    revenue and churn within H days, with 95 % intervals, and the observed save rate next to the policy's."""
+    import json
+    from datetime import time, timedelta
+
+    from features.store import open_store
+    from serving.lift import lift_metrics, measure_lift, read_firings, write_lift
+    from serving.policy import load_policy
+
+    settings = _settings()
+    horizon = horizon_days or settings.labels.horizon_days
+    if fired_to is not None and fired_to.time() == time(0):  # a date: the whole day
+        fired_to = fired_to + timedelta(days=1)
+    if fired_from and fired_to and fired_to <= fired_from:
+        raise ValueError("--fired-to must be after --fired-from")
+    policy = load_policy(settings.scoring.policy_file)
+    store = open_store(settings.store, settings.data_dir)
+    try:
+        firings = read_firings(store)
+        if data is None:
+            dataset = store.dataset()
+    finally:
+        store.close()
+    if data is not None:
+        from features.contract import now_utc
+        from features.mapping import load_mapping
+        from features.validate import load_dataset
+
+        dataset = load_dataset(
+            data,
+            now=now_utc(),
+            mapping=load_mapping(data, mapping, map_),
+            reject_future=settings.validation.reject_future,
+        )[0]
+        assert dataset.report is not None
+        r = dataset.report  # to stderr: with --json, stdout holds the JSON alone
+        err_console.print(f"[dim]validated {data}: {r.rows_read:,} rows read, {r.rows_kept:,} kept[/dim]")
+    if dataset.transactions.num_rows == 0:
+        raise ValueError("no transactions to measure against: ingest them (`churn ingest`) or pass --data")
+    result = measure_lift(
+        firings, dataset, horizon_days=horizon, policy=policy, fired_from=fired_from, fired_to=fired_to
+    )
+    target = out or settings.data_dir / "reports" / "lift"
+    files = write_lift(result, target)
+    run_id = None
+    if mlflow:
+        from training.tracking import log_lift
+
+        params = {
+            "horizon_days": horizon,
+            "fired_from": fired_from,
+            "fired_to": fired_to,
+            "data_end": result.data_end,
+            "firings": result.firings,
+            "too_recent": result.too_recent,
+        }
+        run_id = log_lift(lift_metrics(result), params, files, settings.mlflow)
+    where = f"table and plot: {target}" + (f"; MLflow run {run_id}" if run_id else "")
+    if json_:
+        typer.echo(json.dumps(result.to_dict()))
+        err_console.print(f"[dim]{where}[/dim]")
+        return
+    from churnguard.console import print_lift
+
+    if not result.rules:
+        console.print(f"no firing to judge ({result.firings:,} in the range, {result.too_recent:,} too recent)")
+    else:
+        print_lift(result)
+    console.print(where)
+
+
 if __name__ == "__main__":
     app()

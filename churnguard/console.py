@@ -15,6 +15,7 @@ from features.dataset import ValidationReport
 
 if TYPE_CHECKING:
     from model.monitoring import ModelHealth
+    from serving.lift import LiftResult
     from serving.scoring import BatchResult
     from training.backtest import BacktestResult
     from training.evaluation import Evaluation
@@ -205,6 +206,28 @@ def print_health(health: ModelHealth, *, rows: int = 15) -> None:
     rest = [c for c in columns if c not in shown]
     if rest:
         console.print(f"[dim]{len(rest)} more columns, PSI at most {rest[0].psi:.3f}[/dim]")
+
+
+def print_lift(result: LiftResult) -> None:
+    """The lift table: a rule's lift is green when its whole interval is above 0, red when below."""
+    from serving.lift import NUMERIC_COLUMNS, STACKED_COLUMNS, table_caption, table_notes, table_rows
+
+    table = Table(
+        title=f"Measured lift of the trigger rules (within {result.horizon_days} days of firing, treated vs control)",
+        title_justify="left",
+    )
+    for i, col in enumerate(STACKED_COLUMNS):
+        table.add_column(col, justify="right" if i in NUMERIC_COLUMNS else "left", no_wrap=True)
+    for r, row in zip(result.rules, table_rows(result, stacked=True), strict=True):
+        if r.ci_low is not None and r.ci_low > 0:
+            row[3] = f"[green]{row[3]}[/green]"
+        elif r.ci_high is not None and r.ci_high < 0:
+            row[3] = f"[red]{row[3]}[/red]"
+        table.add_row(*row, end_section=True)
+    console.print(table)
+    for note in table_notes(result):
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"[dim]{table_caption(result)}[/dim]")
 
 
 def print_trigger_run(run: Any, rules: Any, location: str) -> None:

@@ -10,6 +10,7 @@
 | training     | training/settings.py   | training |
 | scoring      | serving/settings.py    | batch scoring, the API |
 | serving      | serving/settings.py    | the API |
+| delivery     | serving/settings.py    | webhook delivery of the trigger outbox (``churn deliver``) |
 | store        | features/store/settings.py | the customer store (``churn ingest``, reads) |
 
 Defaults are the laptop setup (local files, DuckDB, MLflow on SQLite under ``data_dir``). Environment variables
@@ -39,7 +40,7 @@ from pydantic_settings import (
 from features.settings import FeatureSettings, LabelSettings, ValidationSettings
 from features.store.settings import StoreSettings
 from model.settings import MlflowSettings, MonitorSettings
-from serving.settings import ScoringSettings, ServingSettings
+from serving.settings import DeliverySettings, ScoringSettings, ServingSettings
 from training.settings import TrainingSettings
 
 ENV_PREFIX = "CHURN_"
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     serving: ServingSettings = ServingSettings()
     store: StoreSettings = StoreSettings()
+    delivery: DeliverySettings = DeliverySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -84,3 +84,73 @@ class ServingSettings(Section):
 
     def keys_configured(self) -> bool:
         return bool(self.api_keys) or self.keys_file is not None
+
+
+class DeliverySettings(Section):
+    """Webhook delivery of the trigger outbox (``churn deliver``): where, signed how, retried how often.
+
+    Signatures follow the Standard Webhooks specification (``serving/webhooks.py``); the secret is the receiver's
+    ``whsec_<base64>`` key, shared with the CRM. A secret being rotated out can stay in ``previous_secrets`` for a
+    while: every request is then signed with each key and the receiver accepts any of them.
+    """
+
+    webhook_url: str | None = Field(
+        None, description="Where `churn deliver` POSTs fired triggers (http:// or https://); unset: no push delivery."
+    )
+    secret: SecretStr | None = Field(
+        None, description="Signing secret, whsec_ + base64 of 24 to 64 random bytes (Standard Webhooks)."
+    )
+    previous_secrets: list[SecretStr] = Field(
+        default_factory=list, description="Older secrets still signed with during a rotation (zero downtime)."
+    )
+    max_attempts: int = Field(14, ge=1, le=100, description="Failed attempts after which an item is dead-lettered.")
+    backoff_base_s: float = Field(
+        60.0, ge=0, description="Wait after the first failure; doubles after each further one (exponential back-off)."
+    )
+    backoff_max_s: float = Field(6 * 3600.0, ge=0, description="Longest wait between two attempts of one item.")
+    backoff_jitter: float = Field(
+        0.1, ge=0, le=1, description="Random share added to or taken from each wait, so retries do not arrive in waves."
+    )
+    timeout_s: float = Field(
+        15.0, gt=0, le=300, description="Per request: connect, send and wait for the answer; longer is a failure."
+    )
+    batch: int = Field(100, ge=1, le=10_000, description="Items taken from the outbox per pass.")
+    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once within a pass.")
+    poll_interval_s: float = Field(5.0, gt=0, description="`churn deliver` (without --once): pause between passes.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            webhook_key(v.get_secret_value())
+        return v
+
+    @field_validator("previous_secrets")
+    @classmethod
+    def _previous(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for s in v:
+            webhook_key(s.get_secret_value())
+        return v
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; refuses anything else (the spec: 24 to 64 random bytes)."""
+    import base64
+    import binascii
+
+    if not secret.startswith("whsec_"):
+        raise ValueError("a webhook secret starts with whsec_ (then base64 of 24 to 64 random bytes)")
+    try:
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a webhook secret is whsec_ followed by base64 (not valid base64 here)") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"a webhook secret holds 24 to 64 random bytes, this one {len(key)}")
+    return key

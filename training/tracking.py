@@ -171,6 +171,29 @@ def log_health(health: ModelHealth, settings: MlflowSettings) -> str:
     return run_id
 
 
+def log_lift(
+    metrics: dict[str, float], params: dict[str, object], files: dict[str, Path], settings: MlflowSettings
+) -> str:
+    """One run for a measured campaign lift (``churn lift``, ``serving/lift.py``): per-rule metrics, the window it
+    looked at, the table, JSON and plot. Returns the run id."""
+    from mlflow.entities import Metric, Param
+
+    client = mlflow_client(settings)
+    with registry_errors(settings, "logging the lift measurement"):
+        run = client.create_run(_experiment_id(client, settings), run_name=f"lift-{datetime.now():%Y%m%d-%H%M%S}")
+        run_id = run.info.run_id
+        now = int(datetime.now().timestamp() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if np.isfinite(v)],
+            params=[Param(k, str(v)[:6000]) for k, v in {"kind": "lift", **params}.items()],
+        )
+        for path in files.values():
+            client.log_artifact(run_id, str(path), "lift")
+        client.set_terminated(run_id)
+    return run_id
+
+
 def _experiment_id(client: MlflowClient, settings: MlflowSettings) -> str:
     existing = client.get_experiment_by_name(settings.experiment)
     if existing is not None:
