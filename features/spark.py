@@ -91,6 +91,7 @@ class SparkEngine:
         self._lock = threading.Lock()
         self._staged: tuple[Dataset, Path] | None = None  # the dataset whose tables are on Spark, and where
         self._own_staging: Path | None = None
+        self._owns_session = False  # a session found running (spark-submit, a notebook, a test) is left running
 
     # ----------------------------------------------------------------------------------------- session
 
@@ -111,22 +112,23 @@ class SparkEngine:
         local = (self.master or "").startswith("local")
         for key, value in {**DEFAULT_CONF, **(LOCAL_CONF if local else {}), **self.conf}.items():
             builder = builder.config(key, value)
+        self._owns_session = SparkSession.getActiveSession() is None
         try:
-            session = builder.getOrCreate()
+            session = builder.getOrCreate()  # under spark-submit or in a notebook: the session already there
         except Exception as e:  # no Java, a master that does not answer: an error, never a silent fallback
             raise EngineUnavailableError(f"could not start Spark (master {self.master!r}): {_first_line(e)}") from e
         ibis.pyspark.connect(session)  # pins the session time zone to UTC, as the feature definitions expect
         return session
 
     def stop(self) -> None:
-        """Stop the session this engine started and remove its staged tables."""
+        """Remove the staged tables and stop the session if this engine started it."""
         self._drop_staged()
         if self._own_staging is not None:
             shutil.rmtree(self._own_staging, ignore_errors=True)
             self._own_staging = None
-        if self._session is not None:
+        if self._session is not None and self._owns_session:
             self._session.stop()
-            self._session = None
+        self._session = None
 
     # ----------------------------------------------------------------------------------------- engine protocol
 

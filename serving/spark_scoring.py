@@ -57,12 +57,22 @@ def score_batch_spark(
     Parquet files partitioned by ``as_of_date``). Returns the outreach list, the rejects and the summary; its
     ``scores`` frame holds the outreach customers' scorecards only (the full set is in ``out``)."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     say = progress or (lambda n=1, d=None: None)
     entities = entities_at(data, as_of)
     say(0, "computing features on Spark")
-    features = engine.features(data, entities, model.event_types)
+    # computed once, read by the prospects, the scoring and the outreach reasons
+    features = engine.features(data, entities, model.event_types).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _score(data, model, policy, settings, engine, out, features, entities, as_of, invalid_customer_ids, say)
+    finally:
+        features.unpersist()
+
+
+def _score(data, model, policy, settings, engine, out, features, entities, as_of, invalid_customer_ids, say):
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
     scorable = features.filter(F.col("frequency") >= 1)
     prospects = features.filter(F.col("frequency") < 1).select("customer_id").orderBy("customer_id").toPandas()
     rejected = pd.concat(
@@ -137,6 +147,7 @@ def _outreach(scores: DataFrame, settings: ScoringSettings) -> pd.DataFrame:
     if settings.capacity is not None:
         ranked = ranked.limit(settings.capacity)
     candidates = ranked.toPandas()
+    candidates["as_of"] = candidates["as_of"].astype("datetime64[us]")  # the contract's unit, as build_features
     candidates["top_reasons"] = [list(r) if r is not None else [] for r in candidates["top_reasons"]]
     return select_outreach(
         candidates,

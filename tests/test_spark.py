@@ -29,12 +29,13 @@ pytestmark = pytest.mark.skipif(
     shutil.which("java") is None, reason="no Java runtime on PATH: Spark cannot start (install Java 17)"
 )
 
-# small and quick on a 2-core machine: few shuffle partitions, no UI, no codegen compile for tiny stages
+# small and quick on a 2-core machine: few shuffle partitions, no UI
 TEST_CONF = {
     "spark.driver.memory": "1g",
     "spark.sql.shuffle.partitions": "2",
     "spark.default.parallelism": "2",
-    "spark.sql.codegen.wholeStage": "false",
+    # a short-lived JVM: the quick JIT tier only and the serial collector halve start-up and first queries on 2 cores
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
 }
 
 
@@ -96,22 +97,47 @@ def test_spark_equals_duckdb_on_the_hand_written_fixture(spark_engine):
     _same_features(build_features(data, entities), build_features(data, entities, engine=spark_engine))
 
 
-def test_unreachable_master_is_an_error_not_a_fallback():
-    from features.engines import EngineUnavailableError
+def test_engine_setting_picks_spark_with_its_master(monkeypatch):
+    from churnguard.settings import load_settings
     from features.spark import SparkEngine
 
-    engine = SparkEngine(master="spark://127.0.0.1:1", conf={"spark.driver.memory": "512m"})
-    assert engine.for_size(10**9) is engine
-    with pytest.raises(EngineUnavailableError, match="could not start Spark"):
-        _ = engine.session
+    monkeypatch.setenv("CHURN_FEATURES__ENGINE", "spark")
+    monkeypatch.setenv("CHURN_FEATURES__SPARK_MASTER", "spark://cluster:7077")
+    monkeypatch.setenv("CHURN_FEATURES__SPARK_CONF", '{"spark.executor.memory": "8g"}')
+    engine = make_engine(load_settings().features)
+    assert isinstance(engine, SparkEngine)  # nothing started yet: the session starts on first use
+    assert (engine.master, engine.conf) == ("spark://cluster:7077", {"spark.executor.memory": "8g"})
+    monkeypatch.setenv("CHURN_FEATURES__ENGINE", "postgres")
+    with pytest.raises(ValueError, match="engine"):
+        load_settings()
+
+
+def test_cli_features_on_spark_writes_the_duckdb_file(spark_engine, demo_dir, tmp_path):
+    """`churn features --engine spark` (in this process it joins the running session and leaves it running)."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from churnguard.cli import app
+
+    runner = CliRunner()
+    files = {}
+    for engine in ("duckdb", "spark"):
+        files[engine] = tmp_path / f"{engine}.parquet"
+        args = ["features", "--data", str(demo_dir), "--as-of", "2024-10-01", "--out", str(files[engine])]
+        result = runner.invoke(app, [*args, "--engine", engine])
+        assert result.exit_code == 0, result.output
+    assert pq.read_table(files["spark"]).equals(pq.read_table(files["duckdb"]))
+    assert not spark_engine.session.sparkContext._jsc.sc().isStopped()
 
 
 @pytest.mark.slow
 def test_spark_scoring_equals_duckdb(spark_engine, demo_data, trained, tmp_path):
+    from pyspark.sql import functions as F
+
     from serving.policy import load_policy
     from serving.scoring import score_batch, write_batch
     from serving.settings import ScoringSettings
-    from serving.spark_scoring import read_scores, score_batch_spark
+    from serving.spark_scoring import _write_scores, read_scores, score_batch_spark
 
     data, rejects = demo_data
     settings = ScoringSettings(capacity=150, control_share=0.2, seed=3)
@@ -170,6 +196,9 @@ def test_spark_scoring_equals_duckdb(spark_engine, demo_data, trained, tmp_path)
     write_batch(duck, tmp_path / "d_scores.parquet", tmp_path / "d_outreach.csv", tmp_path / "d_rejected.csv")
     for name in ("outreach", "rejected"):
         assert pacsv.read_csv(tmp_path / f"s_{name}.csv").equals(pacsv.read_csv(tmp_path / f"d_{name}.csv")), name
-    # a re-run of the same date replaces its partition: nothing duplicated
-    score_batch_spark(data, trained.model, policy, settings, spark_engine, out, as_of=SCORE_AS_OF)
-    assert len(read_scores(out)) == len(expected)
+    # writing the same date again replaces its partition (a retry duplicates nothing); other dates stay
+    again = spark_engine.put(pa.Table.from_pandas(written, preserve_index=False), "again")
+    _write_scores(again, out)
+    _write_scores(again.withColumn("as_of", F.lit(datetime(2024, 11, 1))), out)
+    assert len(read_scores(out)) == 2 * len(expected)
+    assert len(read_scores(out, SCORE_AS_OF)) == len(expected)
