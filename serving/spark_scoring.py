@@ -96,7 +96,7 @@ def _score(data, model, policy, settings, engine, out, features, entities, as_of
     scores = scorable.mapInPandas(score_partition, schema).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         n_scored = scores.count()
-        say(n_scored, None)
+        say(entities.num_rows, None)  # every known customer is now scored or a prospect
         outreach = _outreach(scores, settings)
         if settings.reasons == "outreach" and len(outreach):
             say(0, f"explaining {len(outreach):,} outreach customers")
