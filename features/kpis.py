@@ -6,9 +6,10 @@ in ``KPIS`` below; the report page and ``docs/kpis.md`` (``kpi_markdown()``) pri
 
 The terms reuse the project's definitions:
 
-* an **order** is what ``features/build.py`` calls one: the positive lines sharing an ``order_id`` (without an id,
-  the lines sharing a time stamp). It belongs to the month of its first line; money is counted by line, in the
-  month of the line (point in time: a line after a month's end is not known at it).
+* an **order** is what ``features/build.py`` calls one: the purchase lines (amount >= 0: a free order is an
+  order) sharing an ``order_id`` (without an id, the lines sharing a time stamp). It belongs to the month of its
+  first line; money is counted by line, in the month of the line (point in time: a line after a month's end is
+  not known at it).
 * a customer is **active** at time t when their last order started less than H days before t and they had not
   cancelled (``churn_date``) before t: not churned under the non-contractual definition of ``features/labels.py``
   (churned = no purchase within H). It is the complement of the ``lapsed`` stage (``recency_days >= H`` or
@@ -39,6 +40,7 @@ import pyarrow.compute as pc
 
 from features.dataset import Dataset
 from features.duck import connect
+from features.labels import is_lapsed
 
 ROUND_DECIMALS = 9  # as features/build.py: floats are rounded so runs and engines agree to the bit
 STAGE_INPUT_COLUMNS = (
@@ -99,7 +101,7 @@ KPIS: tuple[KpiSpec, ...] = (
         "average_order_value",
         "Average order value",
         "money",
-        "Purchase lines in the month (positive amounts; refunds are not subtracted) / orders started in the month. "
+        "Purchase lines in the month (refunds are not subtracted) / orders started in the month. "
         "A line of an order started in an earlier month counts in its own month, as nothing after a month's end "
         "is known at it.",
     ),
@@ -124,8 +126,8 @@ COHORT_DEFINITION = (
 TERMS = (
     (
         "order",
-        "The positive transaction lines sharing an order id (without ids: sharing a time stamp), as in the "
-        "features; it belongs to the month of its first line.",
+        "The purchase lines (amount >= 0: a free order is an order) sharing an order id (without ids: sharing a "
+        "time stamp), as in the features; it belongs to the month of its first line.",
     ),
     ("H", "The churn horizon (default 90 days): churned = no purchase within H days (features/labels.py)."),
     ("month", "A calendar month; the last one ends at as_of. Only rows before a month's end count for it."),
@@ -204,12 +206,12 @@ def lifecycle_facts(data: Dataset, as_of: datetime | date, *, horizon_days: int)
     try:
         con.register("tx", tx)
         con.register("ev", data.events.select(["customer_id", "timestamp"]))
-        first = con.execute("SELECT min(timestamp) FROM tx WHERE amount > 0 AND timestamp < ?", [as_of]).fetchone()[0]
+        first = con.execute("SELECT min(timestamp) FROM tx WHERE amount >= 0 AND timestamp < ?", [as_of]).fetchone()[0]
         if first is None:
             raise ValueError(f"no purchase before as_of {as_of:%Y-%m-%d %H:%M}: nothing to report")
         ends = month_ends(first, as_of)
-        cut = f"amount > 0 AND timestamp < {_ts(as_of)}"
-        # an order (features/build.py): positive lines sharing an order id, else a time stamp; it starts at its
+        cut = f"amount >= 0 AND timestamp < {_ts(as_of)}"  # a purchase: amount >= 0 (free orders count)
+        # an order (features/build.py): purchase lines sharing an order id, else a time stamp; it starts at its
         # first line
         orders = con.sql(
             f"""SELECT cid, min(timestamp) AS started FROM tx WHERE {cut}
@@ -359,9 +361,9 @@ class _Timeline:
 
 
 def active_flags(stage_inputs: pa.Table, horizon_days: int) -> np.ndarray:
-    """Active at the month end: last order less than H days before it and no cancel before it (not lapsed)."""
-    recency = stage_inputs["recency_days"].to_numpy()
-    return (recency < horizon_days) & (stage_inputs["cancelled"].to_numpy() == 0)
+    """Active at the month end: not lapsed (``features/labels.py``: an order less than H days before it and no
+    cancel before it)."""
+    return ~is_lapsed(stage_inputs["recency_days"].to_numpy(), stage_inputs["cancelled"].to_numpy(), horizon_days)
 
 
 def previous_rows(stage_inputs: pa.Table) -> np.ndarray:

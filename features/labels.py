@@ -28,12 +28,23 @@ from functools import lru_cache
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import ArrayLike
 
 from features.build import KEYS, check_entities, contract_tables, days_between
 from features.dataset import Dataset
 from features.engines import DuckDBEngine, default_engine
+
+
+def is_lapsed(recency_days: ArrayLike, cancelled: ArrayLike, horizon_days: int) -> np.ndarray:
+    """Churned by definition at as_of, from what is known before it: no purchase for at least H days, or a
+    cancellation before as_of. The one lapsed rule: the scorecard's ``lapsed`` stage, its survival view and the
+    KPIs' "active" (its complement) all call it, so they cannot disagree with each other or with the label."""
+    recency = np.asarray(recency_days, dtype=float)
+    return (recency >= horizon_days) | (np.asarray(cancelled) == 1)
+
 
 LABEL_SCHEMA = pa.schema(
     [

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from features.labels import is_lapsed as lapsed_rule
+
 TIERS = ("low", "medium", "high", "critical")
 STAGES = ("new", "active", "loyal", "at_risk", "lapsed", "reactivated")
 NOT_SCORABLE = "no purchase before as_of (prospect): nothing to score yet"
@@ -112,9 +114,8 @@ def risk_tiers(p: np.ndarray, thresholds: tuple[float, float, float]) -> np.ndar
 
 
 def is_lapsed(features: pd.DataFrame, horizon_days: int) -> np.ndarray:
-    """Churned by definition at as_of: no order for at least H days, or a cancellation before as_of."""
-    recency = features["recency_days"].to_numpy(float)
-    return (recency >= horizon_days) | (features["cancelled"].to_numpy() == 1)
+    """The lapsed rule of ``features/labels.py`` on a feature frame."""
+    return lapsed_rule(features["recency_days"].to_numpy(float), features["cancelled"].to_numpy(), horizon_days)
 
 
 def lifecycle_stages(

@@ -8,7 +8,7 @@ missing fields and unknown fields are a 400 naming the field.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
@@ -146,8 +146,9 @@ class ScoreResponse(BaseModel):
 
 
 # The model card's fields come from its one definition (model/churn_model.py::ModelCard), plus what is serving it.
+# Types resolved in ModelCard's own module (its annotations are strings there).
 _CardFields = create_model(
-    "_CardFields", **{n: (f.type, ...) for n, f in ModelCard.__dataclass_fields__.items() if n != "holdout_metrics"}
+    "_CardFields", **{n: (t, ...) for n, t in get_type_hints(ModelCard).items() if n != "holdout_metrics"}
 )
 
 

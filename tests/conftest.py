@@ -76,7 +76,8 @@ def trained(demo_data, test_settings):
     from training.train import train
 
     data, _ = demo_data
-    return train(data, test_settings.training, test_settings.labels, test_settings.features)
+    # with the rolling-origin backtest (`churn train --backtest`): test_training judges the family on it
+    return train(data, test_settings.training, test_settings.labels, test_settings.features, run_backtest=True)
 
 
 @pytest.fixture(scope="session")

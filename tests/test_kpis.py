@@ -23,6 +23,7 @@ import math
 from datetime import datetime
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -179,3 +180,19 @@ def test_kpi_docs_are_generated_from_the_definitions() -> None:
     assert text == kpi_markdown(), "docs/kpis.md is stale: run `uv run python -m features.kpis > docs/kpis.md`"
     for k in KPIS:
         assert k.definition in text
+
+
+def test_active_is_the_complement_of_the_scorecards_lapsed_rule() -> None:
+    """One lapsed rule (features/labels.py): H days without an order, or cancelled. Boundaries by hand, H = 90."""
+    import pandas as pd
+
+    from features.kpis import active_flags
+    from model.scorecard import is_lapsed
+
+    recency = [0.0, 89.99, 90.0, 200.0, 10.0]
+    cancelled = [0, 0, 0, 0, 1]
+    expected_lapsed = [False, False, True, True, True]
+    frame = pd.DataFrame({"recency_days": recency, "cancelled": cancelled})
+    table = pa.table({"recency_days": recency, "cancelled": cancelled})
+    assert is_lapsed(frame, 90).tolist() == expected_lapsed
+    assert active_flags(table, 90).tolist() == [not x for x in expected_lapsed]
