@@ -145,7 +145,7 @@ class SparkEngine:
         spark = self.session
         folder = self._stage(data)
         for name in ("transactions", "events", "customers"):
-            spark.read.parquet(str(folder / name)).createOrReplaceTempView(TABLE_NAMES[name])
+            spark.read.parquet(_uri(folder / name)).createOrReplaceTempView(TABLE_NAMES[name])
         if isinstance(entities, pa.Table):
             entities = self.put(entities, "entities")
         entities.createOrReplaceTempView(TABLE_NAMES["entities"])
@@ -164,7 +164,7 @@ class SparkEngine:
         path = self._staging_root() / f"{name}-{uuid.uuid4().hex}"
         path.mkdir(parents=True)
         _write(table, path / "part-0.parquet")
-        return self.session.read.parquet(str(path))
+        return self.session.read.parquet(_uri(path))
 
     # ----------------------------------------------------------------------------------------- staging
 
@@ -195,6 +195,11 @@ class SparkEngine:
             staged, self._staged = self._staged, None
         if staged is not None:
             shutil.rmtree(staged[1], ignore_errors=True)
+
+
+def _uri(path: Path) -> str:
+    """A local path as a file: URI, so a cluster whose default file system is HDFS or DBFS reads the shared mount."""
+    return Path(path).resolve().as_uri()
 
 
 def _write(table: pa.Table, path: Path) -> None:

@@ -200,11 +200,13 @@ def _summary(scores: DataFrame, n_scored: int, outreach: pd.DataFrame, rejected:
 
 
 def _write_scores(scores: DataFrame, out: Path | str) -> None:
-    """Parquet partitioned by as_of_date; re-scoring a date replaces only that date's partition."""
+    """Parquet partitioned by as_of_date; re-scoring a date replaces only that date's partition. A ``Path`` is a
+    local (or shared-mount) folder; a string goes to Spark as it is (``s3a://...``, ``hdfs://...``)."""
     from pyspark.sql import functions as F
 
     frame = scores.select(*SCORECARD_COLUMNS).withColumn(PARTITION, F.date_format("as_of", "yyyy-MM-dd"))
-    (frame.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(PARTITION).parquet(str(out)))
+    target = Path(out).resolve().as_uri() if isinstance(out, Path) else out
+    frame.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(PARTITION).parquet(target)
 
 
 def read_scores(out: Path | str, as_of: datetime | None = None) -> pd.DataFrame:
