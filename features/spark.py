@@ -91,6 +91,7 @@ class SparkEngine:
         self._lock = threading.Lock()
         self._staged: tuple[Dataset, Path] | None = None  # the dataset whose tables are on Spark, and where
         self._own_staging: Path | None = None
+        self._put: list[Path] = []  # small tables handed to Spark (entities, id lists), removed by stop()
         self._owns_session = False  # a session found running (spark-submit, a notebook, a test) is left running
 
     # ----------------------------------------------------------------------------------------- session
@@ -123,6 +124,9 @@ class SparkEngine:
     def stop(self) -> None:
         """Remove the staged tables and stop the session if this engine started it."""
         self._drop_staged()
+        for path in self._put:
+            shutil.rmtree(path, ignore_errors=True)
+        self._put.clear()
         if self._own_staging is not None:
             shutil.rmtree(self._own_staging, ignore_errors=True)
             self._own_staging = None
@@ -163,6 +167,7 @@ class SparkEngine:
         """An Arrow table as a Spark DataFrame, through a Parquet file in the staging folder."""
         path = self._staging_root() / f"{name}-{uuid.uuid4().hex}"
         path.mkdir(parents=True)
+        self._put.append(path)
         _write(table, path / "part-0.parquet")
         return self.session.read.parquet(_uri(path))
 

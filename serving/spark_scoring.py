@@ -107,15 +107,15 @@ def _score(data, model, policy, settings, engine, out, features, entities, as_of
             scores_out = _with_reasons(scores, outreach, engine)
         else:
             scores_out = scores
+        n_input = _count_input_customers(data, invalid_customer_ids)
+        if n_scored + len(rejected) != n_input:  # checked before anything is written
+            raise AssertionError(
+                f"customer accounting broken: {n_scored} scored + {len(rejected)} rejected != {n_input} input customers"
+            )
         summary = _summary(scores, n_scored, outreach, rejected)
         _write_scores(scores_out, out)
     finally:
         scores.unpersist()
-    n_input = _count_input_customers(data, invalid_customer_ids)
-    if n_scored + len(rejected) != n_input:
-        raise AssertionError(
-            f"customer accounting broken: {n_scored} scored + {len(rejected)} rejected != {n_input} input customers"
-        )
     return BatchResult(outreach.copy(), outreach, rejected, n_input, summary, model.season_warnings(as_of))
 
 
