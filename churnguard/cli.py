@@ -66,6 +66,14 @@ MapOpt = Annotated[
 ]
 
 
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="duckdb or spark (default from settings: features.engine; the Spark master is features.spark_master).",
+    ),
+]
+
 EXIT_BAD_INPUT = 2  # bad data, flags or settings: the user can fix the input
 EXIT_UNAVAILABLE = 3  # a dependency (the model registry, the customer store) failed: nothing was changed
 EXIT_DRIFT = 4  # churn monitor: a feature's or the score's PSI reached the alert threshold
@@ -81,6 +89,7 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
 
+        from features.engines import EngineUnavailableError
         from features.store.settings import StoreError
         from model.churn_model import IncompatibleModelError
         from model.registry import ModelNotFoundError, RegistryError
@@ -88,7 +97,7 @@ def friendly_errors(fn: F) -> F:
         configure_process()
         try:
             return fn(*args, **kwargs)
-        except (RegistryError, StoreError) as e:  # StoreError is a ValueError: caught first
+        except (RegistryError, StoreError, EngineUnavailableError) as e:  # StoreError is a ValueError: caught first
             err_console.print(f"[red]error:[/red] {_one_line(e)}")
             raise typer.Exit(EXIT_UNAVAILABLE) from None
         except (ValueError, FileNotFoundError, ValidationError, ModelNotFoundError, IncompatibleModelError) as e:
@@ -246,15 +255,17 @@ def features(
     out: Annotated[Path | None, typer.Option(help="Feature table to write (.parquet or .csv).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="Print the feature registry and exit.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="With --list: print it as a Markdown table.")] = False,
+    engine: EngineOpt = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
     """Point-in-time features, one row per customer known before each as_of."""
     from features.build import build_features, entities_at
+    from features.engines import make_engine
     from features.io import write_table
     from features.registry import FEATURE_SET, feature_registry
 
-    settings = _settings()
+    settings = _settings(features={"engine": engine})
     if list_:
         if markdown:
             from features.registry import registry_markdown
@@ -267,8 +278,14 @@ def features(
         raise ValueError("--as-of and --out are required (or use --list)")
     dataset, _ = command_data(data, mapping, map_, settings)
     entities = entities_at(dataset, as_of)
-    with console.status(f"computing features for {entities.num_rows:,} customer snapshots..."):
-        table = build_features(dataset, entities, event_types=settings.features.event_types)
+    feature_engine = make_engine(settings.features)
+    try:
+        with console.status(
+            f"computing features for {entities.num_rows:,} customer snapshots on {settings.features.engine}..."
+        ):
+            table = build_features(dataset, entities, event_types=settings.features.event_types, engine=feature_engine)
+    finally:
+        _stop(feature_engine)
     write_table(table, out)
     console.print(f"wrote {table.num_rows:,} rows x {table.num_columns - 2} features to [bold]{out}[/bold]")
 
@@ -456,10 +473,13 @@ def score(
         Path | None, typer.Option(help="Customers not scored, with the reason (default: <out>.rejected.csv).")
     ] = None,
     reasons: Annotated[str | None, typer.Option(help="top_reasons for: outreach (default), all, none.")] = None,
+    engine: EngineOpt = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
-    """Score every customer known before as_of; write scorecards, the outreach list and the rejects."""
+    """Score every customer known before as_of; write scorecards, the outreach list and the rejects.
+
+    With the spark engine, --out is a folder of Parquet files partitioned by as_of_date."""
     from churnguard.console import print_batch_summary, progress
     from features.build import entities_at
     from features.contract import now_utc
@@ -469,6 +489,7 @@ def score(
 
     settings = _settings(
         scoring={"model_uri": model, "capacity": capacity, "budget": budget, "reasons": reasons},
+        features={"engine": engine},
     )
     policy = load_policy(settings.scoring.policy_file)
     when = as_of or now_utc()
@@ -478,18 +499,40 @@ def score(
             tier_thresholds=settings.scoring.tier_thresholds
         )
     total = entities_at(dataset, when).num_rows
-    with progress(f"scoring as of {when:%Y-%m-%d}", total=total) as advance:
-        result = score_batch(
-            dataset,
-            churn_model,
-            policy,
-            settings.scoring,
-            as_of=when,
-            invalid_customer_ids=rejected_ids,
-            progress=advance,
-        )
     rejects_path = rejects or out.with_name(out.stem + ".rejected.csv")
-    write_batch(result, out, outreach_out if outreach_out else None, rejects_path)
+    if settings.features.engine == "spark":
+        from features.engines import make_engine
+        from serving.spark_scoring import score_batch_spark
+
+        spark_engine = make_engine(settings.features)
+        try:
+            with progress(f"scoring as of {when:%Y-%m-%d} on Spark", total=total) as advance:
+                result = score_batch_spark(
+                    dataset,
+                    churn_model,
+                    policy,
+                    settings.scoring,
+                    spark_engine,
+                    out,
+                    as_of=when,
+                    invalid_customer_ids=rejected_ids,
+                    progress=advance,
+                )
+        finally:
+            _stop(spark_engine)
+        write_batch(result, None, outreach_out if outreach_out else None, rejects_path)
+    else:
+        with progress(f"scoring as of {when:%Y-%m-%d}", total=total) as advance:
+            result = score_batch(
+                dataset,
+                churn_model,
+                policy,
+                settings.scoring,
+                as_of=when,
+                invalid_customer_ids=rejected_ids,
+                progress=advance,
+            )
+        write_batch(result, out, outreach_out if outreach_out else None, rejects_path)
     print_batch_summary(result, churn_model.model_version)
     console.print(
         f"scorecards: [bold]{out}[/bold]; not scored: [bold]{rejects_path}[/bold]"
@@ -580,6 +623,13 @@ def bento(
         f"model {tag} imported; bento [bold]{bento_tag}[/bold] built. Container image: "
         f"`bentoml containerize {bento_tag}` (needs Docker)"
     )
+
+
+def _stop(engine: object) -> None:
+    """Stop a Spark session the command started (DuckDB needs nothing)."""
+    stop = getattr(engine, "stop", None)
+    if stop is not None:
+        stop()
 
 
 def _print_registry(specs: Sequence[FeatureSpec], feature_set: str) -> None:

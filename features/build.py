@@ -54,9 +54,12 @@ def build_features(
     schema = _result_schema(tuple(event_types))
     indexed = entities.append_column(POSITION, pa.array(np.arange(entities.num_rows, dtype=np.int64)))
     parts = []
-    for as_of in sorted(pc.unique(entities["as_of"]).to_pylist()):
-        subset = indexed.filter(pc.equal(indexed["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
-        parts.append(engine.run(sql, data, subset, schema))
+    if getattr(engine, "all_dates_at_once", False):  # a distributed engine takes every snapshot in one query
+        parts.append(engine.run(sql, data, indexed, schema))
+    else:
+        for as_of in sorted(pc.unique(entities["as_of"]).to_pylist()):
+            subset = indexed.filter(pc.equal(indexed["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
+            parts.append(engine.run(sql, data, subset, schema))
     if not parts:
         return _empty_features(event_types)
     out = pa.concat_tables(parts)

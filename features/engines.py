@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from features.dataset import Dataset
 from features.duck import connect
+from features.settings import FeatureSettings
 
 POSITION = "position"  # entity row number, carried through the query so results come back in entity order
 TABLE_NAMES = {
@@ -27,6 +28,11 @@ TABLE_NAMES = {
     "customers": "cg_customers",
     "entities": "cg_entities",
 }
+
+
+class EngineUnavailableError(RuntimeError):
+    """The configured engine cannot run here (no Java, a Spark master that does not answer): an error, never a
+    silent fallback to another engine."""
 
 
 class Engine(Protocol):
@@ -163,3 +169,15 @@ def _typed_result(columns: dict[str, tuple], schema: pa.Schema, entities: pa.Tab
 @lru_cache(maxsize=1)
 def default_engine() -> DuckDBEngine:
     return DuckDBEngine()
+
+
+def make_engine(settings: FeatureSettings) -> Engine:
+    """The batch engine the features section names: the shared DuckDB engine, or a new ``SparkEngine``
+    (its session starts on first use; call its ``stop()`` when done)."""
+    if settings.engine == "spark":
+        from features.spark import SparkEngine
+
+        return SparkEngine(
+            master=settings.spark_master or None, conf=settings.spark_conf, staging_dir=settings.spark_staging_dir
+        )
+    return default_engine()

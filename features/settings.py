@@ -6,6 +6,9 @@ silent default. Functions receive the section they need as an argument; nothing 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.registry import DEFAULT_EVENT_TYPES
@@ -28,6 +31,25 @@ class FeatureSettings(Section):
 
     event_types: tuple[str, ...] = Field(
         DEFAULT_EVENT_TYPES, description="Event types that get their own features; others count as engagement only."
+    )
+    engine: Literal["duckdb", "spark"] = Field(
+        "duckdb",
+        description="Where batch features (and `churn score`'s scoring) run: embedded DuckDB, or Apache Spark "
+        "(the same feature definitions; needs the spark extra and Java 17).",
+    )
+    spark_master: str = Field(
+        "local[2]",
+        description="Spark master URL for engine=spark: local[N], spark://host:7077, yarn, ...; empty: the one "
+        "spark-submit or the cluster's job gives.",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description='Extra Spark conf for engine=spark, e.g. {"spark.executor.memory": "8g"}.',
+    )
+    spark_staging_dir: Path | None = Field(
+        None,
+        description="Where the validated tables are written as Parquet for Spark to read (default: a temp folder; "
+        "on a cluster, a path the executors see under the same name).",
     )
 
 

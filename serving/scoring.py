@@ -218,12 +218,14 @@ def _summary(scores: pd.DataFrame, outreach: pd.DataFrame, rejected: pd.DataFram
 
 
 def write_batch(
-    result: BatchResult, out: Path, outreach_out: Path | None = None, rejects_out: Path | None = None
+    result: BatchResult, out: Path | None, outreach_out: Path | None = None, rejects_out: Path | None = None
 ) -> None:
-    """Scores, outreach list and customer rejects, each written atomically (CSV or Parquet by extension)."""
+    """Scores, outreach list and customer rejects, each written atomically (CSV or Parquet by extension).
+    ``out=None``: the scores are written already (the Spark path writes them from the executors)."""
     from features.io import write_table
 
-    write_table(_to_arrow(result.scores[list(SCORECARD_COLUMNS)], out), out)
+    if out is not None:
+        write_table(_to_arrow(result.scores[list(SCORECARD_COLUMNS)], out), out)
     if outreach_out is not None:
         write_table(_to_arrow(result.outreach[list(OUTREACH_COLUMNS)], outreach_out), outreach_out)
     if rejects_out is not None:
