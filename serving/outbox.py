@@ -38,4 +38,5 @@ def _item(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iso(v: datetime) -> str:
-    return v.isoformat()
+    """Naive UTC (the contract) as ISO 8601 with a Z: the same format as the webhook body."""
+    return v.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"

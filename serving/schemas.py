@@ -258,3 +258,27 @@ class EventsResponse(BaseModel):
     present: TableCounts = Field(description="Rows already stored (a retried request adds nothing).")
     updated_customers: int = Field(0, description="Customer records replaced by a changed version.")
     rejected: list[RejectedRow] = Field(description="Rows not stored, each with its index, field and reason.")
+
+
+class OutboxItem(BaseModel):
+    """A fired trigger (``features/store/outbox.py`` defines the columns): control items are for the record only."""
+
+    seq: int = Field(description="Position in the outbox (commit order): pass the page's next_after as ?after=.")
+    id: str = Field(description="Idempotency key: one firing per rule, customer and as_of date.")
+    customer_id: str
+    rule: str = Field(description="The trigger rule that fired (serving/triggers.yaml).")
+    action: str = Field(description="What to do: an action of the retention policy.")
+    fired_at: str = Field(description="When the evaluation ran (UTC, ISO 8601).")
+    as_of: str = Field(description="The date the customer was evaluated at (UTC, ISO 8601).")
+    fields: dict[str, Any] = Field(description="The scorecard and history fields that made the rule fire.")
+    control: bool = Field(description="True: held out at random as control; record it, contact nobody.")
+    state: str = Field(description="Push delivery state: pending, delivered, dead or control.")
+    attempts: int
+    next_attempt_at: str | None = None
+    last_error: str | None = None
+
+
+class OutboxPage(BaseModel):
+    items: list[OutboxItem]
+    next_after: int = Field(description="The cursor for the next page (the last item's seq, or ?after= if none).")
+    has_more: bool

@@ -8,6 +8,7 @@
 | ``GET /v1/customers/{customer_id}/score`` | a stored customer's scorecard (the customer store, ``features/store/``) |
 | ``POST /v1/customers/score`` | up to 1,000 stored customers' scorecards, and the ids not found |
 | ``POST /v1/events`` | new transactions, events and customer records into the store (checked row by row) |
+| ``GET /v1/outbox`` | fired triggers after a cursor (``serving/outbox.py``; pull delivery) |
 | ``/readyz``, ``/livez``, ``/metrics``, ``/docs.json`` (= ``/v1/openapi.json``), ``/`` (docs) | open |
 
 The routes are a FastAPI app mounted into the BentoML service (BentoML's own ``@bentoml.api`` routes are POST-only
@@ -52,6 +53,8 @@ from serving.bento import BENTO_MODEL
 from serving.customers import StoreHandle, StoreUnavailable, check_rows, score_stored
 from serving.middleware import ApiGuard
 from serving.openapi import install_openapi
+from serving.outbox import DEFAULT_LIMIT, MAX_LIMIT
+from serving.outbox import page as outbox_page
 from serving.policy import Policy, load_policy
 from serving.problems import (
     MALFORMED_JSON,
@@ -72,6 +75,7 @@ from serving.schemas import (
     EventsResponse,
     FeatureScoreRequest,
     ModelInfo,
+    OutboxPage,
     Readiness,
     ScoreRequest,
     ScoreResponse,
@@ -329,6 +333,23 @@ class ChurnService:
             updated_customers=updated,
             rejected=[r.__dict__ for r in checked.rejected],
         )
+
+    @api.get(
+        "/v1/outbox",
+        response_model=OutboxPage,
+        responses=openapi_responses(400, 401, 403, 429, 503),
+        summary="Fired triggers after a cursor (pull delivery)",
+        tags=["triggers"],
+    )
+    def outbox(
+        self,
+        after: Annotated[int, Query(ge=0, description="The next_after of the previous page (0: from the start).")] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = DEFAULT_LIMIT,
+    ) -> OutboxPage:
+        """The trigger outbox in commit order, at least once: store `next_after` after processing a page and pass
+        it as `after`. Control items are in the pages, marked (`control: true`): record them, contact nobody.
+        Reading changes no delivery state (push delivery, `churn deliver`, reads the same outbox)."""
+        return OutboxPage(**self.store.run(lambda store: outbox_page(store, after, limit)))
 
 
 # ------------------------------------------------------------------------------------------------ helpers

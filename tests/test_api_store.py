@@ -440,3 +440,43 @@ def test_a_closed_port_is_503(registered, test_settings, demo_data):
         _assert_unavailable(client, _ids(demo_data[0], 1))
         ready = client.get("/readyz").json()
         assert "postgresql://u:***@127.0.0.1:9/db" in ready["detail"] and "secret" not in json.dumps(ready)
+
+
+def test_outbox_pages_through_fired_triggers_with_a_cursor(client, store):
+    """GET /v1/outbox: every item once, in seq order, control items marked; a bad cursor or limit is a 400 naming
+    the parameter."""
+    from features.store.outbox import items_table, outbox_id
+
+    fired = datetime(2024, 10, 1, 6)
+    rows = [
+        {
+            "id": outbox_id("cart_abandoned", f"api-outbox-{i}", fired),
+            "customer_id": f"api-outbox-{i}",
+            "rule": "cart_abandoned",
+            "action": "cart_reminder",
+            "fired_at": fired,
+            "as_of": fired,
+            "fields": json.dumps({"hours_since_cart_add": 30.5}),
+            "control": i % 3 == 0,
+        }
+        for i in range(7)
+    ]
+    store.add_outbox(items_table(rows))
+    seen, cursor = [], 0
+    while True:
+        r = client.get("/v1/outbox", params={"after": cursor, "limit": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        seen += body["items"]
+        cursor = body["next_after"]
+        if not body["has_more"]:
+            break
+    ours = [i for i in seen if i["customer_id"].startswith("api-outbox-")]
+    assert [i["customer_id"] for i in ours] == [f"api-outbox-{i}" for i in range(7)]
+    assert [i["seq"] for i in seen] == sorted({i["seq"] for i in seen})
+    assert all(i["control"] == (i["state"] == "control") for i in ours)
+    assert ours[1]["fields"] == {"hours_since_cart_add": 30.5} and ours[1]["as_of"] == "2024-10-01T06:00:00Z"
+    for params, field in (({"limit": 0}, "limit"), ({"after": -1}, "after"), ({"limit": "x"}, "limit")):
+        r = client.get("/v1/outbox", params=params)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")
+        assert any(field in json.dumps(e) for e in r.json()["errors"]), r.text

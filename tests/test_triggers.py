@@ -380,7 +380,7 @@ def test_pull_page_with_cursor_marks_control_items(store):
     control = [i for i in seen if i["control"]]
     assert control and all(i["state"] == "control" for i in control)
     first = seen[0]
-    assert isinstance(first["fields"], dict) and first["as_of"] == AS_OF.isoformat()
+    assert isinstance(first["fields"], dict) and first["as_of"] == AS_OF.isoformat(timespec="seconds") + "Z"
     assert set(first) >= {"id", "seq", "customer_id", "rule", "action", "fired_at", "as_of", "fields", "control",
                           "state", "attempts", "next_attempt_at", "last_error"}  # fmt: skip
     with pytest.raises(ValueError, match="limit"):
