@@ -786,7 +786,28 @@ def _health_section(dataset: Dataset, when: datetime, settings: Settings, *, req
         return no_model_section(f"No model: {_one_line(e)}.")
     with console.status(f"model health of {churn_model.model_version} ..."):
         health = model_health(dataset, churn_model, as_of=when, settings=settings.monitor)
-    return health_section(health)
+    return health_section(health, _campaign_lift(dataset, settings))
+
+
+def _campaign_lift(dataset: Dataset, settings: Settings) -> Any:
+    """The trigger campaigns' measured lift (as `churn lift` measures it) when the store's outbox holds firings;
+    None when no store was ever written or nothing fired. A store that cannot be reached is an error."""
+    from features.store import EmptyStoreError, open_store
+    from serving.lift import measure_lift, read_firings
+    from serving.policy import load_policy
+
+    try:
+        store = open_store(settings.store, settings.data_dir, create=False)
+    except EmptyStoreError:
+        return None
+    try:
+        firings = read_firings(store)
+    finally:
+        store.close()
+    if firings.empty:
+        return None
+    policy = load_policy(settings.scoring.policy_file)
+    return measure_lift(firings, dataset, horizon_days=settings.labels.horizon_days, policy=policy)
 
 
 @app.command()

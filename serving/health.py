@@ -12,6 +12,7 @@ import html
 
 from model.drift import EPSILON
 from model.monitoring import ColumnDrift, ModelHealth
+from serving.lift import TABLE_COLUMNS, LiftResult, table_caption, table_notes, table_rows
 from serving.report import ReportSection
 
 TITLE = "Model health"
@@ -23,8 +24,9 @@ PSI_DEFINITION = (
 STATUS_TEXT = {"ok": "stable", "warn": "moderate shift", "alert": "major shift"}
 
 
-def health_section(health: ModelHealth) -> ReportSection:
-    """The report's model-health section (trusted HTML with its Plotly charts)."""
+def health_section(health: ModelHealth, lift: LiftResult | None = None) -> ReportSection:
+    """The report's model-health section (trusted HTML with its Plotly charts), with the campaign lift table of
+    ``churn lift`` when triggers have fired (``lift``: the measured result, None when nothing fired)."""
     parts = [f"<style>{_CSS}</style>", _summary(health)]
     if health.no_reference:
         parts.append(f"<p class='no-reference note'>No drift reference: {html.escape(health.no_reference)}.</p>")
@@ -35,7 +37,28 @@ def health_section(health: ModelHealth) -> ReportSection:
     if not health.no_reference:
         parts += ["<h3>Population stability (PSI)</h3>", _psi_table(health)]
     parts += [f"<p class='small'>{html.escape(note)}</p>" for note in health.notes]
+    if lift is not None:
+        parts += ["<h3>Trigger campaigns: measured lift</h3>", lift_table_html(lift)]
     return ReportSection(TITLE, "\n".join(parts))
+
+
+def lift_table_html(result: LiftResult) -> str:
+    """The lift table of ``churn lift`` (the same columns and cells), its caption and notes, as HTML."""
+    if not result.rules:
+        return (
+            f"<p class='note lift'>No firing to judge yet: {result.firings:,} in the range, {result.too_recent:,} "
+            f"too recent (a firing is judged {result.horizon_days} days after it).</p>"
+        )
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in table_rows(result)
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table_notes(result))
+    return (
+        f"<table class='lift'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p class='small'>{html.escape(table_caption(result))}</p>"
+        + (f"<ul class='small'>{notes}</ul>" if notes else "")
+    )
 
 
 def no_model_section(reason: str) -> ReportSection:

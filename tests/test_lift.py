@@ -4,6 +4,7 @@ and the intervals cover the truth about 95 % of the time."""
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import datetime, timedelta
 
@@ -75,6 +76,15 @@ def test_outcome_windows_by_hand():
     ]
     earlier = measure_lift(firings, data, horizon_days=H, fired_to=d(1))
     assert earlier.firings == 5
+
+    # the report's model-health section shows the same table (issue: report + triggers)
+    from serving.health import lift_table_html
+    from serving.lift import table_rows
+
+    page = lift_table_html(r)
+    assert page.count("<tr>") == 2 and "inactive_past_usual_gap" in page
+    assert all(html.escape(cell) in page for cell in table_rows(r)[0])
+    assert "No firing to judge" in lift_table_html(measure_lift(firings.iloc[6:], data, horizon_days=H))
 
 
 def test_revenue_p_value_is_the_exact_permutation_test_on_small_groups():

@@ -315,6 +315,41 @@ def test_report_cli_shows_the_champions_health(cli_env, registered, demo_dir, tm
         env=cli_env,
     )
     assert missing.exit_code == 2 and "no model behind models:/churnguard@nobody" in missing.output
+    assert "Trigger campaigns" not in page  # no store, nothing fired
+
+    # triggers fired (a store of its own): the campaign lift table joins the section
+    import json
+    from datetime import datetime
+
+    from features.store import StoreSettings, open_store
+    from features.store.outbox import items_table, outbox_id
+
+    when = datetime(2024, 6, 1)
+    store = open_store(StoreSettings(path=tmp_path / "store"), tmp_path)
+    try:
+        store.add_outbox(
+            items_table(
+                [
+                    {
+                        "id": outbox_id("cart_abandoned", f"C{i:06d}", when),
+                        "customer_id": f"C{i:06d}",
+                        "rule": "cart_abandoned",
+                        "action": "cart_reminder",
+                        "fired_at": when,
+                        "as_of": when,
+                        "fields": json.dumps({}),
+                        "control": i % 2 == 0,
+                    }
+                    for i in range(20)
+                ]
+            )
+        )
+    finally:
+        store.close()
+    env = {**cli_env, "CHURN_STORE__PATH": str(tmp_path / "store")}
+    fired = CliRunner().invoke(app, ["report", "--data", str(demo_dir), "--out", str(out)], env=env)
+    assert fired.exit_code == 0, fired.output
+    assert "Trigger campaigns: measured lift" in out.read_text() and "cart_abandoned" in out.read_text()
 
 
 def test_monitor_of_a_model_without_reference_exits_5(trained, demo_dir, tmp_path) -> None:
