@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+
+from model.rowwise import row_dot
 
 PROB_FLOOR = 1e-3  # nobody is certain to stay or to leave
 
@@ -115,7 +118,11 @@ class LogisticClassifier:
         return np.where(np.isnan(x), self.medians, x)
 
     def raw(self, df: pd.DataFrame) -> np.ndarray:
-        return self.pipeline.predict_proba(self.x(df))[:, 1]
+        """The regression's probability, as ``pipeline.predict_proba`` computes it (expit of the linear predictor),
+        with the linear predictor summed row by row (``model/rowwise.py``: API == batch to the bit)."""
+        regression = self.pipeline[-1]
+        z = row_dot(self.pipeline[:-1].transform(self.x(df)), regression.coef_[0]) + regression.intercept_[0]
+        return expit(z)
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         raw = self.raw(df)
