@@ -121,8 +121,12 @@ class LogisticClassifier:
         """The regression's probability, as ``pipeline.predict_proba`` computes it (expit of the linear predictor),
         with the linear predictor summed row by row (``model/rowwise.py``: API == batch to the bit)."""
         regression = self.pipeline[-1]
-        z = row_dot(self.pipeline[:-1].transform(self.x(df)), regression.coef_[0]) + regression.intercept_[0]
-        return expit(z)
+        return expit(row_dot(self.transformed(df), regression.coef_[0]) + regression.intercept_[0])
+
+    def transformed(self, df: pd.DataFrame) -> np.ndarray:
+        """The features as the regression sees them (the pipeline's steps before it, if any)."""
+        x = self.x(df)
+        return self.pipeline[:-1].transform(x) if len(self.pipeline) > 1 else x
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         raw = self.raw(df)
@@ -132,7 +136,7 @@ class LogisticClassifier:
 
     def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
         """Exact for a linear model: coefficient x standardised value, in log-odds."""
-        transformed = self.pipeline[:-1].transform(self.x(df))
+        transformed = self.transformed(df)
         coef = self.pipeline[-1].coef_[0]
         return pd.DataFrame(transformed * coef, columns=self.features, index=df.index)
 
