@@ -163,7 +163,8 @@ def run_quickstart(
     customer_id = str(ranked["customer_id"].iloc[0])
     curl = (
         f'curl -H "Authorization: Bearer $KEY" '
-        f"http://127.0.0.1:{settings.serving.port}/v1/customers/{quote(customer_id, safe='')}/score"
+        f"'http://127.0.0.1:{settings.serving.port}/v1/customers/{quote(customer_id, safe='')}/score"
+        f"?as_of={as_of:%Y-%m-%d}'"  # the date the batch scored at: the same scorecard
     )
     console.print(f"""
   demo data        {demo_dir}
@@ -178,7 +179,7 @@ def run_quickstart(
 
   MLflow UI:       uv run mlflow ui --backend-store-uri {settings.tracking_uri}
   scoring API:     uv run churn serve        (without API keys it listens on 127.0.0.1 only)
-  one customer (the top of the outreach list), from the store:
+  one customer (the top of the outreach list), from the store, as of the batch's date:
 """)
     # plain print: the console would wrap a long line, and this one is meant to be copied
     print(f"  {curl}\n", flush=True)

@@ -39,7 +39,7 @@ def test_quickstart_ingests_the_demo_and_scores_from_the_store(tmp_path, monkeyp
 
     outreach = pd.read_csv(tmp_path / "outputs" / "outreach.csv")
     first = outreach.sort_values("rank")["customer_id"].iloc[0]
-    curl = f'curl -H "Authorization: Bearer $KEY" http://127.0.0.1:3000/v1/customers/{first}/score'
+    curl = f'curl -H "Authorization: Bearer $KEY" \'http://127.0.0.1:3000/v1/customers/{first}/score?as_of='
     assert curl in r.output  # printed on one line, to be copied
     assert re.search(r"\d+ customers scored", r.output)
     assert (tmp_path / "outputs" / "row_rejects.csv").stat().st_size > 100  # the demo's messy rows, from the store
