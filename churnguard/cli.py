@@ -7,7 +7,9 @@ No logic lives only here: tests and notebooks call the same functions in ``featu
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -197,6 +199,19 @@ def command_data(
         f"(validated at ingest)[/dim]"
     )
     return dataset, ids
+
+
+@contextmanager
+def _counts_to_stderr(enabled: bool) -> Iterator[None]:
+    """While reading data, the counts go to stderr (a command whose stdout is machine-readable)."""
+    if not enabled:
+        yield
+        return
+    console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console.file = None  # the console's own default again: sys.stdout, looked up at each print
 
 
 @app.command()
@@ -962,29 +977,15 @@ def lift_command(
     if fired_from and fired_to and fired_to <= fired_from:
         raise ValueError("--fired-to must be after --fired-from")
     policy = load_policy(settings.scoring.policy_file)
+    with _counts_to_stderr(json_):  # with --json, stdout holds the JSON alone
+        dataset, _ = command_data(data, mapping, map_, settings)
+    if dataset.transactions.num_rows == 0:
+        raise ValueError(f"no transactions to measure against in {data}")
     store = open_store(settings.store, settings.data_dir)
     try:
         firings = read_firings(store)
-        if data is None:
-            dataset = store.dataset()
     finally:
         store.close()
-    if data is not None:
-        from features.contract import now_utc
-        from features.mapping import load_mapping
-        from features.validate import load_dataset
-
-        dataset = load_dataset(
-            data,
-            now=now_utc(),
-            mapping=load_mapping(data, mapping, map_),
-            reject_future=settings.validation.reject_future,
-        )[0]
-        assert dataset.report is not None
-        r = dataset.report  # to stderr: with --json, stdout holds the JSON alone
-        err_console.print(f"[dim]validated {data}: {r.rows_read:,} rows read, {r.rows_kept:,} kept[/dim]")
-    if dataset.transactions.num_rows == 0:
-        raise ValueError("no transactions to measure against: ingest them (`churn ingest`) or pass --data")
     result = measure_lift(
         firings, dataset, horizon_days=horizon, policy=policy, fired_from=fired_from, fired_to=fired_to
     )

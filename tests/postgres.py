@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,3 +113,13 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(f"PostgreSQL server binaries not on PATH ({', '.join(missing)}): PostgreSQL store tests skipped")
     with postgres_cluster() as url:
         yield url
+
+
+def new_database(url: str, prefix: str) -> str:
+    """The URL of a new, empty database on the server at ``url``: each test's store gets tables of its own."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    return f"{url.rsplit('/', 1)[0]}/{name}"

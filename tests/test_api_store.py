@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from tests.postgres import cluster, missing_binaries
+from tests.postgres import cluster, missing_binaries, new_database
 
 pytestmark = pytest.mark.slow
 
@@ -74,15 +74,6 @@ def service(data_dir: Path, store_env: dict[str, str]) -> Iterator:
         bentoml_service.set_current_service(previous)
 
 
-def _postgres_database(url: str) -> str:
-    import psycopg
-
-    name = f"api_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute(f"CREATE DATABASE {name}")
-    return f"{url.rsplit('/', 1)[0]}/{name}"
-
-
 @pytest.fixture(scope="module", params=["embedded", "postgres"])
 def backend(request, registered, test_settings, demo_dir, tmp_path_factory):
     """(client, store settings) for a store holding the session's demo data, one of each backend."""
@@ -92,7 +83,7 @@ def backend(request, registered, test_settings, demo_dir, tmp_path_factory):
         settings = StoreSettings(path=tmp_path_factory.mktemp("api-store") / "store")
         env = {"CHURN_STORE__PATH": str(settings.path)}
     else:
-        settings = StoreSettings(url=_postgres_database(request.getfixturevalue("postgres_url")))
+        settings = StoreSettings(url=new_database(request.getfixturevalue("postgres_url"), "api"))
         env = {"CHURN_STORE__URL": settings.url}
     store = open_store(settings, test_settings.data_dir)
     ingest(store, demo_dir, now=NOW)

@@ -96,14 +96,9 @@ def test_features_from_the_store_equal_features_from_the_files(demo_dir, store_p
 
 
 def test_features_from_a_postgres_store_equal_features_from_the_files(demo_dir, postgres_url, use_store, tmp_path):
-    import uuid
+    from tests.postgres import new_database
 
-    import psycopg
-
-    name = f"cli_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as con:
-        con.execute(f"CREATE DATABASE {name}")
-    url = f"{postgres_url.rsplit('/', 1)[0]}/{name}"
+    url = new_database(postgres_url, "cli")
     use_store(url=url)
     r = runner.invoke(app, ["ingest", "--data", str(demo_dir)])
     assert r.exit_code == 0, r.output

@@ -5,7 +5,6 @@ never delivered, evaluation state shifting, one transaction for items and state.
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -13,6 +12,7 @@ import pytest
 
 from features.store import StoreError, StoreSettings, open_store
 from features.store.outbox import EVALUATION_INPUT, OUTBOX_COLUMNS, items_table, outbox_id
+from tests.postgres import new_database
 
 T0 = datetime(2025, 3, 1)
 FIRED = datetime(2025, 3, 1, 6, 0, 0)
@@ -23,13 +23,7 @@ def store(request, tmp_path):
     if request.param == "embedded":
         settings = StoreSettings(path=tmp_path / "store")
     else:
-        import psycopg
-
-        url = request.getfixturevalue("postgres_url")
-        name = f"outbox_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(url, autocommit=True) as con:
-            con.execute(f"CREATE DATABASE {name}")
-        settings = StoreSettings(url=f"{url.rsplit('/', 1)[0]}/{name}")
+        settings = StoreSettings(url=new_database(request.getfixturevalue("postgres_url"), "outbox"))
     s = open_store(settings, tmp_path)
     yield s
     s.close()

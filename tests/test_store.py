@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from features.build import build_features, entities_at
 from features.dataset import Dataset
 from features.store import StoreError, StoreSettings, ingest, open_store
 from features.validate import DataContractError, load_dataset
+from tests.postgres import new_database
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 1, 1)
@@ -66,13 +66,7 @@ def settings(request, tmp_path) -> StoreSettings:
     """A fresh, empty store of each kind."""
     if request.param == "embedded":
         return StoreSettings(path=tmp_path / "store")
-    import psycopg
-
-    url = request.getfixturevalue("postgres_url")
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute(f"CREATE DATABASE {name}")
-    return StoreSettings(url=f"{url.rsplit('/', 1)[0]}/{name}")
+    return StoreSettings(url=new_database(request.getfixturevalue("postgres_url"), "store"))
 
 
 @pytest.fixture

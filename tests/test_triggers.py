@@ -32,6 +32,7 @@ from serving.triggers import (
 )
 from tests.conftest import dataset, ev, tx
 from tests.hand_model import hand_model
+from tests.postgres import new_database
 
 AS_OF = datetime(2024, 6, 1)
 POLICY = load_policy()
@@ -69,13 +70,7 @@ def any_store(request, tmp_path):
     if request.param == "embedded":
         settings = StoreSettings(path=tmp_path / "store")
     else:
-        import psycopg
-
-        url = request.getfixturevalue("postgres_url")
-        name = f"triggers_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(url, autocommit=True) as con:
-            con.execute(f"CREATE DATABASE {name}")
-        settings = StoreSettings(url=f"{url.rsplit('/', 1)[0]}/{name}")
+        settings = StoreSettings(url=new_database(request.getfixturevalue("postgres_url"), "triggers"))
     s = open_store(settings, tmp_path)
     yield s
     s.close()

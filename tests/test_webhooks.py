@@ -8,7 +8,6 @@ import base64
 import json
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +29,7 @@ from serving.webhooks import (
     signature,
     single_deliverer,
 )
+from tests.postgres import new_database
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 24).decode()
@@ -100,13 +100,7 @@ def store(request, tmp_path):
     if request.param == "embedded":
         settings = StoreSettings(path=tmp_path / "store")
     else:
-        import psycopg
-
-        url = request.getfixturevalue("postgres_url")
-        name = f"hooks_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(url, autocommit=True) as con:
-            con.execute(f"CREATE DATABASE {name}")
-        settings = StoreSettings(url=f"{url.rsplit('/', 1)[0]}/{name}")
+        settings = StoreSettings(url=new_database(request.getfixturevalue("postgres_url"), "hooks"))
     s = open_store(settings, tmp_path)
     yield s
     s.close()
