@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from features.settings import Section
 from model.scorecard import check_tier_thresholds
@@ -117,6 +117,31 @@ class DeliverySettings(Section):
     batch: int = Field(100, ge=1, le=10_000, description="Items taken from the outbox per pass.")
     concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once within a pass.")
     poll_interval_s: float = Field(5.0, gt=0, description="`churn deliver` (without --once): pause between passes.")
+    lease_s: float | None = Field(
+        None,
+        gt=0,
+        description="How long a pass holds the items it took: other deliverers on the same store skip them meanwhile, "
+        "and items of a deliverer that died are due again after it. Unset: the longest pass (timeout_s x "
+        "ceil(batch / concurrency)) plus a minute; when set, it must exceed that.",
+    )
+
+    @property
+    def longest_pass_s(self) -> float:
+        """Every request of a pass timing out, ``concurrency`` at a time."""
+        return self.timeout_s * -(-self.batch // self.concurrency)
+
+    @property
+    def lease(self) -> float:
+        return self.lease_s if self.lease_s is not None else self.longest_pass_s + 60.0
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_pass(self) -> DeliverySettings:
+        if self.lease_s is not None and self.lease_s <= self.longest_pass_s:
+            raise ValueError(
+                f"lease_s ({self.lease_s:g}) must exceed the longest pass, timeout_s x ceil(batch / concurrency) = "
+                f"{self.longest_pass_s:g} s: otherwise a second deliverer could take items still being sent"
+            )
+        return self
 
     @field_validator("webhook_url")
     @classmethod

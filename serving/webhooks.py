@@ -2,7 +2,7 @@
 
 ``churn deliver`` runs this in its own process, apart from scoring and the API: a slow or dead receiver can only
 slow delivery down, never a scoring run or a request. Each pass takes the pending items that are due
-(``Store.pending_deliveries``: treated items only, control items are never pending) and POSTs each to
+(``Store.claim_deliveries``: treated items only, control items are never pending) and POSTs each to
 ``delivery.webhook_url``, at most ``delivery.concurrency`` at once, each bounded by ``delivery.timeout_s``. The
 outcome of every attempt is written to the item (``Store.mark_delivery``) as soon as it is known:
 
@@ -13,6 +13,10 @@ outcome of every attempt is written to the item (``Store.mark_delivery``) as soo
   ``max_attempts`` failures: ``dead`` (the dead letter), with the last error kept in ``last_error``;
 - ``410 Gone``: the receiver no longer wants these webhooks (the specification says to stop): the attempt counts
   as a failure, nothing more is sent in this pass, and ``churn deliver`` stops with an error.
+
+Several ``churn deliver`` processes may share one store (e.g. one PostgreSQL database): a pass claims its items
+for ``delivery.lease_s`` (longer than a pass can take: by default that plus a minute; checked when set), so the others skip them;
+if a deliverer dies mid-pass, its items become due again when the lease ends.
 
 Delivery is at least once: an item whose answer arrived but whose outcome could not be written (the process was
 killed in between) is sent again, with the same ``webhook-id``, which receivers use as their idempotency key.
@@ -241,7 +245,8 @@ def deliver_once(
     sender = sender or WebhookSender(settings)
     result = PassResult()
     try:
-        items = store.pending_deliveries(clock(), settings.batch).to_pylist()
+        now = clock()
+        items = store.claim_deliveries(now, settings.batch, now + timedelta(seconds=settings.lease)).to_pylist()
         if not items:
             return result
         pool = ThreadPoolExecutor(max_workers=min(settings.concurrency, len(items)), thread_name_prefix="webhook")
@@ -298,7 +303,9 @@ def run_delivery(
 
 @contextlib.contextmanager
 def single_deliverer(lock_file: Path) -> Iterator[None]:
-    """One deliverer per lock file at a time (two would send every item twice). Held until the block ends."""
+    """One deliverer per lock file (data dir) at a time on this machine, held until the block ends: more processes
+    here add nothing that ``delivery.concurrency`` does not; deliverers on other machines sharing the store are kept
+    apart by the store's claims (``Store.claim_deliveries``)."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a+") as handle:
         try:

@@ -101,6 +101,32 @@ def test_delivery_states_and_control_items(store):
         store.mark_delivery(a, "control", 1, None, None)
 
 
+def test_a_claim_leases_its_items_so_a_second_deliverer_skips_them(store):
+    store.add_outbox(items_table([item("a"), item("b", control=True), item("c"), item("d")]))
+    lease = FIRED + timedelta(minutes=15)
+    first = store.claim_deliveries(FIRED, 2, lease)
+    assert first["customer_id"].to_pylist() == ["a", "c"]  # control items are never claimed
+    second = store.claim_deliveries(FIRED, 10, lease)
+    assert second["customer_id"].to_pylist() == ["d"]  # a and c are leased
+    assert store.claim_deliveries(FIRED, 10, lease).num_rows == 0
+    # the first deliverer finishes a; c's deliverer died: c is due again when the lease ends, d too
+    store.mark_delivery(outbox_id("cart_abandoned", "a", T0), "delivered", 1, None, None)
+    assert store.claim_deliveries(lease - timedelta(seconds=1), 10, lease).num_rows == 0
+    again = store.claim_deliveries(lease, 10, lease + timedelta(minutes=15))
+    assert sorted(again["customer_id"].to_pylist()) == ["c", "d"]
+
+
+def test_deliverers_claiming_at_once_take_disjoint_items(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store.add_outbox(items_table([item(f"c{i:03d}") for i in range(120)]))
+    lease = FIRED + timedelta(minutes=15)
+    with ThreadPoolExecutor(4) as pool:
+        claims = list(pool.map(lambda _: store.claim_deliveries(FIRED, 30, lease), range(4)))
+    taken = [c for claim in claims for c in claim["customer_id"].to_pylist()]
+    assert sorted(taken) == [f"c{i:03d}" for i in range(120)]  # each item once, none lost
+
+
 def evaluations(rows: list[tuple[str, datetime, str]]) -> pa.Table:
     return pa.Table.from_pylist(
         [{"customer_id": c, "as_of": d, "risk_tier": t} for c, d, t in rows], schema=EVALUATION_INPUT

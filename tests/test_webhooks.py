@@ -377,6 +377,14 @@ def test_settings_refuse_bad_secrets_and_urls():
         WebhookSender(DeliverySettings(secret=SECRET))
 
 
+def test_settings_refuse_a_lease_shorter_than_a_pass():
+    # 100 items, 4 at a time, 15 s each at worst: 25 waves x 15 s = 375 s
+    with pytest.raises(ValidationError, match="375"):
+        DeliverySettings(lease_s=375, timeout_s=15, batch=100, concurrency=4)
+    assert DeliverySettings(lease_s=376, timeout_s=15, batch=100, concurrency=4).lease == 376
+    assert DeliverySettings(timeout_s=15, batch=100, concurrency=4).lease == 375 + 60  # unset: follows the pass
+
+
 def test_one_deliverer_at_a_time(tmp_path):
     lock = tmp_path / "deliver.lock"
     with single_deliverer(lock), pytest.raises(DeliveryError, match="another"), single_deliverer(lock):

@@ -96,6 +96,12 @@ class Store(Protocol):
         """Pending items due at ``now`` (``next_attempt_at <= now``), oldest due first (``OUTBOX_SCHEMA``)."""
         ...
 
+    def claim_deliveries(self, now: datetime, limit: int, lease_until: datetime) -> pa.Table:
+        """Take the items ``pending_deliveries`` would return and, in the same transaction, move their
+        ``next_attempt_at`` to ``lease_until``: several deliverers on one store never take the same item while its
+        lease runs, and an item whose deliverer died becomes due again when the lease ends (at least once)."""
+        ...
+
     def mark_delivery(
         self, id: str, state: str, attempts: int, next_attempt_at: datetime | None, last_error: str | None
     ) -> None:

@@ -372,6 +372,19 @@ class EmbeddedStore:
             ).fetchall()
         return _from_rows(rows, OUTBOX_SCHEMA)
 
+    def claim_deliveries(self, now: datetime, limit: int, lease_until: datetime) -> pa.Table:
+        with self._transaction(immediate=True) as con:  # one writer at a time: the claim is atomic
+            rows = con.execute(
+                f"SELECT {_OUTBOX_SELECT} FROM outbox WHERE state = '{PENDING}' AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, seq LIMIT ?",
+                (_micros(now), int(limit)),
+            ).fetchall()
+            seq = OUTBOX_COLUMNS.index("seq")
+            con.executemany(
+                "UPDATE outbox SET next_attempt_at = ? WHERE seq = ?", [(_micros(lease_until), r[seq]) for r in rows]
+            )
+        return _from_rows(rows, OUTBOX_SCHEMA)
+
     def mark_delivery(
         self, id: str, state: str, attempts: int, next_attempt_at: datetime | None, last_error: str | None
     ) -> None:

@@ -325,6 +325,21 @@ class PostgresStore:
             ).fetchall()
         return _from_rows(rows, OUTBOX_SCHEMA)
 
+    def claim_deliveries(self, now: datetime, limit: int, lease_until: datetime) -> pa.Table:
+        # SKIP LOCKED: a second deliverer claiming at the same moment takes the next items instead of waiting
+        with self._small() as con, con.transaction():
+            rows = con.execute(
+                f"SELECT {_OUTBOX_SELECT} FROM {SCHEMA}.outbox WHERE state = '{PENDING}' AND next_attempt_at <= %s "
+                "ORDER BY next_attempt_at, seq LIMIT %s FOR UPDATE SKIP LOCKED",
+                (_naive(now), int(limit)),
+            ).fetchall()
+            seq = OUTBOX_COLUMNS.index("seq")
+            con.execute(
+                f"UPDATE {SCHEMA}.outbox SET next_attempt_at = %s WHERE seq = ANY(%s)",
+                (_naive(lease_until), [r[seq] for r in rows]),
+            )
+        return _from_rows(rows, OUTBOX_SCHEMA)
+
     def mark_delivery(
         self, id: str, state: str, attempts: int, next_attempt_at: datetime | None, last_error: str | None
     ) -> None:
