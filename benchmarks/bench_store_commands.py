@@ -8,7 +8,10 @@ Generates the demo business (CSV by default, as exports usually come; cached und
 each command twice as a whole ``churn`` process, alternating: once with ``--data DIR`` (read + validate the files:
 the baseline) and once without (the store, read as ingested). Each process reports its own wall time, CPU time and
 peak RSS (``os.wait4``). The outputs of both runs are compared (equal tables), so a speed-up never hides a different
-answer. Results: ``<out>/store_commands.md`` and ``.json``.
+answer. ``churn features`` is also set against the idiomatic pandas script as a whole process
+(``python -m benchmarks.pandas_reference``: read the files with pandas, drop bad rows and duplicates, the same 68
+features by groupby/merge, write Parquet; its values are checked equal within 1e-6). Results:
+``<out>/store_commands.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,22 @@ def same_output(a: Path, b: Path) -> bool:
     return ta.sort_by(keys).equals(tb.sort_by(keys))
 
 
+def close_output(a: Path, b: Path, tolerance: float = 1e-6) -> bool:
+    """The same customers and columns, nulls in the same places, numbers within ``tolerance`` (the pandas script
+    sums in another order)."""
+    import numpy as np
+    import pandas as pd
+
+    x, y = pd.read_parquet(a), pd.read_parquet(b)
+    if list(x.columns) != list(y.columns) or not x["customer_id"].equals(y["customer_id"]):
+        return False
+    for column in x.columns.drop(["customer_id", "as_of"]):
+        u, v = x[column].to_numpy(float), y[column].to_numpy(float)
+        if not (np.isnan(u) == np.isnan(v)).all() or np.nanmax(np.abs(u - v), initial=0) > tolerance:
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--customers", type=int, default=100_000)
@@ -103,6 +122,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} from the {source}: {results[f'{name}_{source}']}", flush=True)
         produced = next((work / f"{name}_files").iterdir())
         results[f"{name}_equal"] = same_output(produced, work / f"{name}_store" / produced.name)
+        if name == "features":
+            out = work / "features_pandas"
+            out.mkdir()
+            script = [sys.executable, "-m", "benchmarks.pandas_reference", "--data", str(demo), "--as-of", AS_OF]
+            script += ["--out", str(out / produced.name)]
+            results["features_pandas"] = run(script, {**env, "PYTHONPATH": str(ROOT)})
+            results["features_pandas_equal"] = close_output(produced, out / produced.name)
+            print(f"features, pandas script: {results['features_pandas']}", flush=True)
 
     rows = [
         "| command | from the files (`--data`): wall s / CPU s / peak GiB | from the store | files / store (wall) "
@@ -120,6 +147,15 @@ def main(argv: list[str] | None = None) -> None:
             f"| `churn {name}` | {f['wall_s']} / {f['cpu_s']} / {f['peak_rss_gib']} | {s['wall_s']} / {s['cpu_s']} / "
             f"{s['peak_rss_gib']} | {f['wall_s'] / s['wall_s']:.2f}x | {results[f'{name}_equal']} | "
             f"{f['load_before']} -> {s['load_after']} |"
+        )
+    if "features_pandas" in results:
+        p_, s_ = results["features_pandas"], results["features_store"]
+        rows.append(
+            f"| pandas script, whole process (read, clean, same features) | {p_['wall_s']} / {p_['cpu_s']} / "
+            f"{p_['peak_rss_gib']} | | pandas / `churn features` from the store: "
+            f"**{p_['wall_s'] / s_['wall_s']:.2f}x** "
+            f"(target >= 3x) | {results['features_pandas_equal']} (within 1e-6) | {p_['load_before']} -> "
+            f"{p_['load_after']} |"
         )
     markdown = (
         f"Batch commands from the store vs the files, {args.customers:,} demo customers ({args.format})\n\n"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,3 +239,64 @@ def _derive(out: pd.DataFrame, as_of: pd.Timestamp, event_types: tuple[str, ...]
 def _empty(entities: pd.DataFrame, event_types: tuple[str, ...]) -> pd.DataFrame:
     cols = {s.name: pd.Series(dtype=s.dtype) for s in feature_registry(event_types)}
     return pd.DataFrame({"customer_id": entities["customer_id"], "as_of": entities["as_of"], **cols})
+
+
+# --------------------------------------------------------------------------------------------- the whole script
+
+
+def read_frames(data_dir: Path, now: pd.Timestamp) -> Frames:
+    """The files read and cleaned the way a pandas user would: parse, drop rows without a customer, time stamp or
+    amount, drop rows after ``now`` and exact duplicates (no reasons kept: that is what churnguard adds)."""
+
+    def read(name: str) -> pd.DataFrame:
+        path = data_dir / f"{name}.parquet"
+        return pd.read_parquet(path) if path.exists() else pd.read_csv(data_dir / f"{name}.csv", dtype=str)
+
+    def clean(frame: pd.DataFrame, needed: list[str], times: list[str]) -> pd.DataFrame:
+        frame = frame.drop_duplicates()
+        frame = frame.assign(**{c: pd.to_datetime(frame[c], errors="coerce", format="mixed") for c in times})
+        frame = frame.dropna(subset=needed)
+        return frame[frame["timestamp"] <= now] if "timestamp" in frame else frame
+
+    tx = read("transactions")
+    for column in ("amount", "quantity"):
+        tx[column] = pd.to_numeric(tx[column], errors="coerce")
+    return Frames(
+        clean(tx, ["customer_id", "timestamp", "amount"], ["timestamp"]),
+        clean(read("events"), ["customer_id", "timestamp", "event_type"], ["timestamp"]),
+        clean(read("customers"), ["customer_id"], ["signup_date", "churn_date"]).drop_duplicates("customer_id"),
+    )
+
+
+def known_before(frames: Frames, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Entities: every customer with a transaction, event or sign-up before ``as_of``, sorted by id."""
+    seen = pd.concat(
+        [
+            frames.transactions.loc[frames.transactions["timestamp"] < as_of, "customer_id"],
+            frames.events.loc[frames.events["timestamp"] < as_of, "customer_id"],
+            frames.customers.loc[frames.customers["signup_date"] < as_of, "customer_id"],
+        ]
+    )
+    ids = np.sort(seen.unique())
+    return pd.DataFrame({"customer_id": ids, "as_of": as_of})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.pandas_reference --data DIR --as-of DATE --out FILE.parquet``: the whole pandas
+    script as one process (read, clean, features, write), the baseline of ``benchmarks/bench_store_commands.py``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--as-of", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--now", default=None, help="rows after this are dropped (default: the clock, as `churn` does)")
+    args = p.parse_args(argv)
+    frames = read_frames(args.data, pd.Timestamp(args.now) if args.now else pd.Timestamp.now())
+    as_of = pd.Timestamp(args.as_of)
+    features = pandas_features(frames, known_before(frames, as_of))
+    features.to_parquet(args.out, index=False)
+
+
+if __name__ == "__main__":
+    main()

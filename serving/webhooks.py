@@ -15,8 +15,8 @@ outcome of every attempt is written to the item (``Store.mark_delivery``) as soo
   as a failure, nothing more is sent in this pass, and ``churn deliver`` stops with an error.
 
 Several ``churn deliver`` processes may share one store (e.g. one PostgreSQL database): a pass claims its items
-for ``delivery.lease_s`` (longer than a pass can take: by default that plus a minute; checked when set), so the others skip them;
-if a deliverer dies mid-pass, its items become due again when the lease ends.
+for ``delivery.lease_s`` (longer than a pass can take: by default that plus a minute; checked when set), so the
+others skip them; if a deliverer dies mid-pass, its items become due again when the lease ends.
 
 Delivery is at least once: an item whose answer arrived but whose outcome could not be written (the process was
 killed in between) is sent again, with the same ``webhook-id``, which receivers use as their idempotency key.

@@ -146,3 +146,17 @@ def test_dataset_with_transactions_only():
     entities = entities_at(data, AS_OFS[2])
     expected = churnguard_frame(data, entities)
     assert_same_features(expected, pandas_features(data, entities.to_pandas(), EVENT_TYPES))
+
+
+def test_the_pandas_script_cleans_the_messy_demo_like_validation(demo_dir, demo_data, tmp_path):
+    """The benchmark's whole-process baseline reads the raw demo files (with their injected bad rows and
+    duplicates) and must give what churnguard gives from the validated data: otherwise the ratio compares two
+    different answers."""
+    from benchmarks.pandas_reference import main
+
+    as_of = datetime(2024, 6, 1)
+    out = tmp_path / "pandas.parquet"
+    main(["--data", str(demo_dir), "--as-of", as_of.date().isoformat(), "--out", str(out), "--now", "2026-01-01"])
+    data, _ = demo_data
+    expected = churnguard_frame(data, entities_at(data, as_of))
+    assert_same_features(expected, pd.read_parquet(out))
