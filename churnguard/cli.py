@@ -1018,5 +1018,68 @@ def lift_command(
     console.print(where)
 
 
+keys_app = typer.Typer(
+    help="Named API keys in the keys file (serving.keys_file): add, revoke, list. The running service picks up "
+    "each change within a second, no restart.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+KeysFileOpt = Annotated[
+    Path | None, typer.Option("--file", help="The keys file (default: the serving.keys_file setting).")
+]
+
+
+def _keys_file(given: Path | None) -> Path:
+    path = given or _settings().serving.keys_file
+    if path is None:
+        raise ValueError("no keys file: pass --file or set CHURN_SERVING__KEYS_FILE")
+    return path
+
+
+@keys_app.command("add")
+@friendly_errors
+def keys_add(
+    name: Annotated[str, typer.Argument(help="The key's name (the CRM, a job...): letters, digits, - or _.")],
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="score and/or events (repeat the flag; default both).")
+    ] = None,
+    rate_limit: Annotated[
+        int | None, typer.Option(min=1, help="Requests per minute for this key (default: the serving setting).")
+    ] = None,
+    file: KeysFileOpt = None,
+) -> None:
+    """Create a key: prints its token once (only its SHA-256 digest is kept in the file)."""
+    from serving.auth import ALL_SCOPES, add_key
+
+    path = _keys_file(file)
+    token = add_key(path, name, scopes=tuple(scope or ALL_SCOPES), rate_limit_per_minute=rate_limit)
+    typer.echo(token)
+    err_console.print(f"key {name!r} added to {path}; the token above is shown only now: give it to the client")
+
+
+@keys_app.command("revoke")
+@friendly_errors
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key to revoke.")], file: KeysFileOpt = None) -> None:
+    """Revoke one key (403 from the service within a second); the others are untouched."""
+    from serving.auth import revoke_key
+
+    path = _keys_file(file)
+    revoke_key(path, name)
+    console.print(f"key {name!r} revoked in {path}")
+
+
+@keys_app.command("list")
+@friendly_errors
+def keys_list(file: KeysFileOpt = None) -> None:
+    """The keys in the file: name, scopes, rate limit, revoked (never a token: the file holds none)."""
+    from serving.auth import load_keys_file
+
+    path = _keys_file(file)
+    for name, entry in load_keys_file(path).keys.items():
+        limit = entry.rate_limit_per_minute or "default"
+        state = "revoked" if entry.revoked else "active"
+        typer.echo(f"{name}\t{state}\tscopes={','.join(entry.scopes)}\trate_limit_per_minute={limit}")
+
+
 if __name__ == "__main__":
     app()

@@ -12,8 +12,11 @@ a keys file (``serving.keys_file``) that holds only SHA-256 digests of the token
     sha256 = "91ab...07"
     revoked = true                       # 403 from now on; the other keys are untouched
 
-The file is re-read when it changes (checked at most once a second per worker), so adding or revoking a key needs
-no restart. A broken file keeps the last good keys and logs why; a missing file at start-up is an error.
+``churn keys add NAME`` creates a key (a new random token, printed once; only its digest is written), ``churn keys
+revoke NAME`` marks one revoked, ``churn keys list`` shows them; edits keep the file's comments and layout
+(tomlkit) and are checked and written atomically. The file is re-read when it changes (checked at most once a
+second per worker), so adding or revoking a key needs no restart. A broken file keeps the last good keys and logs
+why; a missing file at start-up is an error.
 A request needs ``Authorization: Bearer <token>``: no or unknown token -> 401, a revoked key or one without the
 route's scope -> 403.
 
@@ -27,6 +30,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -35,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import tomlkit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from features.io import atomic_path
 from serving.settings import ServingSettings
 
 log = logging.getLogger("churnguard.api")
@@ -85,6 +93,64 @@ def load_keys_file(path: Path) -> KeysFile:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{path}: {where}: {first['msg']}") from None
+
+
+KEY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def add_key(
+    path: Path, name: str, *, scopes: tuple[Scope, ...] = ALL_SCOPES, rate_limit_per_minute: int | None = None
+) -> str:
+    """Add a key named ``name`` to the keys file (created when missing) and return its new token: the only time the
+    token exists in clear; the file keeps its SHA-256 digest. A name in use (revoked or not) is refused, so a
+    revoked key can never come back by accident."""
+    if not KEY_NAME.match(name):
+        raise ValueError(f"key name {name!r}: use 1 to 64 letters, digits, '-' or '_'")
+    if not scopes or len(set(scopes)) != len(scopes) or not set(scopes) <= set(ALL_SCOPES):
+        raise ValueError(f"scopes {list(scopes)}: give one or more of {', '.join(ALL_SCOPES)}, each once")
+    doc = _document(path, missing_ok=True)
+    keys = doc.setdefault("keys", tomlkit.table(is_super_table=True))
+    if name in keys:
+        raise ValueError(f"{path}: a key named {name!r} exists already; pick another name")
+    token = secrets.token_urlsafe(32)
+    entry = tomlkit.table()
+    entry["sha256"] = digest(token)
+    if tuple(scopes) != ALL_SCOPES:
+        entry["scopes"] = list(scopes)
+    if rate_limit_per_minute is not None:
+        entry["rate_limit_per_minute"] = rate_limit_per_minute
+    keys[name] = entry
+    _write(path, doc)
+    return token
+
+
+def revoke_key(path: Path, name: str) -> None:
+    """Mark the key revoked (403 from the next reload of the file, within a second); the other keys are untouched."""
+    doc = _document(path, missing_ok=False)
+    keys = doc.get("keys", {})
+    if name not in keys:
+        known = ", ".join(sorted(keys)) or "none"
+        raise ValueError(f"{path}: no key named {name!r} (keys: {known})")
+    keys[name]["revoked"] = True
+    _write(path, doc)
+
+
+def _document(path: Path, *, missing_ok: bool) -> tomlkit.TOMLDocument:
+    path = Path(path)
+    if not path.exists():
+        if missing_ok:
+            return tomlkit.document()
+        raise FileNotFoundError(f"API keys file not found: {path}")
+    load_keys_file(path)  # never edit a file the service would refuse
+    return tomlkit.parse(path.read_text())
+
+
+def _write(path: Path, doc: tomlkit.TOMLDocument) -> None:
+    text = tomlkit.dumps(doc)
+    KeysFile.model_validate(tomllib.loads(text))  # what is written parses as the service reads it
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)  # digests only, but nobody else needs to read them
 
 
 class KeyRing:

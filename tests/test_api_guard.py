@@ -225,3 +225,44 @@ def test_an_unusable_rate_limit_store_is_a_503_problem(tmp_path):
     guard.limiter._local = __import__("threading").local()
     r = c.post("/v1/score", headers=_bearer("tok"))
     assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_churn_keys_add_revoke_list_drive_the_running_guard(tmp_path):
+    """The CLI writes the file the guard reads: a new key works, a revoked one gets 403 within a second, the other
+    keeps working, hand-written comments survive every edit, and mistakes are refused with exit 2."""
+    from typer.testing import CliRunner
+
+    from churnguard.cli import app
+
+    runner = CliRunner()
+    keys = tmp_path / "keys.toml"
+    keys.write_text("# owned by the platform team\n")
+
+    def churn(*args: str):
+        return runner.invoke(app, ["keys", *args, "--file", str(keys)])
+
+    added = churn("add", "crm")
+    assert added.exit_code == 0, added.output
+    crm = added.stdout.strip().splitlines()[0]
+    etl = churn("add", "etl", "--scope", "events", "--rate-limit", "100").stdout.strip().splitlines()[0]
+    assert len(crm) >= 40 and crm != etl and crm not in keys.read_text()  # only digests are kept
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+
+    c = _client(tmp_path, keys_file=keys)
+    assert c.post("/v1/score", headers=_bearer(crm)).status_code == 200
+    assert c.post("/v1/score", headers=_bearer(etl)).status_code == 403  # events scope only
+    assert c.post("/v1/events", headers=_bearer(etl)).status_code == 200
+
+    assert churn("revoke", "crm").exit_code == 0
+    os.utime(keys, (time.time() + 5, time.time() + 5))  # a new mtime even on coarse file systems
+    time.sleep(1.1)
+    assert c.post("/v1/score", headers=_bearer(crm)).status_code == 403
+    assert c.post("/v1/events", headers=_bearer(etl)).status_code == 200
+
+    listed = churn("list").stdout
+    assert "crm\trevoked\tscopes=score,events" in listed and "etl\tactive\tscopes=events" in listed
+    assert keys.read_text().startswith("# owned by the platform team\n")
+    for bad in (("add", "crm"), ("add", "bad name"), ("add", "x", "--scope", "admin"), ("revoke", "nope")):
+        r = churn(*bad)
+        assert r.exit_code == 2 and "error" in r.output, (bad, r.output)
+    assert churn("add", "crm").exit_code == 2  # a revoked name never comes back
