@@ -44,25 +44,19 @@ def build_features(
 ) -> pa.Table:
     """Features for each (customer_id, as_of) entity: ``customer_id``, ``as_of`` and one column per feature.
 
-    Rows come back in the order of ``entities``. The query runs once per distinct ``as_of`` (within one date each
-    entity is one customer, so every aggregate groups by a single integer key), and that keeps memory flat for
-    many snapshots.
+    Rows come back in the order of ``entities``. One query covers every as_of: what does not depend on the date
+    (order parts, purchase days and their gaps, first purchases per category and channel, events older than every
+    window) is aggregated once, then joined to the entities, and every aggregate groups by the entity's integer
+    position (one per customer and date).
     """
     entities = check_entities(entities)
     engine = (engine or default_engine()).for_size(data.transactions.num_rows + data.events.num_rows)
     sql = compiled_sql(tuple(event_types), engine.dialect)
     schema = _result_schema(tuple(event_types))
     indexed = entities.append_column(POSITION, pa.array(np.arange(entities.num_rows, dtype=np.int64)))
-    parts = []
-    if getattr(engine, "all_dates_at_once", False):  # a distributed engine takes every snapshot in one query
-        parts.append(engine.run(sql, data, indexed, schema))
-    else:
-        for as_of in sorted(pc.unique(entities["as_of"]).to_pylist()):
-            subset = indexed.filter(pc.equal(indexed["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
-            parts.append(engine.run(sql, data, subset, schema))
-    if not parts:
+    if not indexed.num_rows:
         return _empty_features(event_types)
-    out = pa.concat_tables(parts)
+    out = engine.run(sql, data, indexed, schema)
     order = np.argsort(out[POSITION].to_numpy(), kind="stable")
     return out.take(pa.array(order)).drop_columns([POSITION])
 
@@ -131,8 +125,7 @@ def compiled_sql(event_types: tuple[str, ...], dialect: str = "duckdb") -> str:
 def feature_query(event_types: tuple[str, ...]) -> ir.Table:
     """The whole feature computation as one Ibis expression over unbound contract tables.
 
-    The entity table holds customers at a single as_of (``build_features`` runs it once per date), so sources
-    aggregate per entity position, i.e. per customer.
+    The entity table may hold many as_of dates; sources aggregate per entity position (a customer at a date).
     """
     specs = feature_registry(event_types)
     tx, ev, cu, _ = contract_tables()
@@ -172,31 +165,93 @@ def contract_tables() -> tuple[ir.Table, ir.Table, ir.Table, ir.Table]:
     )
 
 
-def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[str, ir.Table]:
-    """The per-customer sources the registry aggregates (see ``features/registry.py``)."""
-    lines = _before(tx, ent)
-    purchases = lines.filter(lines.amount >= 0)  # an order is an order: free lines (amount 0) count
-    # an order: lines sharing an order id; without an id, lines sharing a time stamp. Refund lines that share the
-    # id count against its value; groups of refund lines alone (cancellation invoices) are not orders.
-    by_order = [POSITION, "order_id", ibis.ifelse(lines.order_id.isnull(), lines.timestamp, None).name("at")]
-    bought = lines.amount >= 0
-    orders = lines.group_by(by_order).aggregate(
-        value=lines.amount.sum(), age=lines.age.max(where=bought), purchase_lines=lines.count(where=bought)
-    )
-    orders = orders.filter(orders.purchase_lines > 0)
-    day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
-    days = purchases.mutate(day=day_index).group_by([POSITION, "day"]).aggregate(age=purchases.age.min())
-    days = days.mutate(gap=(days.day - days.day.lag().over(group_by=POSITION, order_by=days.day)).cast("float64"))
+# the event features look back at most this far (``n_30``, ``n_prev_30``, ``n_90`` below)
+EVENT_WINDOW_DAYS = 90
 
-    events = _before(ev, ent)
-    # counts as doubles: DuckDB sums BIGINT into HUGEINT, which Ibis would not cast back (exact below 2**53)
-    event_types = events.group_by([POSITION, "event_type"]).aggregate(
-        n_30=events.count(where=events.age < 30).cast("float64"),
-        n_90=events.count(where=events.age < 90).cast("float64"),
-        n_prev_30=events.count(where=(events.age >= 30) & (events.age < 60)).cast("float64"),
-        last_age=events.age.min(),
-        first_age=events.age.max(),
+
+def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[str, ir.Table]:
+    """The per-entity sources the registry aggregates (see ``features/registry.py``).
+
+    What does not depend on as_of is aggregated once, before the point-in-time join, so that a query for many
+    as_of dates does it once: transaction lines become order *parts* (lines sharing customer, order id and time
+    stamp: the cut at as_of keeps or drops a part whole), the first purchase per category and channel, and the
+    events too old for any window collapse to their first and last time stamp per customer and type.
+    """
+    bought = tx.amount >= 0
+    parts = tx.group_by(["customer_id", "order_id", "timestamp"]).aggregate(
+        amount=tx.amount.sum(),
+        refund=tx.amount.sum(where=~bought),
+        # counts as doubles: DuckDB sums BIGINT into HUGEINT, which Ibis would not cast back (exact below 2**53)
+        refund_lines=tx.count(where=~bought).cast("float64"),
+        purchase_lines=tx.count(where=bought),
     )
+    # an order: parts sharing an order id; without an id, the lines of one time stamp. Refund lines that share the
+    # id count against its value; groups of refund lines alone (cancellation invoices) are not orders.
+    order_key = ["customer_id", "order_id", ibis.ifelse(parts.order_id.isnull(), parts.timestamp, None).name("at")]
+    parts = parts.mutate(n_parts=parts.count().over(group_by=order_key))
+    # Each source below joins its own narrow slice of the parts to the entities: one shared joined table would be
+    # materialised by the engine (as_of dates x parts rows); separate joins stream into their aggregates.
+    lines = _before(parts.select("customer_id", "timestamp", "amount", "refund", "refund_lines"), ent)
+    # most orders are one part, which is the order whenever it is before as_of; the others are summed per as_of
+    single = parts.filter((parts.n_parts == 1) & (parts.purchase_lines > 0))
+    single = _before(single.select("customer_id", "timestamp", value="amount"), ent)
+    several = parts.filter(parts.n_parts > 1)
+    several = _before(several.select("customer_id", "timestamp", "order_id", "amount", "purchase_lines"), ent)
+    bought_part = several.purchase_lines > 0
+    several = several.group_by([POSITION, "order_id"]).aggregate(
+        value=several.amount.sum(), age=several.age.max(where=bought_part), purchase_lines=several.purchase_lines.max()
+    )
+    several = several.filter(several.purchase_lines > 0)  # an order is an order: free lines (amount 0) count
+    orders = single.select(POSITION, "value", "age").union(several.select(POSITION, "value", "age"))
+
+    # purchase days and the gap to the previous one: the days before a day are before as_of whenever it is
+    purchases = parts.filter(parts.purchase_lines > 0).select("customer_id", "timestamp")
+    day_index = (purchases.timestamp.truncate("D").epoch_seconds() / 86400).round().cast("int64")
+    days = (
+        purchases.mutate(day=day_index).group_by(["customer_id", "day"]).aggregate(timestamp=purchases.timestamp.min())
+    )
+    days = days.mutate(gap=(days.day - days.day.lag().over(group_by="customer_id", order_by=days.day)).cast("float64"))
+    days = _before(days, ent)
+
+    # the first purchase of each category and channel: bought before as_of = first bought before as_of
+    kinds = tx.filter(bought).group_by(["customer_id", "category", "channel"]).aggregate(timestamp=tx.timestamp.min())
+    firsts = [
+        kinds.filter(kinds[kind].notnull())
+        .group_by(["customer_id", kinds[kind].name("value")])
+        .aggregate(timestamp=kinds.timestamp.min())
+        .mutate(kind=ibis.literal(kind))
+        for kind in ("category", "channel")
+    ]
+    firsts = _before(firsts[0].union(firsts[1]), ent)
+
+    # events older than every window of every entity (before the earliest as_of minus the longest window) count
+    # only for the first and last event: one row per customer and type instead of one per event
+    horizon = ent.as_of.epoch_seconds().min() - EVENT_WINDOW_DAYS * 86400
+    old = ev.filter(ev.timestamp.epoch_seconds() <= horizon)
+    old = old.group_by(["customer_id", "event_type"]).aggregate(
+        timestamp=old.timestamp.max(), first_seen=old.timestamp.min()
+    )
+    old = _before(old, ent)  # the cut on the last time stamp keeps every event of the group before as_of
+    zero = ibis.literal(0.0, "float64")
+    old = old.select(
+        POSITION,
+        "event_type",
+        n_30=zero,
+        n_90=zero,
+        n_prev_30=zero,
+        last_age=old.age,
+        first_age=days_between(old.first_seen, old.as_of),
+    )
+    recent = _before(ev.filter(ev.timestamp.epoch_seconds() > horizon), ent)
+    recent = recent.group_by([POSITION, "event_type"]).aggregate(
+        n_30=recent.count(where=recent.age < 30).cast("float64"),
+        n_90=recent.count(where=recent.age < EVENT_WINDOW_DAYS).cast("float64"),
+        n_prev_30=recent.count(where=(recent.age >= 30) & (recent.age < 60)).cast("float64"),
+        last_age=recent.age.min(),
+        first_age=recent.age.max(),
+    )
+    # up to two rows per (entity, type): the registry only sums counts and takes min / max of ages over them
+    event_types = old.union(recent)
 
     customers = cu.join(ent, "customer_id")
     customers = customers.mutate(
@@ -205,7 +260,14 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, ent: ir.Table) -> dict[st
         ),
         cancelled=ibis.ifelse(customers.churn_date < customers.as_of, 1, 0),
     )
-    return {"orders": orders, "lines": lines, "days": days, "event_types": event_types, "customers": customers}
+    return {
+        "orders": orders,
+        "lines": lines,
+        "firsts": firsts,
+        "days": days,
+        "event_types": event_types,
+        "customers": customers,
+    }
 
 
 def _before(table: ir.Table, ent: ir.Table) -> ir.Table:

@@ -42,7 +42,7 @@ FEATURE_SET = "rfm_engagement_v2"  # v2: zero-value orders are orders; spend is 
 DEFAULT_EVENT_TYPES = ("session", "email_open", "email_click", "support_ticket", "app_login")
 WINDOWS = (30, 90, 180, 365)
 
-Source = Literal["orders", "lines", "days", "event_types", "customers", "derived"]
+Source = Literal["orders", "lines", "firsts", "days", "event_types", "customers", "derived"]
 Dtype = Literal["int64", "float64"]
 
 
@@ -125,8 +125,8 @@ def _lines() -> list[FeatureSpec]:
             f"{column.removesuffix('_id')}_breadth",
             "int64",
             f"Distinct {what} bought.",
-            "lines",
-            lambda t, c=column: t[c].nunique(where=t.amount >= 0),
+            "firsts",
+            lambda f, c=column: f.count(where=f.kind == c),
             fill=0,
             group="behaviour",
         )
@@ -145,11 +145,19 @@ def _lines() -> list[FeatureSpec]:
             "float64",
             "Money refunded (absolute value of negative lines).",
             "lines",
-            lambda t: -t.amount.sum(where=t.amount < 0),
+            lambda t: -t.refund.sum(),
             fill=0.0,
             group="behaviour",
         ),
-        _count("refund_lines", "Refund / cancellation lines.", "lines", lambda t: t.amount < 0, group="behaviour"),
+        FeatureSpec(
+            "refund_lines",
+            "int64",
+            "Refund / cancellation lines.",
+            "lines",
+            lambda t: t.refund_lines.sum(),
+            fill=0,
+            group="behaviour",
+        ),
         breadth("category", "categories"),
         breadth("channel", "sales channels"),
     ]
@@ -178,7 +186,7 @@ def _days() -> list[FeatureSpec]:
             "float64",
             "Gap before the most recent purchase day (reactivation signal).",
             "days",
-            lambda d: d.gap.argmin(d.age),
+            lambda d: d.gap.argmax(d.day),
         ),
     ]
 

@@ -4,7 +4,7 @@
 dialect and cached) on a ``SparkSession``: local (``local[2]``) or a cluster (``spark://host:7077``, ``yarn``, or
 the session a ``spark-submit`` / Databricks job already holds). The contract tables go to Spark as Parquet written
 once per dataset into a staging folder (``features.spark_staging_dir``; it must be readable by the executors under
-the same path, e.g. a shared mount, on a cluster), and the entity table with them; every date is one query.
+the same path, e.g. a shared mount, on a cluster), and the entity table with them; all snapshot dates go in one query.
 
 ``build_features(..., engine=SparkEngine(...))`` returns the same Arrow table as DuckDB (``tests/test_spark.py``
 checks customers, columns, dtypes, nulls and values); ``SparkEngine.frame`` returns the Spark DataFrame instead,
@@ -70,7 +70,6 @@ class SparkEngine:
     """The feature SQL on a SparkSession. The session starts on first use (JVM start: seconds) and is reused."""
 
     dialect = "pyspark"
-    all_dates_at_once = True  # one Spark job for every snapshot date: Spark spreads it, one job per date costs more
 
     def __init__(
         self,
