@@ -291,7 +291,7 @@ def stage_batch(impl: str, clean: Path, dates: list[date], features_path: Path, 
 
     if impl == "churnguard":
         t = time.perf_counter()
-        compiled_sql(tuple(DEFAULT_EVENT_TYPES))
+        compiled_sql(tuple(DEFAULT_EVENT_TYPES), "duckdb", len(dates) == 1)
         out["compile_s"] = time.perf_counter() - t
         engine = FeatureEngine(threads=threads)
         t, c = time.perf_counter(), cpu()
