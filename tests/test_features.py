@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -265,6 +265,40 @@ def test_several_snapshots_in_one_call_equal_one_call_each():
     for d in dates:
         separately |= _by_customer(build_features(data, entities_at(data, d)))
     _assert_same(together, separately)
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_many_dates_in_one_query_equal_each_date_alone(seed):
+    """Many dates aggregate what does not depend on as_of once (order parts, purchase days, first purchases, events
+    older than every window of every date); one date cuts the rows first. Both give the same features, also on the
+    boundaries: events exactly 90 and 30 days before the earliest date, an order refunded between two dates."""
+    first, middle = datetime(2023, 6, 1), datetime(2023, 11, 15, 12)
+    dates = [first, middle, datetime(2024, 6, 1)]
+    txs, evs = _random_history(seed)
+    txs += [
+        tx("z", "2023-05-01 10:00", 50.0, order_id="spans", category="k1", channel="web"),
+        tx("z", "2023-05-01 10:00", 0.0, order_id="spans", category="k2", channel="web"),
+        tx("z", "2023-08-01 00:00", -20.0, order_id="spans", category="k1", channel="web"),
+        tx("z", "2023-09-01 00:00", 0.0, order_id="free", category="k3", channel="app"),
+    ]
+    evs += [
+        {"customer_id": "z", "timestamp": first - timedelta(days=90), "event_type": "session"},
+        {"customer_id": "z", "timestamp": first - timedelta(days=30), "event_type": "email_open"},
+    ]
+    data = dataset(txs, evs)
+    together = _by_customer(build_features(data, entities_at(data, dates)))
+    separately: dict = {}
+    for d in dates:
+        separately |= _by_customer(build_features(data, entities_at(data, d)))
+    _assert_same(together, separately)
+
+    z = together[("z", first)]
+    assert (z["frequency"], z["monetary_max"], z["refund_lines"], z["category_breadth"]) == (1, 50.0, 0, 2)
+    assert (z["events_30d"], z["events_prev_30d"], z["events_90d"]) == (0, 1, 1)
+    assert (z["days_since_last_event"], z["days_since_first_event"], z["session_days_since_last"]) == (30, 90, 90)
+    z = together[("z", middle)]
+    assert (z["frequency"], z["monetary_max"], z["monetary_total"], z["refund_total"]) == (2, 30.0, 30.0, 20.0)
+    assert (z["refund_lines"], z["category_breadth"], z["channel_breadth"], z["purchase_days"]) == (1, 3, 2, 2)
 
 
 def test_rows_come_back_in_entity_order():
