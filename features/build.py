@@ -44,14 +44,14 @@ def build_features(
 ) -> pa.Table:
     """Features for each (customer_id, as_of) entity: ``customer_id``, ``as_of`` and one column per feature.
 
-    Rows come back in the order of ``entities``. One query covers every as_of: what does not depend on the date
-    (order parts, purchase days and their gaps, first purchases per category and channel, events older than every
-    window) is aggregated once, then joined to the entities, and every aggregate groups by the entity's integer
-    position (one per customer and date).
+    Rows come back in the order of ``entities``. One query covers every as_of: with several dates, what does not
+    depend on the date (order parts, purchase days and their gaps, first purchases per category and channel, events
+    older than every window) is aggregated once per customer and then joined to the entities; with one date every
+    row is cut first. Every feature aggregate groups by the entity's integer position (a customer at a date).
     """
     entities = check_entities(entities)
     engine = (engine or default_engine()).for_size(data.transactions.num_rows + data.events.num_rows)
-    sql = compiled_sql(tuple(event_types), engine.dialect, one_date(entities))
+    sql = compiled_sql(tuple(event_types), engine.dialect, single_date(entities))
     schema = _result_schema(tuple(event_types))
     indexed = entities.append_column(POSITION, pa.array(np.arange(entities.num_rows, dtype=np.int64)))
     if not indexed.num_rows:
@@ -122,7 +122,7 @@ def compiled_sql(event_types: tuple[str, ...], dialect: str = "duckdb", one_date
     return ibis.to_sql(feature_query(event_types, one_date), dialect=dialect)
 
 
-def one_date(entities: pa.Table) -> bool:
+def single_date(entities: pa.Table) -> bool:
     """Whether every entity has the same as_of: the query for one date needs no join per source."""
     return entities.num_rows > 0 and pc.count_distinct(entities["as_of"]).as_py() == 1
 
@@ -201,14 +201,14 @@ def _sources(tx: ir.Table, ev: ir.Table, cu: ir.Table, entities: ir.Table, one_d
     def before(table: ir.Table) -> ir.Table:
         return _at_entity(table, ent) if one_date else _before(table, ent)
 
-    lines = keyed(tx.select("customer_id", "order_id", "timestamp", "amount"))
-    bought = lines.amount >= 0
-    parts = lines.group_by([KEY, "order_id", "timestamp"]).aggregate(
-        amount=lines.amount.sum(),
-        refund=lines.amount.sum(where=~bought),
+    raw = keyed(tx.select("customer_id", "order_id", "timestamp", "amount"))
+    bought = raw.amount >= 0
+    parts = raw.group_by([KEY, "order_id", "timestamp"]).aggregate(
+        amount=raw.amount.sum(),
+        refund=raw.amount.sum(where=~bought),
         # counts as doubles: DuckDB sums BIGINT into HUGEINT, which Ibis would not cast back (exact below 2**53)
-        refund_lines=lines.count(where=~bought).cast("float64"),
-        purchase_lines=lines.count(where=bought),
+        refund_lines=raw.count(where=~bought).cast("float64"),
+        purchase_lines=raw.count(where=bought),
     )
     # an order: parts sharing an order id; without an id, the lines of one time stamp. Refund lines that share the
     # id count against its value; groups of refund lines alone (cancellation invoices) are not orders.

@@ -156,11 +156,11 @@ class SparkEngine:
 
     def features(self, data: Dataset, entities: pa.Table, event_types: tuple[str, ...]) -> DataFrame:
         """``build_features`` as a Spark DataFrame: the same columns, left on the executors (lazy)."""
-        from features.build import check_entities, compiled_sql, one_date
+        from features.build import check_entities, compiled_sql, single_date
 
         entities = check_entities(entities)
         indexed = entities.append_column(POSITION, pa.array(np.arange(entities.num_rows, dtype=np.int64)))
-        sql = compiled_sql(tuple(event_types), self.dialect, one_date(entities))
+        sql = compiled_sql(tuple(event_types), self.dialect, single_date(entities))
         return self.frame(sql, data, indexed).drop(POSITION)
 
     def put(self, table: pa.Table, name: str) -> DataFrame:
