@@ -19,7 +19,12 @@ Every stage runs in a fresh Python subprocess, so each peak memory (the child's 
                 on a smaller demo business (``--model-customers``, default 20,000; set-up, trained once into
                 ``<out>/work/report_model_<N>_seed<seed>/`` and reused, or ``--model-data-dir``: a data dir whose
                 registry already holds a champion): the model-health section, and at_risk at the scored month
-                ends (``report.scored_month_ends``). Each command is its own process: wall, CPU, peak RSS.
+                ends (``report.scored_month_ends``). Each command is its own process: wall, CPU, peak RSS;
+* ``scoring``   what at_risk costs, on the store and model of the ``store`` stage (in one process, wall and CPU
+                seconds of each call): ``lifecycle_facts``; ``model_health`` alone (the health section); the same
+                with ``also_score`` = the customers whose stage at as_of depends on the score (the report's pass);
+                one earlier month end's ``build_features`` + ``predict_proba`` for its score-dependent customers
+                (what each further ``report.scored_month_ends`` adds).
 
 Results: ``<out>/report.md`` and ``<out>/report.json``. Targets (issue 13): the report for 1M customers in at
 most 60 s, the HTML file at most 10 MB. Runs at 1M wait for an idle machine first (``--no-wait`` to skip).
@@ -57,7 +62,7 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path set-up
     write_report,
 )
 
-STAGES = ("baseline", "load", "kpis", "report", "cli", "store")
+STAGES = ("baseline", "load", "kpis", "report", "cli", "store", "scoring")
 TARGETS = {"report_seconds": 60.0, "html_bytes": 10_000_000}
 HORIZON_DAYS = 90
 NOW = datetime(2030, 1, 1)  # the demo's rows "after now" are rejected against the real clock in the CLI too
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     if {"kpis", "report"} & set(stages) and "load" not in stages and not (work / "clean").exists():
         stages.insert(0, "load")
     spec = {"data": str(data_dir), "clean": str(work / "clean"), "html": str(work / "report.html"), "work": str(work)}
-    if "store" in stages:
+    if {"store", "scoring"} & set(stages):
         spec["model_data_dir"] = args.model_data_dir or str(_model(out, args.model_customers, args.seed))
     results = previous_results(work, STAGES, stages)
     idle = wait_for_idle(enabled=not args.no_wait)
@@ -198,6 +203,68 @@ def stage_store(spec: dict) -> dict:
     return {"ingest": ingest, "report": report, "store_bytes": store_bytes, "peak_rss_bytes": maxrss()}
 
 
+def stage_scoring(spec: dict) -> dict:
+    import pyarrow as pa
+
+    from churnguard.settings import Settings
+    from features.build import ENTITY_SCHEMA, build_features
+    from features.kpis import lifecycle_facts
+    from features.store import open_store
+    from model.monitoring import model_health
+    from model.registry import load_model
+    from serving.report import default_as_of, score_dependent
+
+    model_dir = Path(spec["model_data_dir"]).resolve()
+    settings = Settings(
+        data_dir=Path(spec["work"]) / "store_data_dir",
+        mlflow={
+            "tracking_uri": f"sqlite:///{model_dir / 'mlflow.db'}",
+            "artifact_root": str(model_dir / "mlartifacts"),
+        },
+    )
+    store = open_store(settings.store, settings.data_dir, create=False)
+    data = store.dataset()
+    store.close()
+    model = load_model(settings.mlflow, settings.model_uri)
+    out: dict = {}
+
+    def timed(name: str, fn):
+        wall, cpu_s = time.perf_counter(), time.process_time()
+        result = fn()
+        out[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu_s}
+        print(f"  {name}: {out[name]}", flush=True)
+        return result
+
+    warm = pa.table({"customer_id": data.customers["customer_id"][:10], "as_of": [default_as_of(data)] * 10})
+    build_features(data, warm.cast(ENTITY_SCHEMA), event_types=model.event_types)  # compile once, outside the timings
+    facts = timed("lifecycle_facts", lambda: lifecycle_facts(data, default_as_of(data), horizon_days=HORIZON_DAYS))
+    need = score_dependent(facts, model.lifecycle, facts.as_of)
+    timed("health_alone", lambda: model_health(data, model, as_of=facts.as_of, settings=settings.monitor))
+    timed(
+        "health_with_at_risk_scores",
+        lambda: model_health(data, model, as_of=facts.as_of, settings=settings.monitor, also_score=need),
+    )
+    end = facts.month_ends[-2]
+    earlier = score_dependent(facts, model.lifecycle, end)
+    entities = pa.table(
+        {"customer_id": earlier, "as_of": pa.array([end] * len(earlier), ENTITY_SCHEMA.field("as_of").type)}
+    ).cast(ENTITY_SCHEMA)
+    timed(
+        "one_earlier_month_end",
+        lambda: model.classifier.predict_proba(
+            build_features(data, entities, event_types=model.event_types).to_pandas()
+        ),
+    )
+    out.update(
+        score_dependent_at_as_of=len(need),
+        score_dependent_earlier=len(earlier),
+        health_sample=settings.monitor.max_customers,
+        customers_with_an_order=facts.customers.num_rows,
+        peak_rss_bytes=maxrss(),
+    )
+    return out
+
+
 def _churn_env(data_dir: Path) -> dict[str, str]:
     drop = ("MLFLOW_TRACKING_URI",)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHURN_") and k not in drop}
@@ -254,6 +321,7 @@ STAGE_FUNCTIONS = {
     "report": stage_report,
     "cli": stage_cli,
     "store": stage_store,
+    "scoring": stage_scoring,
 }
 
 
@@ -262,6 +330,8 @@ STAGE_FUNCTIONS = {
 
 def _headline(name: str, r: dict) -> str:
     peak = f"peak RSS {r['process_maxrss_bytes'] / GIB:.2f} GiB"
+    if name == "scoring":
+        return ", ".join(f"{k} CPU {v['cpu_s']:.1f} s" for k, v in r.items() if isinstance(v, dict))
     if name == "store":
         i, rep = r["ingest"], r["report"]
         return (
@@ -318,6 +388,24 @@ def to_markdown(report: dict) -> str:
                 note += f", at_risk scored {'yes' if c['at_risk_scored'] else 'NO'}"
             lines.append(f"| {label} | {c['wall_s']:.1f} | {c['wall_s']:.1f} | {c['peak_rss_bytes'] / GIB:.2f} | "
                          f"{load} | {note} |")  # fmt: skip
+    if "scoring" in s:
+        sc = s["scoring"]
+        lines += [
+            "",
+            f"What at_risk costs (`scoring`: {sc['customers_with_an_order']:,} customers with an order; "
+            f"{sc['score_dependent_at_as_of']:,} whose stage at as_of depends on the score, "
+            f"{sc['score_dependent_earlier']:,} at the month end before; health sample {sc['health_sample']:,}):",
+            "",
+            "| call | wall s | CPU s |",
+            "|---|---:|---:|",
+        ]
+        for key, label in (
+            ("lifecycle_facts", "`lifecycle_facts` (context)"),
+            ("health_alone", "`model_health` (the health section alone)"),
+            ("health_with_at_risk_scores", "`model_health(also_score=...)` (the report's pass: + at_risk at as_of)"),
+            ("one_earlier_month_end", "one earlier month end (each further `report.scored_month_ends`)"),
+        ):
+            lines.append(f"| {label} | {sc[key]['wall_s']:.1f} | {sc[key]['cpu_s']:.1f} |")
     if "baseline" in s:
         base = s["baseline"]["read_s"]
         ratios = []
