@@ -760,9 +760,13 @@ def report(
     horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model for the model-health section (default: the champion, when there is one)."),
+        typer.Option(
+            help="Model for the model-health section and the at_risk stage (default: the champion, when there is one)."
+        ),
     ] = None,
-    no_model: Annotated[bool, typer.Option("--no-model", help="Leave the model-health section out.")] = False,
+    no_model: Annotated[
+        bool, typer.Option("--no-model", help="No model: no health section, every month end's stages rule-only.")
+    ] = False,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
