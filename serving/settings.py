@@ -191,7 +191,7 @@ class ReportSettings(Section):
         description="With a model: the stages at this many of the latest month ends use its churn probability "
         "(at_risk); the earlier ones are rule-only (no at_risk) and marked so on the page. The last month end "
         "reuses the health section's scoring pass at as_of; each earlier one adds a feature query for the customers "
-        "whose stage depends on the score (at 1M demo customers about 16 CPU seconds each, against about 14 for "
-        "the last). 2 also scores the start of the last month: its transition matrix then shows where at_risk "
-        "customers went.",
+        "whose stage depends on the score (at 1M demo customers about 19 CPU seconds each, against about 14 for "
+        "the last; benchmarks/bench_report.py, stage scoring). 2 also scores the start of the last month: its "
+        "transition matrix then shows where at_risk customers went.",
     )
