@@ -760,25 +760,43 @@ def report(
     horizon_days: Annotated[int | None, typer.Option(help="Churn horizon H in days (default from settings).")] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model for the model-health section (default: the champion, when there is one)."),
+        typer.Option(
+            help="Model for the model-health section and the at_risk stage (default: the champion, when there is one)."
+        ),
     ] = None,
-    no_model: Annotated[bool, typer.Option("--no-model", help="Leave the model-health section out.")] = False,
+    no_model: Annotated[
+        bool, typer.Option("--no-model", help="No model: no health section, every month end's stages rule-only.")
+    ] = False,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
     """The lifecycle KPI report: KPIs per month, stages over time and their transitions, cohorts, KPIs per stage,
-    and the model's health (drift against training, predicted vs observed churn)."""
+    and the model's health (drift against training, predicted vs observed churn). With a model, the latest month
+    ends' stages use its churn probability (at_risk; setting report.scored_month_ends)."""
     import dataclasses
 
-    from serving.report import build_report, write_report
+    from serving.report import build_report, default_as_of, write_report
 
     settings = _settings(labels={"horizon_days": horizon_days}, scoring={"model_uri": model})
     dataset, _ = command_data(data, mapping, map_, settings)
+    churn_model, missing = (None, None) if no_model else _report_model(settings, required=model is not None)
     with console.status("computing the lifecycle report..."):
-        result = build_report(dataset, as_of=as_of, horizon_days=settings.labels.horizon_days)
-    if not no_model:
-        section = _health_section(dataset, result.as_of, settings, required=model is not None)
-        result = dataclasses.replace(result, model_health=section)
+        if churn_model is None:
+            result = build_report(dataset, as_of=as_of, horizon_days=settings.labels.horizon_days)
+        else:
+            from serving.health import build_model_report
+
+            result, _ = build_model_report(
+                dataset,
+                churn_model,
+                as_of=as_of or default_as_of(dataset),
+                horizon_days=settings.labels.horizon_days,
+                monitor=settings.monitor,
+                scored_month_ends=settings.report.scored_month_ends,
+                lift=_campaign_lift(dataset, settings),
+            )
+    if missing is not None:
+        result = dataclasses.replace(result, model_health=missing)
     path = write_report(result, out)
     console.print(
         f"lifecycle report as of {result.as_of:%Y-%m-%d}: [bold]{path}[/bold] ({path.stat().st_size / 1e6:.1f} MB, "
@@ -786,11 +804,11 @@ def report(
     )
 
 
-def _health_section(dataset: Dataset, when: datetime, settings: Settings, *, required: bool) -> Any:
-    """The report's model-health section; without a champion (and no --model) a section that says so."""
-    from model.monitoring import model_health
+def _report_model(settings: Settings, *, required: bool) -> tuple[Any, Any]:
+    """The report's model (the scoring settings' tier thresholds applied, as `churn score` does), or None and the
+    section that says why there is none: without a champion (and no --model) the report says so."""
     from model.registry import ModelNotFoundError, load_model
-    from serving.health import health_section, no_model_section
+    from serving.health import no_model_section
 
     try:
         with console.status(f"loading {settings.model_uri} ..."):
@@ -798,10 +816,8 @@ def _health_section(dataset: Dataset, when: datetime, settings: Settings, *, req
     except ModelNotFoundError as e:
         if required:
             raise
-        return no_model_section(f"No model: {_one_line(e)}.")
-    with console.status(f"model health of {churn_model.model_version} ..."):
-        health = model_health(dataset, churn_model, as_of=when, settings=settings.monitor)
-    return health_section(health, _campaign_lift(dataset, settings))
+        return None, no_model_section(f"No model: {_one_line(e)}.")
+    return churn_model.with_overrides(tier_thresholds=settings.scoring.tier_thresholds), None
 
 
 def _campaign_lift(dataset: Dataset, settings: Settings) -> Any:

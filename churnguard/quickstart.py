@@ -50,8 +50,9 @@ def run_quickstart(
     from features.io import write_table
     from features.store import ingest, open_store
     from model.registry import load_model
+    from serving.health import build_model_report
     from serving.policy import load_policy
-    from serving.report import build_report
+    from serving.report import default_as_of
     from serving.report import write_report as write_lifecycle_report
     from serving.scoring import score_batch, write_batch
     from training.report import fetch_evaluation, write_report
@@ -133,8 +134,15 @@ def run_quickstart(
     print_batch_summary(batch, model.model_version)
 
     step("lifecycle report")
-    with console.status("computing the lifecycle KPIs..."):
-        lifecycle = build_report(data, horizon_days=settings.labels.horizon_days)
+    with console.status("computing the lifecycle KPIs and the model's health..."):
+        lifecycle, _ = build_model_report(
+            data,
+            model.with_overrides(tier_thresholds=settings.scoring.tier_thresholds),
+            as_of=default_as_of(data),
+            horizon_days=settings.labels.horizon_days,
+            monitor=settings.monitor,
+            scored_month_ends=settings.report.scored_month_ends,
+        )
         lifecycle_path = write_lifecycle_report(lifecycle, root / "reports" / "lifecycle.html")
     console.print(
         f"  as of {lifecycle.as_of:%Y-%m-%d}: {len(lifecycle.facts.month_ends)} months, "

@@ -11,6 +11,7 @@
 | scoring      | serving/settings.py    | batch scoring, the API |
 | serving      | serving/settings.py    | the API |
 | delivery     | serving/settings.py    | webhook delivery of the trigger outbox (``churn deliver``) |
+| report       | serving/settings.py    | the lifecycle report (``churn report``): how many month ends are scored |
 | store        | features/store/settings.py | the customer store (``churn ingest``, reads) |
 
 Defaults are the laptop setup (local files, DuckDB, MLflow on SQLite under ``data_dir``). Environment variables
@@ -40,7 +41,7 @@ from pydantic_settings import (
 from features.settings import FeatureSettings, LabelSettings, ValidationSettings
 from features.store.settings import StoreSettings
 from model.settings import MlflowSettings, MonitorSettings
-from serving.settings import DeliverySettings, ScoringSettings, ServingSettings
+from serving.settings import DeliverySettings, ReportSettings, ScoringSettings, ServingSettings
 from training.settings import TrainingSettings
 
 ENV_PREFIX = "CHURN_"
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     store: StoreSettings = StoreSettings()
     delivery: DeliverySettings = DeliverySettings()
+    report: ReportSettings = ReportSettings()
 
     @classmethod
     def settings_customise_sources(

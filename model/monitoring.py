@@ -18,6 +18,10 @@
 Both use a seeded random sample of at most ``settings.max_customers`` customers per date: PSI and rates on 200,000
 customers are as good as on everyone, at a fraction of the feature query's cost. A model trained before
 references were recorded has no drift part (``ModelHealth.no_reference`` says why); its outcome check still runs.
+
+A caller that needs the churn probability of given customers at as_of (the lifecycle report's ``at_risk`` stage)
+passes them as ``also_score``: they join today's feature query and scoring pass (one pass, not two), their
+probabilities come back in ``ModelHealth.scores``, and the drift numbers still use the sample alone.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.build import build_features, entities_at
 from features.dataset import Dataset
@@ -91,6 +96,9 @@ class ModelHealth:
     outcome: OutcomeCheck | None
     notes: list[str] = field(default_factory=list)
     no_reference: str | None = None
+    # churn probability at as_of of the customers asked for with ``also_score`` (customer_id, churn_probability);
+    # not a health metric: left out of ``metrics`` and ``to_dict``
+    scores: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def columns(self) -> list[ColumnDrift]:
@@ -139,19 +147,44 @@ class ModelHealth:
         return {k: float(v) for k, v in out.items() if np.isfinite(v)}
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, scores=None))
+        del d["scores"]
         d["status"] = self.status
         d["worst"] = self.worst.name if self.worst else None
         return d
 
 
-def model_health(data: Dataset, model: ChurnModel, *, as_of: datetime, settings: MonitorSettings) -> ModelHealth:
-    """Drift of today's population against the model's training reference, and the last known window's outcome."""
+def model_health(
+    data: Dataset,
+    model: ChurnModel,
+    *,
+    as_of: datetime,
+    settings: MonitorSettings,
+    also_score: pa.Array | None = None,
+) -> ModelHealth:
+    """Drift of today's population against the model's training reference, and the last known window's outcome.
+
+    ``also_score``: customer ids (customers with an order before as_of who had not cancelled) whose churn
+    probability at as_of the caller needs; scored in the same pass as the sample, returned in ``scores``."""
     reference: DriftReference | None = getattr(model, "drift_reference", None)
     notes: list[str] = []
     known = entities_at(data, as_of)
-    now = _population(data, model, _sample(known, settings), notes, "today")
-    p_now = model.classifier.predict_proba(now) if len(now) else np.array([])
+    sample = _sample(known, settings)
+    entities = sample
+    if also_score is not None:
+        extra = pc.filter(also_score, pc.invert(pc.is_in(also_score, value_set=sample["customer_id"])))
+        timestamps = pa.array([as_of] * len(extra), sample.schema.field("as_of").type)
+        entities = pa.concat_tables([sample, pa.table({"customer_id": extra, "as_of": timestamps}, sample.schema)])
+    rows = _population(data, model, entities, notes, "today")
+    p_rows = model.classifier.predict_proba(rows) if len(rows) else np.array([])
+    in_sample = rows["customer_id"].isin(sample["customer_id"].to_pandas()).to_numpy()
+    now, p_now = rows.loc[in_sample].reset_index(drop=True), p_rows[in_sample]
+    scores = None
+    if also_score is not None:
+        wanted = rows["customer_id"].isin(also_score.to_pandas()).to_numpy()
+        scores = pd.DataFrame(
+            {"customer_id": rows["customer_id"].to_numpy()[wanted], "churn_probability": p_rows[wanted]}
+        )
     features, score = [], None
     if reference is not None:
         for name in monitored_features(model, reference):
@@ -177,6 +210,7 @@ def model_health(data: Dataset, model: ChurnModel, *, as_of: datetime, settings:
         outcome=outcome_check(data, model, as_of=as_of, settings=settings, notes=notes),
         notes=notes,
         no_reference=None if reference is not None else NO_REFERENCE,
+        scores=scores,
     )
 
 

@@ -4,16 +4,31 @@ Three parts: the churn score's distribution today next to the one the model reco
 observed churn on the last window whose outcome is known (overall and per score decile), and the PSI of the score
 and of every feature the model reads, with its status against the thresholds. The numbers are the ones
 ``churn monitor`` logs to MLflow; this module only lays them out.
+
+``build_model_report`` is the report with a model: the health section, and the model's churn probability for the
+lifecycle stages at the last ``scored_month_ends`` month ends (``at_risk``). The scores at as_of come out of the
+health section's own scoring pass at as_of (``model_health(also_score=...)``); only earlier month ends cost a
+feature query of their own (one for all of them).
 """
 
 from __future__ import annotations
 
 import html
+import time
+from datetime import datetime
 
+import pandas as pd
+import pyarrow as pa
+
+from features.build import ENTITY_SCHEMA, build_features
+from features.dataset import Dataset
+from features.kpis import lifecycle_facts
+from model.churn_model import ChurnModel
 from model.drift import EPSILON
-from model.monitoring import ColumnDrift, ModelHealth
+from model.monitoring import ColumnDrift, ModelHealth, model_health
+from model.settings import MonitorSettings
 from serving.lift import TABLE_COLUMNS, LiftResult, table_caption, table_notes, table_rows
-from serving.report import ReportSection
+from serving.report import LifecycleReport, ReportSection, StageScores, build_report, score_dependent
 
 TITLE = "Model health"
 PSI_DEFINITION = (
@@ -40,6 +55,66 @@ def health_section(health: ModelHealth, lift: LiftResult | None = None) -> Repor
     if lift is not None:
         parts += ["<h3>Trigger campaigns: measured lift</h3>", lift_table_html(lift)]
     return ReportSection(TITLE, "\n".join(parts))
+
+
+def build_model_report(
+    data: Dataset,
+    model: ChurnModel,
+    *,
+    as_of: datetime,
+    horizon_days: int,
+    monitor: MonitorSettings,
+    scored_month_ends: int,
+    lift: LiftResult | None = None,
+) -> tuple[LifecycleReport, ModelHealth]:
+    """The lifecycle report with ``model``: its health section, and at_risk in the stages of the last
+    ``scored_month_ends`` month ends (the model's lifecycle rules and high tier threshold, as its scorecard)."""
+    t = time.perf_counter()
+    facts = lifecycle_facts(data, as_of, horizon_days=horizon_days)
+    kpis_s = time.perf_counter() - t
+    rules = model.lifecycle
+    ends = facts.month_ends[-scored_month_ends:]
+    t = time.perf_counter()
+    health = model_health(
+        data, model, as_of=facts.as_of, settings=monitor, also_score=score_dependent(facts, rules, facts.as_of)
+    )
+    health_s = time.perf_counter() - t
+    assert health.scores is not None
+    parts = [health.scores.assign(as_of=pd.Timestamp(facts.as_of))]
+    t = time.perf_counter()
+    earlier = [(end, score_dependent(facts, rules, end)) for end in ends[:-1]]
+    if earlier:
+        entities = pa.concat_tables(
+            pa.table({"customer_id": ids, "as_of": pa.array([end] * len(ids), ENTITY_SCHEMA.field("as_of").type)})
+            for end, ids in earlier
+        ).cast(ENTITY_SCHEMA)
+        rows = build_features(data, entities, event_types=model.event_types).to_pandas()
+        parts.append(
+            pd.DataFrame(
+                {
+                    "customer_id": rows["customer_id"].to_numpy(),
+                    "as_of": pd.to_datetime(rows["as_of"]),
+                    "churn_probability": model.classifier.predict_proba(rows) if len(rows) else [],
+                }
+            )
+        )
+    earlier_s = time.perf_counter() - t
+    scores = StageScores(
+        model_version=model.model_version,
+        high_threshold=float(model.tier_thresholds[1]),
+        month_ends=tuple(ends),
+        scores=pd.concat(parts, ignore_index=True),
+    )
+    report = build_report(
+        data,
+        horizon_days=horizon_days,
+        rules=rules,
+        facts=facts,
+        scores=scores,
+        model_health=health_section(health, lift),
+    )
+    report.timings.update(kpis=kpis_s, model_health=health_s, earlier_scores=earlier_s)
+    return report, health
 
 
 def lift_table_html(result: LiftResult) -> str:

@@ -7,8 +7,12 @@ What is on the page, and where each number comes from:
 * Customers per lifecycle stage at every month end, the month-over-month transition matrix and the monthly flows
   (lapsed, reactivated): the stage inputs at each month end (registry features, ``features.kpis``) put through
   the one stage rule function, ``lifecycle_stages`` of the scorecard. Its ``at_risk`` rule needs the model's churn
-  probability: without a model score no customer is ``at_risk`` here, and the page says so; those customers show
-  under ``loyal`` or ``active``, which is what the rules give them without the score.
+  probability. With a model (``StageScores``, filled by ``serving.health.build_model_report``) the last month
+  end(s) are scored: the customers whose stage depends on the score (those the rules would place after
+  ``reactivated``) get the model's probability, and the ones at or above the high tier threshold are ``at_risk``.
+  Every other month end is *rule-only*: no customer can be ``at_risk`` there, those customers show under ``loyal``
+  or ``active``, and the page marks those months. Without a model every month end is rule-only and the page says
+  so.
 * Cohort retention heatmap and the per-stage KPI table at ``as_of`` (its churn rate is the churn rate KPI of the
   last month, by the stage the customers were in at its start).
 * Model health: a slot that a model-aware caller fills (``ReportSection``); without one the page says "no model".
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.dataset import Dataset
 from features.io import atomic_path
@@ -52,6 +57,21 @@ AT_RISK_NOTE = (
     "at_risk needs the model's churn probability; this report has no model score, so no customer is at_risk here "
     "and those customers appear as loyal or active, as the stage rules place them without a score."
 )
+RULE_ONLY = "rule-only"  # a month end without model scores: nobody can be at_risk there
+
+
+@dataclass(frozen=True)
+class StageScores:
+    """The model's churn probability at some month ends, for the customers whose stage depends on it.
+
+    ``scores``: ``customer_id``, ``as_of`` (one of ``month_ends``), ``churn_probability``; a customer at or above
+    ``high_threshold`` is at_risk (if no earlier rule places them). Month ends not in ``month_ends`` are rule-only.
+    """
+
+    model_version: str
+    high_threshold: float
+    month_ends: tuple[datetime, ...]
+    scores: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -68,13 +88,21 @@ class LifecycleReport:
     stage_counts: pd.DataFrame  # index: month end; columns: STAGES
     transitions: np.ndarray  # [month, from (FIRST_ORDER + STAGES), to (STAGES)]
     stage_table: pd.DataFrame  # per stage at as_of (see _stage_table)
-    has_model_scores: bool = False
+    scores: StageScores | None = None  # None: every month end is rule-only
     model_health: ReportSection | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def as_of(self) -> datetime:
         return self.facts.as_of
+
+    @property
+    def has_model_scores(self) -> bool:
+        return self.scores is not None and bool(self.scores.month_ends)
+
+    def scored(self, month_end: datetime) -> bool:
+        """Whether the stages at this month end used the model's score (else: rule-only, no at_risk)."""
+        return self.scores is not None and month_end in self.scores.month_ends
 
 
 def default_as_of(data: Dataset) -> datetime:
@@ -90,19 +118,23 @@ def build_report(
     horizon_days: int,
     rules: LifecycleRules | None = None,
     model_health: ReportSection | None = None,
+    facts: LifecycleFacts | None = None,
+    scores: StageScores | None = None,
 ) -> LifecycleReport:
-    """Compute everything the page shows (no model scores: see the module docstring)."""
+    """Compute everything the page shows. ``facts``: the ``lifecycle_facts`` already computed for this as_of;
+    ``scores``: the model's churn probability at some month ends (without: every month end rule-only)."""
     import time
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    when = as_of or default_as_of(data)
-    when = when if isinstance(when, datetime) else datetime(when.year, when.month, when.day)
-    facts = lifecycle_facts(data, when, horizon_days=horizon_days)
+    if facts is None:
+        when = as_of or default_as_of(data)
+        when = when if isinstance(when, datetime) else datetime(when.year, when.month, when.day)
+        facts = lifecycle_facts(data, when, horizon_days=horizon_days)
     timings["kpis"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    codes = stage_codes(facts, rules or LifecycleRules())
+    codes = stage_codes(facts, rules or LifecycleRules(), scores)
     timings["stages"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -121,28 +153,75 @@ def build_report(
     t = time.perf_counter()
     stage_table = _stage_table(facts, codes, period, prev)
     timings["stage_table"] = time.perf_counter() - t
-    return LifecycleReport(facts, stage_counts, transitions, stage_table, False, model_health, timings)
+    return LifecycleReport(facts, stage_counts, transitions, stage_table, scores, model_health, timings)
 
 
-def stage_codes(facts: LifecycleFacts, rules: LifecycleRules, rows_per_call: int = 1_000_000) -> np.ndarray:
+def score_dependent(facts: LifecycleFacts, rules: LifecycleRules, month_end: datetime) -> pa.Array:
+    """The customers whose stage at ``month_end`` depends on the churn score: the rule function, given a score that
+    always passes, places them at_risk (no earlier rule - lapsed, new, reactivated - takes them). They had an order
+    and had not cancelled; everybody else's stage is the same with or without a model."""
+    period = facts.month_ends.index(month_end)
+    rows = facts.stage_inputs.filter(pc.equal(facts.stage_inputs["period"], period))
+    frame = rows.select(list(STAGE_INPUT_COLUMNS)).to_pandas()
+    stages = lifecycle_stages(
+        frame, np.ones(len(frame)), horizon_days=facts.horizon_days, high_threshold=1.0, rules=rules
+    )
+    return rows["customer_id"].filter(pa.array(stages == "at_risk")).combine_chunks()
+
+
+def stage_probabilities(facts: LifecycleFacts, rules: LifecycleRules, scores: StageScores | None) -> np.ndarray:
+    """Each stage-input row's churn probability: the model's at the scored month ends for the customers whose stage
+    depends on it, NaN elsewhere (NaN >= threshold is false: the at_risk rule never fires there)."""
+    p = np.full(facts.stage_inputs.num_rows, np.nan)
+    if scores is None:
+        return p
+    period = facts.stage_inputs["period"].to_numpy()
+    ids = facts.stage_inputs["customer_id"]
+    for end in scores.month_ends:
+        at = np.flatnonzero(period == facts.month_ends.index(end))
+        need = score_dependent(facts, rules, end)
+        mine = scores.scores.loc[scores.scores["as_of"] == pd.Timestamp(end)]
+        missing = pc.invert(pc.is_in(need, value_set=pa.array(mine["customer_id"].to_numpy(), pa.string())))
+        if pc.any(missing).as_py():
+            raise ValueError(
+                f"{pc.sum(missing).as_py():,} customers whose stage at {end:%Y-%m-%d} depends on the churn score "
+                f"have none (e.g. {pc.filter(need, missing)[0]})"
+            )
+        by_id = pd.Series(mine["churn_probability"].to_numpy(float), index=mine["customer_id"].to_numpy())
+        p[at] = by_id.reindex(ids.take(pa.array(at)).to_numpy(zero_copy_only=False)).to_numpy(float)
+    return p
+
+
+def stage_codes(
+    facts: LifecycleFacts,
+    rules: LifecycleRules,
+    scores: StageScores | None = None,
+    rows_per_call: int = 1_000_000,
+) -> np.ndarray:
     """Each stage-input row's lifecycle stage as an index into ``STAGES``, from the scorecard's one rule function,
-    without a churn score (NaN >= threshold is false: the at_risk rule never fires). Called on slices, so the
+    with the model's churn probability where ``scores`` has it (``stage_probabilities``). Called on slices, so the
     strings it returns never exist for all rows at once."""
     inputs = facts.stage_inputs.select(list(STAGE_INPUT_COLUMNS))
+    p = stage_probabilities(facts, rules, scores)
+    threshold = scores.high_threshold if scores is not None else 1.0
     lookup = {stage: i for i, stage in enumerate(STAGES)}
     codes = np.empty(inputs.num_rows, np.int64)
     for start in range(0, inputs.num_rows, rows_per_call):
         frame = inputs.slice(start, rows_per_call).to_pandas()
         stages = lifecycle_stages(
-            frame, np.full(len(frame), np.nan), horizon_days=facts.horizon_days, high_threshold=1.0, rules=rules
+            frame,
+            p[start : start + len(frame)],
+            horizon_days=facts.horizon_days,
+            high_threshold=threshold,
+            rules=rules,
         )
         codes[start : start + len(frame)] = pd.Series(stages).map(lookup).to_numpy()
     return codes
 
 
-def stage_history(facts: LifecycleFacts, rules: LifecycleRules) -> np.ndarray:
+def stage_history(facts: LifecycleFacts, rules: LifecycleRules, scores: StageScores | None = None) -> np.ndarray:
     """The stage names of ``stage_codes``."""
-    return np.asarray(STAGES)[stage_codes(facts, rules)]
+    return np.asarray(STAGES)[stage_codes(facts, rules, scores)]
 
 
 def _stage_table(facts: LifecycleFacts, codes: np.ndarray, period: np.ndarray, prev: np.ndarray) -> pd.DataFrame:
@@ -218,11 +297,12 @@ def render_html(report: LifecycleReport) -> str:
         _month_table(facts),
         "</section>",
         "<section id='stages'><h2>Lifecycle stages over time</h2>",
-        f"<p class='note'>{html.escape(AT_RISK_NOTE)}</p>" if not report.has_model_scores else "",
+        f"<p class='note at-risk-note'>{html.escape(scoring_note(report))}</p>",
         _div(figures["stages"]),
+        _stage_counts_html(report),
         "<h3>Stage transitions, month over month</h3>",
-        f"<p>Where the customers of each stage at {_when(facts.month_ends[-2]) if len(facts.month_ends) > 1 else '-'}"
-        f" were at {_when(facts.month_ends[-1])} (rows: from, columns: to; colour: share of the row).</p>",
+        f"<p>Where the customers of each stage at {_end_label(report, -2)} were at {_end_label(report, -1)} "
+        "(rows: from, columns: to; colour: share of the row).</p>",
         _div(figures["transitions"]),
         _div(figures["flows"]),
         "</section>",
@@ -240,6 +320,61 @@ def render_html(report: LifecycleReport) -> str:
         "</main></body></html>",
     ]
     return "\n".join(parts)
+
+
+def scoring_note(report: LifecycleReport) -> str:
+    """What the stages at each month end rest on: the model's score or the rules alone (shown above the chart)."""
+    if not report.has_model_scores:
+        return AT_RISK_NOTE
+    sc = report.scores
+    assert sc is not None
+    ends = report.facts.month_ends
+    scored = [e for e in ends if report.scored(e)]
+    rule_only = len(ends) - len(scored)
+    text = (
+        f"at_risk uses model {sc.model_version}'s churn probability (at or above the high tier threshold, "
+        f"{sc.high_threshold:g}) at {_plural(len(scored), 'month end')}: {', '.join(_when(e) for e in scored)}."
+    )
+    if rule_only:
+        text += (
+            f" The other {_plural(rule_only, 'month end')} are rule-only (shaded and marked '{RULE_ONLY}'): no "
+            "customer can be at_risk there, and those customers appear as loyal or active, as the stage rules place "
+            "them without a score (setting report.scored_month_ends scores more month ends)."
+        )
+    return text
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _end_label(report: LifecycleReport, i: int) -> str:
+    ends = report.facts.month_ends
+    if len(ends) < -i:
+        return "-"
+    return _when(ends[i]) + ("" if report.scored(ends[i]) else f" ({RULE_ONLY})")
+
+
+def _stage_counts_html(report: LifecycleReport) -> str:
+    """The numbers behind the stage chart, each month end marked scored (model version) or rule-only."""
+    counts = report.stage_counts
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in STAGES)
+    rows = []
+    for end, r in zip(reversed(report.facts.month_ends), counts.iloc[::-1].itertuples(index=False), strict=True):
+        scored = report.scored(end)
+        basis = f"model {report.scores.model_version}" if scored and report.scores else RULE_ONLY
+        cells = "".join(
+            "<td class='na'>-</td>" if s == "at_risk" and not scored else f"<td>{int(v):,}</td>"
+            for s, v in zip(STAGES, r, strict=True)
+        )
+        rows.append(
+            f"<tr class='{'scored' if scored else 'rule-only'}'><th>{_when(end)}</th>{cells}<td>{basis}</td></tr>"
+        )
+    return (
+        "<details><summary>The numbers (latest month end first; at_risk: model score or rule-only)</summary>"
+        f"<div class='scroll'><table class='stage-counts'><thead><tr><th>month end</th>{head}<th>at_risk from</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div></details>"
+    )
 
 
 def write_report(report: LifecycleReport, out: Path) -> Path:
@@ -294,6 +429,10 @@ def _figures(report: LifecycleReport) -> dict:
     kpi_fig.update_layout(height=900, margin={"t": 40, "b": 30, "l": 50, "r": 20})
 
     counts = report.stage_counts
+    basis = [
+        f"model {report.scores.model_version}" if report.scores and report.scored(e) else RULE_ONLY
+        for e in facts.month_ends
+    ]
     stages_fig = go.Figure()
     for stage in STAGES:
         if stage == "at_risk" and not report.has_model_scores:
@@ -306,7 +445,20 @@ def _figures(report: LifecycleReport) -> dict:
                 stackgroup="one",
                 mode="lines",
                 line={"color": _STAGE_COLOURS[stage]},
+                customdata=basis,
+                hovertemplate=f"{stage}: %{{y:,}} (%{{customdata}})<extra></extra>",
             )
+        )
+    rule_only = [e for e in facts.month_ends if not report.scored(e)]
+    if report.has_model_scores and rule_only:  # the months whose stages could not include at_risk
+        stages_fig.add_vrect(
+            x0=rule_only[0],
+            x1=rule_only[-1],
+            fillcolor="#999",
+            opacity=0.12,
+            line_width=0,
+            annotation_text=f"{RULE_ONLY}: no model score, no at_risk",
+            annotation_position="top left",
         )
     stages_fig.update_layout(
         height=380, yaxis_title="customers at month end", margin={"t": 20, "b": 30}, hovermode="x unified"
@@ -315,7 +467,7 @@ def _figures(report: LifecycleReport) -> dict:
     last = report.transitions[-1]
     rows = [FIRST_ORDER, *STAGES]
     keep_rows = [i for i, r in enumerate(rows) if last[i].sum() > 0]
-    keep_cols = [j for j, s in enumerate(STAGES) if last[:, j].sum() > 0 or s != "at_risk"]
+    keep_cols = [j for j, s in enumerate(STAGES) if s != "at_risk" or report.scored(facts.month_ends[-1])]
     matrix = last[np.ix_(keep_rows, keep_cols)]
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     trans_fig = go.Figure(
@@ -449,7 +601,7 @@ def _stage_table_html(report: LifecycleReport) -> str:
     head = "".join(f"<th title='{html.escape(d)}'>{html.escape(label)}</th>" for _, label, _, d in _STAGE_COLUMNS)
     rows = []
     for stage, r in table.iterrows():
-        if stage == "at_risk" and not report.has_model_scores:
+        if stage == "at_risk" and not report.scored(report.as_of):
             cells = "<td class='na' colspan='7'>needs a model score</td>"
         else:
             cells = "".join(_cell(r[c], unit) for c, _, unit, _ in _STAGE_COLUMNS)
@@ -460,6 +612,11 @@ def _stage_table_html(report: LifecycleReport) -> str:
         f"Stages at {_when(facts.as_of)}; the churn rate column follows the customers by their stage at {start}, "
         f"over the month to {_when(facts.as_of)}."
     )
+    if report.scored(facts.as_of) and len(facts.month_ends) > 1 and not report.scored(facts.month_ends[-2]):
+        window += (
+            f" The stages at {start} are {RULE_ONLY} (no model score there): nobody was at_risk at the start, so the "
+            "at_risk row has no churn rate and the customers who would have been count under loyal or active."
+        )
     notes = "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(d)}</li>" for _, label, _, d in _STAGE_COLUMNS)
     return (
         f"<p>{html.escape(window)}</p><div class='scroll'><table class='stage-table'><thead><tr><th>stage</th>{head}"
@@ -492,5 +649,5 @@ section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:12px 
 table{border-collapse:collapse;font-size:13px} th,td{padding:4px 8px;border-bottom:1px solid #eee;text-align:right}
 th{text-align:left;font-weight:600} td.na{color:#999;text-align:center} .scroll{overflow-x:auto}
 table.defs td{text-align:left} .note,.no-model{background:#fff7e6;border-left:4px solid #f58518;padding:6px 10px}
-.small{font-size:12px;color:#555}
+.small{font-size:12px;color:#555} tr.rule-only td:last-child{color:#999;font-style:italic}
 """

@@ -179,3 +179,19 @@ def webhook_key(secret: str) -> bytes:
     if not 24 <= len(key) <= 64:
         raise ValueError(f"a webhook secret holds 24 to 64 random bytes, this one {len(key)}")
     return key
+
+
+class ReportSettings(Section):
+    """The lifecycle report (``churn report``)."""
+
+    scored_month_ends: int = Field(
+        1,
+        ge=1,
+        le=36,
+        description="With a model: the stages at this many of the latest month ends use its churn probability "
+        "(at_risk); the earlier ones are rule-only (no at_risk) and marked so on the page. The last month end "
+        "reuses the health section's scoring pass at as_of; each earlier one adds a feature query for the customers "
+        "whose stage depends on the score (at 1M demo customers about 19 CPU seconds each, against about 14 for "
+        "the last; benchmarks/bench_report.py, stage scoring). 2 also scores the start of the last month: its "
+        "transition matrix then shows where at_risk customers went.",
+    )

@@ -309,6 +309,9 @@ def test_report_cli_shows_the_champions_health(cli_env, registered, demo_dir, tm
     page = out.read_text()
     assert "Population stability (PSI)" in page and NO_MODEL not in page
     assert f"Model <b>churnguard/{registered.version}</b>" in page
+    # the champion's churn probability puts customers at_risk at as_of; the earlier month ends are rule-only
+    assert f"at_risk uses model churnguard/{registered.version}&#x27;s churn probability" in page
+    assert "<td>rule-only</td>" in page and f"<td>model churnguard/{registered.version}</td>" in page
     missing = CliRunner().invoke(
         app,
         ["report", "--data", str(demo_dir), "--out", str(out), "--model", "models:/churnguard@nobody"],

@@ -36,6 +36,8 @@ def test_quickstart_ingests_the_demo_and_scores_from_the_store(tmp_path, monkeyp
     lifecycle = tmp_path / "reports" / "lifecycle.html"
     assert lifecycle.is_file() and lifecycle.stat().st_size > 10_000
     assert str(lifecycle) in r.output.replace("\n", "")
+    page = lifecycle.read_text()  # with the model just trained: its health, and at_risk at as_of
+    assert "Population stability (PSI)" in page and "at_risk uses model churnguard/1&#x27;s churn probability" in page
 
     outreach = pd.read_csv(tmp_path / "outputs" / "outreach.csv")
     first = outreach.sort_values("rank")["customer_id"].iloc[0]

@@ -238,16 +238,16 @@ def test_the_browser_check_sees_script_errors(browser, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_report_with_model_health_renders_in_chromium(demo_report, trained, demo_data, browser, tmp_path) -> None:
-    """The model-health section's two charts draw too (seven in all), its PSI table shows, and no script errs."""
-    from dataclasses import replace
-
-    from model.monitoring import model_health
+    """The report with a model: the model-health section's two charts draw too (seven in all), its PSI table
+    shows, the stage chart has at_risk with the rule-only months shaded, and no script errs."""
     from model.settings import MonitorSettings
-    from serving.health import health_section
+    from serving.health import build_model_report
 
     data, _ = demo_data
-    health = model_health(data, trained.model, as_of=demo_report.as_of, settings=MonitorSettings())
-    report = replace(demo_report, model_health=health_section(health))
+    report, health = build_model_report(
+        data, trained.model, as_of=demo_report.as_of, horizon_days=90, monitor=MonitorSettings(), scored_month_ends=1
+    )
+    assert report.stage_counts["at_risk"].iloc[-1] > 0 and report.stage_counts["at_risk"].iloc[:-1].sum() == 0
     page_file = write_report(report, tmp_path / "report.html")
     b = browser()
     page = b.page
@@ -264,6 +264,11 @@ def test_report_with_model_health_renders_in_chromium(demo_report, trained, demo
     assert rows.count() == len(health.columns)
     assert page.locator("#model-health").get_by_text("Population stability (PSI)").is_visible()
     assert page.locator(".no-model").count() == 0
+    stages = page.locator("#stages")
+    assert stages.locator(".legendtext", has_text="at_risk").count() == 1
+    assert stages.get_by_text("rule-only: no model score, no at_risk").is_visible()  # the shaded months' label
+    assert stages.locator("table.stage-counts tr.rule-only").count() == len(report.facts.month_ends) - 1
+    stages.screenshot(path=str(tmp_path / "stages.png"))
     page.locator("#model-health").screenshot(path=str(tmp_path / "health.png"))
     page.close()
     assert not b.errors, b.errors
