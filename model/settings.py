@@ -47,9 +47,10 @@ class MonitorSettings(Section):
         0.25, gt=0, description="PSI from which a feature or the score is an alert (`churn monitor` exits 4)."
     )
     max_customers: int = Field(
-        200_000,
+        50_000,
         ge=1000,
-        description="Health metrics use a seeded random sample of at most this many customers per date.",
+        description="Health metrics use a seeded random sample of at most this many customers per date: with decile "
+        "bins, the PSI of two samples of one population averages ~10 x (1/n + 1/reference rows), < 0.001 at 50,000.",
     )
     seed: int = 42
     expected_drift: tuple[str, ...] = Field(
