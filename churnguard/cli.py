@@ -352,28 +352,39 @@ def train(
     backtest: Annotated[
         bool, typer.Option(help="Also run the rolling-origin backtest of the selection fit (see `churn backtest`).")
     ] = False,
+    engine: EngineOpt = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
-    """Train candidate models on rolling snapshots, evaluate out of time, log to MLflow, register the winner."""
+    """Train candidate models on rolling snapshots, evaluate out of time, log to MLflow, register the winner.
+
+    With the spark engine the training snapshots' features are computed on Spark (the same definitions)."""
     from churnguard.console import print_comparison, progress
+    from features.engines import make_engine
     from training.tracking import log_training, promote
     from training.train import train as train_model
 
     settings = _settings(
-        labels={"horizon_days": horizon_days}, mlflow={"experiment": experiment, "model_name": model_name}
+        labels={"horizon_days": horizon_days},
+        mlflow={"experiment": experiment, "model_name": model_name},
+        features={"engine": engine},
     )
     dataset, _ = command_data(data, mapping, map_, settings)
-    with progress("training", total=None) as advance:
-        result = train_model(
-            dataset,
-            settings.training,
-            settings.labels,
-            settings.features,
-            as_of=as_of,
-            progress=lambda n=1, d=None: advance(n, d),
-            run_backtest=backtest,
-        )
+    feature_engine = make_engine(settings.features)
+    try:
+        with progress("training", total=None) as advance:
+            result = train_model(
+                dataset,
+                settings.training,
+                settings.labels,
+                settings.features,
+                as_of=as_of,
+                progress=lambda n=1, d=None: advance(n, d),
+                run_backtest=backtest,
+                engine=feature_engine,
+            )
+    finally:
+        _stop(feature_engine)
     print_comparison(result.evaluation)
     with console.status("logging to MLflow and registering the model..."):
         logged = log_training(result, settings.mlflow)
