@@ -11,7 +11,7 @@ Set-up, once per work folder and not timed: a demo business of ``--model-custome
 process (the CLI as a user runs it): wall seconds, CPU seconds (user + system), peak RSS (``ru_maxrss``), and the
 peak of its anonymous memory (``RssAnon`` sampled every 50 ms), which leaves out the store's memory-mapped segment
 pages: those count in RSS once read, but they are file pages the kernel drops when memory is short, so the
-anonymous peak is what the job needs. Results go to ``<work>/score_store.json`` and ``.md``.
+anonymous peak is what the job needs. Results go to ``<work>/score_store_<reasons>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         "CHURN_DATA_DIR": str(Path(args.model_dir).resolve() if args.model_dir else work / "churn"),
         "CHURN_STORE__PATH": str(work / "churn" / "store"),
     }
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: modules compiled once, not on every start (~20 s)
     data = Path(args.data) if args.data else work / f"demo-{args.customers}"
     if not (data / "manifest.json").exists():
         _run([CHURN, "generate", "--customers", str(args.customers), "--format", "parquet", "--out", str(data)], env)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         scores = out / f"{name}.parquet"
         outputs = ["--out", str(scores), "--outreach-out", str(out / f"{name}_outreach.csv")]
         outputs += ["--rejects", str(out / f"{name}_rejected.csv")]
-        common = ["--as-of", as_of, "--capacity", str(CAPACITY)]
+        common = ["--as-of", as_of, "--capacity", str(CAPACITY), "--reasons", args.reasons]
         if name == "streamed":
             command = [CHURN, "score", *outputs, *common]
         else:
@@ -80,13 +81,14 @@ def main(argv: list[str] | None = None) -> None:
         "rows": {k: v["rows"] for k, v in manifest["files"].items()},
         "as_of": as_of,
         "capacity": CAPACITY,
+        "reasons": args.reasons,
         "runs": results,
         "outputs_equal": check,
         "machine": machine_info(),
         "code": code_version(),
     }
-    (work / "score_store.json").write_text(json.dumps(report, indent=2))
-    (work / "score_store.md").write_text(_markdown(report))
+    (work / f"score_store_{args.reasons}.json").write_text(json.dumps(report, indent=2))
+    (work / f"score_store_{args.reasons}.md").write_text(_markdown(report))
     print(_markdown(report))
 
 
@@ -176,7 +178,7 @@ def _whole(args: argparse.Namespace) -> None:
     from serving.policy import load_policy
     from serving.scoring import score_batch, write_batch
 
-    settings = load_settings({"scoring": {"capacity": args.capacity}})
+    settings = load_settings({"scoring": {"capacity": args.capacity, "reasons": args.reasons}})
     dataset, rejected_ids = command_data(None, None, None, settings, rejected_ids=True)
     model = load_model(settings.mlflow, settings.model_uri)
     policy = load_policy(settings.scoring.policy_file)
@@ -192,7 +194,7 @@ def _markdown(report: dict) -> str:
     lines = [
         f"`churn score` from the store, {report['customers']:,} customers ({rows['transactions']:,} transaction "
         f"rows, {rows['events']:,} events in the files), as of {report['as_of']}, outreach capacity "
-        f"{report['capacity']:,}; outputs equal: {report['outputs_equal']}",
+        f"{report['capacity']:,}, top_reasons for: {report['reasons']}; outputs equal: {report['outputs_equal']}",
         "",
         "| run | wall s | CPU s | peak RSS GiB | peak anonymous GiB | load before -> after |",
         "|---|---:|---:|---:|---:|---|",
@@ -220,6 +222,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rejects", help=argparse.SUPPRESS)
     p.add_argument("--as-of", help=argparse.SUPPRESS)
     p.add_argument("--capacity", type=int, default=CAPACITY, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--reasons", default="outreach", help="top_reasons for: outreach (the default of churn score), all, none."
+    )
     return p.parse_args(argv)
 
 
