@@ -220,11 +220,12 @@ class _BatchRun:
         # the best ``capacity`` of the batch are among the best ``capacity`` of its chunks (a total order)
         best = outreach_candidates(scores, settings.capacity)
         merged = best if self.candidates is None else pd.concat([self.candidates, best], ignore_index=True)
-        self.candidates = outreach_candidates(merged, settings.capacity)
+        capped = settings.capacity is not None  # then only the best ``capacity`` so far can still make the list
+        self.candidates = outreach_candidates(merged, settings.capacity) if capped else merged
         if settings.reasons == "outreach":  # the feature rows the outreach list can draw from, not every customer's
             rows = scored.features[scored.features["customer_id"].isin(best["customer_id"])]
             kept = rows if self.candidate_features is None else pd.concat([self.candidate_features, rows])
-            self.candidate_features = kept[kept["customer_id"].isin(self.candidates["customer_id"])]
+            self.candidate_features = kept[kept["customer_id"].isin(self.candidates["customer_id"])] if capped else kept
 
     def finish(self, n_input: int, as_of: datetime, say: Callable[[int, str | None], None]) -> BatchResult:
         settings = self.settings
