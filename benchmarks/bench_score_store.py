@@ -11,7 +11,9 @@ Set-up, once per work folder and not timed: a demo business of ``--model-custome
 process (the CLI as a user runs it): wall seconds, CPU seconds (user + system), peak RSS (``ru_maxrss``), and the
 peak of its anonymous memory (``RssAnon`` sampled every 50 ms), which leaves out the store's memory-mapped segment
 pages: those count in RSS once read, but they are file pages the kernel drops when memory is short, so the
-anonymous peak is what the job needs. Results go to ``<work>/score_store_<reasons>.json`` and ``.md``.
+anonymous peak is what the job needs. ``--postgres`` uses a throwaway local PostgreSQL server
+(``tests/postgres.py``) as the store, ingested afresh. Results go to ``<work>/score_store_<store>_<reasons>.json``
+and ``.md``.
 """
 
 from __future__ import annotations
@@ -54,9 +56,19 @@ def main(argv: list[str] | None = None) -> None:
     if not (data / "manifest.json").exists():
         _run([CHURN, "generate", "--customers", str(args.customers), "--format", "parquet", "--out", str(data)], env)
     manifest = json.loads((data / "manifest.json").read_text())
-    as_of = manifest["end"]  # the data end (exclusive): every customer is known
-    _set_up(work, data, args.model_customers, env, train=not args.model_dir)
+    if not args.postgres:
+        _bench(args, work, env, data, manifest, "embedded")
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tests.postgres import postgres_cluster
 
+    with postgres_cluster() as url:  # a throwaway local server (fsync off), the data ingested afresh
+        _bench(args, work, {**env, "CHURN_STORE__URL": url}, data, manifest, "postgres")
+
+
+def _bench(args: argparse.Namespace, work: Path, env: dict, data: Path, manifest: dict, backend: str) -> None:
+    as_of = manifest["end"]  # the data end (exclusive): every customer is known
+    _set_up(work, data, args.model_customers, env, train=not args.model_dir, marker=backend != "postgres")
     names = [n for n in args.runs.split(",") if n]  # none: the set-up only
     if not names:
         return
@@ -80,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         "customers": manifest["customers"],
         "rows": {k: v["rows"] for k, v in manifest["files"].items()},
         "as_of": as_of,
+        "store": backend,
         "capacity": CAPACITY,
         "reasons": args.reasons,
         "runs": results,
@@ -87,12 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_info(),
         "code": code_version(),
     }
-    (work / f"score_store_{args.reasons}.json").write_text(json.dumps(report, indent=2))
-    (work / f"score_store_{args.reasons}.md").write_text(_markdown(report))
+    (work / f"score_store_{backend}_{args.reasons}.json").write_text(json.dumps(report, indent=2))
+    (work / f"score_store_{backend}_{args.reasons}.md").write_text(_markdown(report))
     print(_markdown(report))
 
 
-def _set_up(work: Path, data: Path, model_customers: int, env: dict, *, train: bool) -> None:
+def _set_up(work: Path, data: Path, model_customers: int, env: dict, *, train: bool, marker: bool) -> None:
     small = work / f"model-demo-{model_customers}"
     if train and not (work / "trained").exists():
         if not (small / "manifest.json").exists():
@@ -104,10 +117,11 @@ def _set_up(work: Path, data: Path, model_customers: int, env: dict, *, train: b
         targets = [str(ROOT / p) for p in ("churnguard", "features", "model", "serving")]
         subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "1", *targets, str(Path(sys.prefix) / "lib")])
         (ROOT / ".venv" / ".bench-compiled").touch()
-    if not (work / "ingested").exists():
+    if not marker or not (work / "ingested").exists():
         print(f"ingesting {data} ...", flush=True)
         print(f"ingest: {json.dumps(_measure([CHURN, 'ingest', '--data', str(data)], env))}", flush=True)
-        (work / "ingested").touch()
+        if marker:
+            (work / "ingested").touch()
 
 
 def _run(command: list[str], env: dict) -> None:
@@ -196,9 +210,10 @@ def _whole(args: argparse.Namespace) -> None:
 def _markdown(report: dict) -> str:
     rows = report["rows"]
     lines = [
-        f"`churn score` from the store, {report['customers']:,} customers ({rows['transactions']:,} transaction "
-        f"rows, {rows['events']:,} events in the files), as of {report['as_of']}, outreach capacity "
-        f"{report['capacity']:,}, top_reasons for: {report['reasons']}; outputs equal: {report['outputs_equal']}",
+        f"`churn score` from the {report['store']} store, {report['customers']:,} customers "
+        f"({rows['transactions']:,} transaction rows, {rows['events']:,} events in the files), as of "
+        f"{report['as_of']}, outreach capacity {report['capacity']:,}, top_reasons for: {report['reasons']}; "
+        f"outputs equal: {report['outputs_equal']}",
         "",
         "| run | wall s | CPU s | peak RSS GiB | peak anonymous GiB | load before -> after |",
         "|---|---:|---:|---:|---:|---|",
@@ -218,6 +233,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", help="Work folder (data dir, store, outputs).")
     p.add_argument("--model-customers", type=int, default=20_000)
     p.add_argument("--model-dir", help="Use the champion of this data dir (another run's <work>/churn): no training.")
+    p.add_argument("--postgres", action="store_true", help="A throwaway PostgreSQL store instead of the embedded one.")
     p.add_argument("--runs", default="streamed,whole", help="streamed and/or whole, in this order ('': set-up only).")
     # the --whole child
     p.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
