@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> None:
     if not args.postgres:
         _bench(args, work, env, data, manifest, "embedded")
         return
-    sys.path.insert(0, str(ROOT / "tests"))
     from tests.postgres import postgres_cluster
 
     with postgres_cluster() as url:  # a throwaway local server (fsync off), the data ingested afresh
