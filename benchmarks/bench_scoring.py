@@ -241,8 +241,9 @@ def instrument(model, timers: Timers) -> None:
         ("entities_at", "entities_at"),
         ("select_outreach", "policy.select_outreach"),
         ("_explain", "outreach reasons (_explain)"),
-        ("_rejected_outside", "accounting.rejected"),
-        ("_count_input_customers", "accounting.count"),
+        ("_not_known_yet", "accounting.rejected"),
+        ("_only_invalid", "accounting.rejected"),
+        ("_count_input", "accounting.count"),
         ("_summary", "summary"),
     ):
         timers.patch(scoring, attr, name)

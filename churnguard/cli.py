@@ -352,28 +352,39 @@ def train(
     backtest: Annotated[
         bool, typer.Option(help="Also run the rolling-origin backtest of the selection fit (see `churn backtest`).")
     ] = False,
+    engine: EngineOpt = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
-    """Train candidate models on rolling snapshots, evaluate out of time, log to MLflow, register the winner."""
+    """Train candidate models on rolling snapshots, evaluate out of time, log to MLflow, register the winner.
+
+    With the spark engine the training snapshots' features are computed on Spark (the same definitions)."""
     from churnguard.console import print_comparison, progress
+    from features.engines import make_engine
     from training.tracking import log_training, promote
     from training.train import train as train_model
 
     settings = _settings(
-        labels={"horizon_days": horizon_days}, mlflow={"experiment": experiment, "model_name": model_name}
+        labels={"horizon_days": horizon_days},
+        mlflow={"experiment": experiment, "model_name": model_name},
+        features={"engine": engine},
     )
     dataset, _ = command_data(data, mapping, map_, settings)
-    with progress("training", total=None) as advance:
-        result = train_model(
-            dataset,
-            settings.training,
-            settings.labels,
-            settings.features,
-            as_of=as_of,
-            progress=lambda n=1, d=None: advance(n, d),
-            run_backtest=backtest,
-        )
+    feature_engine = make_engine(settings.features)
+    try:
+        with progress("training", total=None) as advance:
+            result = train_model(
+                dataset,
+                settings.training,
+                settings.labels,
+                settings.features,
+                as_of=as_of,
+                progress=lambda n=1, d=None: advance(n, d),
+                run_backtest=backtest,
+                engine=feature_engine,
+            )
+    finally:
+        _stop(feature_engine)
     print_comparison(result.evaluation)
     with console.status("logging to MLflow and registering the model..."):
         logged = log_training(result, settings.mlflow)
@@ -498,7 +509,6 @@ def score(
     from churnguard.console import print_batch_summary, progress
     from features.build import entities_at
     from features.contract import now_utc
-    from model.registry import load_model
     from serving.policy import load_policy
     from serving.scoring import score_batch, write_batch
 
@@ -508,51 +518,77 @@ def score(
     )
     policy = load_policy(settings.scoring.policy_file)
     when = as_of or now_utc()
-    dataset, rejected_ids = command_data(data, mapping, map_, settings, rejected_ids=True)
-    with console.status(f"loading {settings.model_uri} ..."):
-        churn_model = load_model(settings.mlflow, settings.model_uri).with_overrides(
-            tier_thresholds=settings.scoring.tier_thresholds
-        )
-    total = entities_at(dataset, when).num_rows
     rejects_path = rejects or out.with_name(out.stem + ".rejected.csv")
-    if settings.features.engine == "spark":
-        from features.engines import make_engine
-        from serving.spark_scoring import score_batch_spark
-
-        spark_engine = make_engine(settings.features)
-        try:
-            with progress(f"scoring as of {when:%Y-%m-%d} on Spark", total=total) as advance:
-                result = score_batch_spark(
-                    dataset,
-                    churn_model,
-                    policy,
-                    settings.scoring,
-                    spark_engine,
-                    out,
-                    as_of=when,
-                    invalid_customer_ids=rejected_ids,
-                    progress=advance,
-                )
-        finally:
-            _stop(spark_engine)
-        write_batch(result, None, outreach_out if outreach_out else None, rejects_path)
+    scores_out: Path | None = out  # None: written already (streamed from the store, or by Spark)
+    if data is None and settings.features.engine != "spark":  # the store, a chunk of customers at a time
+        if mapping is not None or map_:
+            raise ValueError("--mapping and --map apply to the files of --data; the store holds rows mapped at ingest")
+        churn_model = _scoring_model(settings)
+        result, scores_out = _score_store(settings, churn_model, policy, out, when), None
     else:
-        with progress(f"scoring as of {when:%Y-%m-%d}", total=total) as advance:
-            result = score_batch(
-                dataset,
-                churn_model,
-                policy,
-                settings.scoring,
-                as_of=when,
-                invalid_customer_ids=rejected_ids,
-                progress=advance,
-            )
-        write_batch(result, out, outreach_out if outreach_out else None, rejects_path)
+        dataset, rejected_ids = command_data(data, mapping, map_, settings, rejected_ids=True)
+        churn_model = _scoring_model(settings)
+        total = entities_at(dataset, when).num_rows
+        if settings.features.engine == "spark":
+            from features.engines import make_engine
+            from serving.spark_scoring import score_batch_spark
+
+            spark_engine = make_engine(settings.features)
+            try:
+                with progress(f"scoring as of {when:%Y-%m-%d} on Spark", total=total) as advance:
+                    result = score_batch_spark(
+                        dataset, churn_model, policy, settings.scoring, spark_engine, out, as_of=when,
+                        invalid_customer_ids=rejected_ids, progress=advance,
+                    )  # fmt: skip
+            finally:
+                _stop(spark_engine)
+            scores_out = None
+        else:
+            with progress(f"scoring as of {when:%Y-%m-%d}", total=total) as advance:
+                result = score_batch(
+                    dataset, churn_model, policy, settings.scoring, as_of=when, invalid_customer_ids=rejected_ids,
+                    progress=advance,
+                )  # fmt: skip
+    write_batch(result, scores_out, outreach_out if outreach_out else None, rejects_path)
     print_batch_summary(result, churn_model.model_version)
     console.print(
         f"scorecards: [bold]{out}[/bold]; not scored: [bold]{rejects_path}[/bold]"
         + (f"; outreach list: [bold]{outreach_out}[/bold]" if outreach_out else "")
     )
+
+
+def _scoring_model(settings: Settings):
+    from model.registry import load_model
+
+    with console.status(f"loading {settings.model_uri} ..."):
+        return load_model(settings.mlflow, settings.model_uri).with_overrides(
+            tier_thresholds=settings.scoring.tier_thresholds
+        )
+
+
+def _score_store(settings: Settings, model, policy, out: Path, when: datetime):
+    """``churn score`` without --data: the store read a chunk of customers at a time (``score_store``)."""
+    from churnguard.console import progress
+    from features.store import EmptyStoreError, open_store
+    from serving.scoring import score_store
+
+    store = open_store(settings.store, settings.data_dir, create=False)
+    try:
+        total = len(store.customer_ids())
+        if total == 0:
+            raise EmptyStoreError(store.location)
+        rejected_ids = store.rejects()["customer_id"]
+        console.print(
+            f"[dim]customer store {store.location}: {total:,} customers, read "
+            f"{settings.scoring.chunk_size:,} at a time (validated at ingest)[/dim]"
+        )
+        with progress(f"scoring as of {when:%Y-%m-%d}", total=total) as advance:
+            return score_store(
+                store, model, policy, settings.scoring, out, as_of=when, invalid_customer_ids=rejected_ids,
+                progress=advance,
+            )  # fmt: skip
+    finally:
+        store.close()
 
 
 @app.command()

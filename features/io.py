@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +33,22 @@ def write_table(table: pa.Table, path: Path) -> None:
     writer = _writer(path)
     with atomic_path(path) as tmp:
         writer(table, tmp)
+
+
+def write_batches(schema: pa.Schema, tables: Iterable[pa.Table], path: Path) -> None:
+    """Tables of one ``schema`` streamed into one CSV or Parquet file (by extension), atomically: memory holds one
+    table at a time. The file equals ``write_table`` of their concatenation."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: unsupported output type (use .csv or .parquet)")
+    with atomic_path(path) as tmp:
+        if suffix == ".parquet":
+            writer = pq.ParquetWriter(tmp, schema, coerce_timestamps="us", allow_truncated_timestamps=True)
+        else:
+            writer = pacsv.CSVWriter(tmp, schema)
+        with writer:
+            for table in tables:
+                writer.write_table(table)
 
 
 def _writer(path: Path) -> Callable[[pa.Table, Path], None]:

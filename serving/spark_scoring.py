@@ -81,7 +81,7 @@ def _score(data, model, policy, settings, engine, out, features, entities, as_of
             pd.DataFrame({"customer_id": prospects["customer_id"].astype(str), "reason": NOT_SCORABLE}),
         ],
         ignore_index=True,
-    )
+    ).sort_values("customer_id", kind="stable", ignore_index=True)  # the DuckDB path's order
 
     reasons_all = settings.reasons == "all"
     schema = _scorecard_schema(features.schema["as_of"].dataType)

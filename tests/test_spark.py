@@ -202,3 +202,35 @@ def test_spark_scoring_equals_duckdb(spark_engine, demo_data, trained, tmp_path)
     _write_scores(again.withColumn("as_of", F.lit(datetime(2024, 11, 1))), out)
     assert len(read_scores(out)) == 2 * len(expected)
     assert len(read_scores(out, SCORE_AS_OF)) == len(expected)
+
+
+@pytest.mark.slow
+def test_training_snapshots_on_spark_equal_duckdb(spark_engine, demo_data, test_settings):
+    """`churn train --engine spark`: the snapshot frame (every planned date's sampled customers, their features and
+    labels) built on Spark, all dates in one query, equals the one DuckDB builds date by date."""
+    from training.snapshots import build_snapshot_frame
+    from training.train import plan_training_snapshots
+
+    data, _ = demo_data
+    training = test_settings.training
+    plan = plan_training_snapshots(data, training, test_settings.labels.horizon_days)
+    kwargs = {"event_types": test_settings.features.event_types, "max_rows": 6_000, "seed": training.seed}
+    steps: list[int] = []
+
+    def progress(n: int = 1, description: str | None = None) -> None:
+        steps.append(n)
+
+    duck = build_snapshot_frame(data, plan, **kwargs)
+    spark = build_snapshot_frame(data, plan, engine=spark_engine, progress=progress, **kwargs)
+    assert sum(steps) == len(plan.all_dates) >= 3  # one query for every date
+    a, b = duck.frame, spark.frame
+    assert len(a) > 3000 and a["as_of"].nunique() == len(plan.all_dates)
+    assert list(b.columns) == list(a.columns) and list(b.dtypes) == list(a.dtypes)
+    assert b[["customer_id", "as_of"]].equals(a[["customer_id", "as_of"]])  # same rows, same order
+    assert b[["churned", "duration_days", "event"]].equals(a[["churned", "duration_days", "event"]])
+    _same_features(
+        pa.Table.from_pandas(a[duck.feature_names], preserve_index=False),
+        pa.Table.from_pandas(b[spark.feature_names], preserve_index=False),
+    )
+    assert spark.feature_names == duck.feature_names
+    assert (spark.churn_rates, spark.labelled_counts) == (duck.churn_rates, duck.labelled_counts)

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from features.build import build_features
 from features.dataset import Dataset
+from features.engines import Engine
 from features.labels import build_labels
 from features.registry import feature_registry
 
@@ -178,21 +179,32 @@ def build_snapshot_frame(
     max_rows: int,
     seed: int,
     progress: Callable[[int, str | None], None] | None = None,
+    engine: Engine | None = None,
 ) -> SnapshotFrame:
-    """Labels first (cheap), then a seeded sample of labelled customers per snapshot, then their features."""
+    """Labels first (cheap), then a seeded sample of labelled customers per snapshot, then their features.
+
+    ``engine`` runs the feature query (default DuckDB; the configured one, e.g. Spark, from ``churn train``): the
+    same definitions and the same frame on every engine (``tests/test_spark.py``). An engine that takes every date
+    in one query (Spark) gets all snapshots at once; DuckDB goes date by date, which keeps its memory flat."""
     from features.build import entities_at
 
+    say = progress or (lambda n=1, d=None: None)
     entities = entities_at(data, list(plan.all_dates))
     labels = build_labels(data, entities, horizon_days=plan.horizon_days, data_end=plan.data_end)
     per_snapshot = max(max_rows // len(plan.all_dates), 1)
     sampled = _sample_per_snapshot(labels, per_snapshot, seed)
+    keys = ["customer_id", "as_of"]
     parts = []
-    for i, as_of in enumerate(plan.all_dates):
-        subset = sampled.filter(pc.equal(sampled["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
-        feats = build_features(data, subset.select(["customer_id", "as_of"]), event_types=event_types)
-        parts.append(feats.join(subset, ["customer_id", "as_of"]).to_pandas())
-        if progress:
-            progress(1, f"features for snapshot {as_of:%Y-%m-%d} ({i + 1}/{len(plan.all_dates)})")
+    if getattr(engine, "all_dates_at_once", False):
+        feats = build_features(data, sampled.select(keys), event_types=event_types, engine=engine)
+        parts.append(feats.join(sampled, keys).to_pandas())
+        say(len(plan.all_dates), f"features for {len(plan.all_dates)} snapshots in one query")
+    else:
+        for i, as_of in enumerate(plan.all_dates):
+            subset = sampled.filter(pc.equal(sampled["as_of"], pa.scalar(as_of, pa.timestamp("us"))))
+            feats = build_features(data, subset.select(keys), event_types=event_types, engine=engine)
+            parts.append(feats.join(subset, keys).to_pandas())
+            say(1, f"features for snapshot {as_of:%Y-%m-%d} ({i + 1}/{len(plan.all_dates)})")
     # a stable row order: LightGBM's bagging picks rows by position, so order is part of reproducibility
     frame = pd.concat(parts, ignore_index=True).sort_values(["as_of", "customer_id"], ignore_index=True)
     rates = frame.groupby("as_of")["churned"].mean()

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from features.dataset import Dataset
+from features.engines import Engine
 from features.settings import FeatureSettings, LabelSettings
 from model.churn_model import ChurnModel
 from model.scorecard import LifecycleRules
@@ -84,9 +85,11 @@ def train(
     plot_dir: Path | None = None,
     progress: Progress | None = None,
     run_backtest: bool = False,
+    engine: Engine | None = None,
 ) -> TrainResult:
     """Train on ``data`` with the training section; the horizon and the event types come from the labels and
-    features sections, which scoring and ``churn labels`` read too, so all of them share one definition."""
+    features sections, which scoring and ``churn labels`` read too, so all of them share one definition.
+    ``engine`` computes the snapshots' features (default DuckDB; ``churn train --engine spark`` passes Spark's)."""
     horizon_days, event_types = labels.horizon_days, features.event_types
     fit_warnings: list[str] = []
     timings: dict[str, float] = {}
@@ -107,6 +110,7 @@ def train(
             max_rows=settings.max_training_rows,
             seed=settings.seed,
             progress=say,
+            engine=engine,
         )
         check_enough(frame, min_labelled=settings.min_labelled_customers, min_churners=settings.min_churners)
     used = [f for f in frame.feature_names if plan.uses_season or not f.startswith("season_")]
