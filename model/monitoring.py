@@ -18,8 +18,9 @@
 Both use a seeded random sample of at most ``settings.max_customers`` (50,000) customers per date: PSI and rates on
 it are as good as on everyone (the PSI of two samples of one population over ~11 bins averages about
 10 x (1/n + 1/m): under 0.001 at 50,000 against a reference of 20,000 rows or more, a hundredth of the 0.1 warn line;
-a decile of 5,000 customers pins its observed churn rate to +-1.4 points), at a fraction of the feature query's cost. A model trained before
-references were recorded has no drift part (``ModelHealth.no_reference`` says why); its outcome check still runs.
+a decile of 5,000 customers pins its observed churn rate to +-1.4 points), at a fraction of the feature query's
+cost. A model trained before references were recorded has no drift part (``ModelHealth.no_reference`` says why);
+its outcome check still runs.
 
 A caller that needs the churn probability of given customers at as_of (the lifecycle report's ``at_risk`` stage)
 passes them as ``also_score``: they join today's feature query and scoring pass (one pass, not two), their
