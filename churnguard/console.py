@@ -169,6 +169,11 @@ def print_batch_summary(result: BatchResult, model_version: str) -> None:
         f"saved {s.outreach_expected_value_saved:,.0f}; actions: "
         + ", ".join(f"{a} {n:,}" for a, n in s.actions.items())
     )
+    if 0 < s.outreach_explained < s.outreach_size:
+        console.print(
+            f"top_reasons for the first {s.outreach_explained:,} of the {s.outreach_size:,} on the list "
+            "(scoring.reasons_limit; --capacity or CHURN_SCORING__REASONS_LIMIT to change)"
+        )
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
 

@@ -100,6 +100,7 @@ class BatchSummary:
     outreach_control: int
     outreach_expected_value_saved: float
     actions: dict[str, int]
+    outreach_explained: int = 0  # the head of the list with top_reasons (scoring.reasons_limit)
 
 
 @dataclass
@@ -222,10 +223,14 @@ class _BatchRun:
         merged = best if self.candidates is None else pd.concat([self.candidates, best], ignore_index=True)
         capped = settings.capacity is not None  # then only the best ``capacity`` so far can still make the list
         self.candidates = outreach_candidates(merged, settings.capacity) if capped else merged
-        if settings.reasons == "outreach":  # the feature rows the outreach list can draw from, not every customer's
-            rows = scored.features[scored.features["customer_id"].isin(best["customer_id"])]
+        if settings.reasons == "outreach":  # the feature rows the explained head of the list can draw from
+            n = _explained_size(settings)
+            wanted = outreach_candidates(scores, n)["customer_id"]
+            rows = scored.features[scored.features["customer_id"].isin(wanted)]
             kept = rows if self.candidate_features is None else pd.concat([self.candidate_features, rows])
-            self.candidate_features = kept[kept["customer_id"].isin(self.candidates["customer_id"])] if capped else kept
+            if n is not None:  # only the best n so far can still be explained
+                kept = kept[kept["customer_id"].isin(outreach_candidates(self.candidates, n)["customer_id"])]
+            self.candidate_features = kept
 
     def finish(self, n_input: int, as_of: datetime, say: Callable[[int, str | None], None]) -> BatchResult:
         settings = self.settings
@@ -242,8 +247,9 @@ class _BatchRun:
             seed=settings.seed,
         )
         if settings.reasons == "outreach" and len(outreach):
-            say(0, f"explaining {len(outreach):,} outreach customers")
-            _explain(self.model, scores if self.keep_scores else None, outreach, self.candidate_features)
+            n = min(len(outreach), _explained_size(settings) or len(outreach))
+            say(0, f"explaining {n:,} of {len(outreach):,} outreach customers")
+            _explain(self.model, scores if self.keep_scores else None, outreach, self.candidate_features, n)
         if len(scores) + len(rejected) != n_input:
             raise AssertionError(
                 f"customer accounting broken: {len(scores)} scored + {len(rejected)} rejected != "
@@ -301,15 +307,25 @@ class _Spill:
         self.path.unlink(missing_ok=True)
 
 
-def _explain(model: ChurnModel, scores: pd.DataFrame | None, outreach: pd.DataFrame, candidates: pd.DataFrame) -> None:
-    """top_reasons for the outreach customers only: TreeSHAP costs ~1 ms per customer, everybody would be minutes.
+def _explained_size(settings: ScoringSettings) -> int | None:
+    """How many of the outreach list's head get reasons: the list is a prefix of the ranked candidates (capacity
+    and budget both cut its tail), so its first n are the best n candidates."""
+    limits = [n for n in (settings.capacity, settings.reasons_limit) if n is not None]
+    return min(limits) if limits else None
 
-    ``candidates`` holds the feature rows kept while scoring (a superset of the outreach list), so nothing is
+
+def _explain(
+    model: ChurnModel, scores: pd.DataFrame | None, outreach: pd.DataFrame, candidates: pd.DataFrame, n: int
+) -> None:
+    """top_reasons for the first ``n`` outreach customers only: TreeSHAP costs 1-5 ms per customer, everybody
+    would take longer than scoring them.
+
+    ``candidates`` holds the feature rows kept while scoring (a superset of the list's head), so nothing is
     computed twice. ``scores`` (when all are kept) gets them too.
     """
-    features = candidates[candidates["customer_id"].isin(outreach["customer_id"])]
+    features = candidates[candidates["customer_id"].isin(outreach["customer_id"].iloc[:n])]
     explained = dict(zip(features["customer_id"], model.reasons(features), strict=True))
-    outreach["top_reasons"] = [explained[c] for c in outreach["customer_id"]]
+    outreach["top_reasons"] = [explained.get(c, []) for c in outreach["customer_id"]]
     if scores is None:
         return
     position = pd.Series(np.arange(len(scores)), index=scores["customer_id"])
@@ -355,6 +371,11 @@ def _count_input(clean: pa.Array, invalid_ids: pa.Array | pa.ChunkedArray | None
     return len(pc.unique(pa.chunked_array(chunks, type=pa.string())))
 
 
+def explained_count(outreach: pd.DataFrame) -> int:
+    """Outreach customers whose ``top_reasons`` were computed."""
+    return int(sum(len(r) > 0 for r in outreach["top_reasons"])) if len(outreach) else 0
+
+
 def _summary(scores: pd.DataFrame, outreach: pd.DataFrame, rejected: pd.DataFrame) -> BatchSummary:
     n = max(len(scores), 1)
     contacted = outreach.loc[~outreach["control"]] if len(outreach) else outreach
@@ -368,6 +389,7 @@ def _summary(scores: pd.DataFrame, outreach: pd.DataFrame, rejected: pd.DataFram
         },
         total_value_at_risk=float(scores["value_at_risk"].sum()),
         outreach_size=len(outreach),
+        outreach_explained=explained_count(outreach),
         outreach_control=int(outreach["control"].sum()) if len(outreach) else 0,
         outreach_expected_value_saved=float(contacted["expected_value_saved"].sum()) if len(outreach) else 0.0,
         actions={str(k): int(v) for k, v in outreach["recommended_action"].value_counts().items()}

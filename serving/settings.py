@@ -27,6 +27,13 @@ class ScoringSettings(Section):
     reasons: Literal["outreach", "all", "none"] = Field(
         "outreach", description="Who gets top_reasons in batch: outreach-list customers, everybody, or nobody."
     )
+    reasons_limit: int | None = Field(
+        10_000,
+        ge=1,
+        description="With reasons=outreach: the first this many customers of the outreach list (best first) get "
+        "top_reasons; the rest of the list has none (`churn score` says how many). TreeSHAP costs 1-5 ms per customer, "
+        "so an uncapped list of half a million customers would take longer than scoring them. None: the whole list.",
+    )
     capacity: int | None = Field(None, ge=1, description="At most this many customers on the outreach list.")
     budget: float | None = Field(None, ge=0, description="At most this much action cost on the outreach list.")
     seed: int = Field(42, description="Seed of the control group draw.")

@@ -30,7 +30,9 @@ from serving.scoring import (
     BatchResult,
     BatchSummary,
     _count_input_customers,
+    _explained_size,
     _rejected_outside,
+    explained_count,
     with_actions,
 )
 from serving.settings import ScoringSettings
@@ -99,11 +101,12 @@ def _score(data, model, policy, settings, engine, out, features, entities, as_of
         say(entities.num_rows, None)  # every known customer is now scored or a prospect
         outreach = _outreach(scores, settings)
         if settings.reasons == "outreach" and len(outreach):
-            say(0, f"explaining {len(outreach):,} outreach customers")
-            ids = engine.put(pa.table({"customer_id": pa.array(outreach["customer_id"], pa.string())}), "outreach")
+            head = outreach["customer_id"].iloc[: _explained_size(settings) or len(outreach)]
+            say(0, f"explaining {len(head):,} of {len(outreach):,} outreach customers")
+            ids = engine.put(pa.table({"customer_id": pa.array(head, pa.string())}), "outreach")
             rows = features.join(ids, "customer_id", "inner").toPandas()
             explained = dict(zip(rows["customer_id"], model.reasons(rows), strict=True))
-            outreach["top_reasons"] = [explained[c] for c in outreach["customer_id"]]
+            outreach["top_reasons"] = [explained.get(c, []) for c in outreach["customer_id"]]
             scores_out = _with_reasons(scores, outreach, engine)
         else:
             scores_out = scores
@@ -191,6 +194,7 @@ def _summary(scores: DataFrame, n_scored: int, outreach: pd.DataFrame, rejected:
         share_per_stage={str(r["lifecycle_stage"]): round(r["count"] / n, 4) for r in stages},
         total_value_at_risk=float(total),
         outreach_size=len(outreach),
+        outreach_explained=explained_count(outreach),
         outreach_control=int(outreach["control"].sum()) if len(outreach) else 0,
         outreach_expected_value_saved=float(contacted["expected_value_saved"].sum()) if len(outreach) else 0.0,
         actions={str(k): int(v) for k, v in outreach["recommended_action"].value_counts().items()}

@@ -86,6 +86,28 @@ def test_outreach_reasons_equal_explaining_those_customers_afresh(batch, demo_da
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("chunk_size", [700, 100_000])
+def test_only_the_head_of_an_uncapped_list_is_explained(demo_data, trained, batch, chunk_size):
+    """Without a capacity the list can hold half the customers; reasons go to its first ``reasons_limit`` (best
+    first), the same ones whatever the chunking, and equal to those of a capped list's head."""
+    data, rejects = demo_data
+    settings = ScoringSettings(chunk_size=chunk_size, control_share=0.2, seed=3, reasons_limit=40)
+    result = score_batch(
+        data, trained.model, load_policy(), settings, as_of=AS_OF, invalid_customer_ids=rejects["customer_id"]
+    )
+    out = result.outreach
+    assert len(out) > 150  # uncapped
+    has = out["top_reasons"].map(len).gt(0)
+    assert has.iloc[:40].all() and not has.iloc[40:].any()
+    assert result.summary.outreach_explained == 40 and result.summary.outreach_size == len(out)
+    head = batch.outreach.iloc[:40]  # the capped list (150) ranks the same customers first
+    assert out["customer_id"].iloc[:40].tolist() == head["customer_id"].tolist()
+    assert out["top_reasons"].iloc[:40].map(list).tolist() == head["top_reasons"].map(list).tolist()
+    scored = result.scores.set_index("customer_id")["top_reasons"].map(len)
+    assert scored.gt(0).sum() == 40
+
+
+@pytest.mark.slow
 def test_summary_counts(batch):
     s = batch.summary
     assert s.customers_scored == len(batch.scores)
