@@ -2,7 +2,7 @@
 against the bare BentoML booster service measured in the same run (``benchmarks/bare_service.py``).
 
     uv run python benchmarks/bench_api_store.py [--customers 100000] [--backend embedded|postgres|both]
-                                                [--requests 1000] [--out benchmarks/out]
+                                                [--requests 1000] [--out benchmarks/out] [--port 3721]
 
 1. The demo business of ``--customers`` customers (``churnguard.demo.generate``, cached under ``<out>``) is
    ingested into a store of its own (embedded under ``<out>/store_<N>``, kept between runs; PostgreSQL: a
@@ -140,10 +140,11 @@ def measure_store_routes(port: int, ids: list[str], n: int) -> dict:
 def run_backend(name: str, store_env: dict[str, str], settings, args, data_dir: str, folder: Path) -> dict:
     result: dict = {"store": fill(settings, Path(data_dir), folder)}
     ids = sample_ids(settings, Path(data_dir))
-    proc, cold = serve("ours", 3721, data_dir, args.out, env=store_env, log=args.out / f"api_store_{name}.log")
+    port = args.port
+    proc, cold = serve("ours", port, data_dir, args.out, env=store_env, log=args.out / f"api_store_{name}.log")
     try:
         result["cold_start_s"] = cold
-        result.update(measure_store_routes(3721, ids, args.requests))
+        result.update(measure_store_routes(port, ids, args.requests))
     finally:
         stop(proc)
     return result
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["embedded", "postgres", "both"], default="embedded")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument("--port", type=int, default=3721, help="our service's port; the bare one listens on the next")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from features.store import StoreSettings
@@ -181,11 +183,13 @@ def main() -> None:
                     name, {"CHURN_STORE__URL": url}, StoreSettings(url=url), args, data_dir, folder
                 )
         print(json.dumps(results[name], indent=1), flush=True)
-    bare, cold = serve("benchmarks.bare_service:BareBooster", 3722, data_dir, args.out)
+    bare_port = args.port + 1
+    bare, cold = serve("benchmarks.bare_service:BareBooster", bare_port, data_dir, args.out)
     try:
         with httpx.Client(timeout=30) as client:
+            bare_url = f"http://127.0.0.1:{bare_port}/predict"
             results["bare"] = {
-                **timed(args.requests, lambda i: client.post("http://127.0.0.1:3722/predict", json={"features": row})),
+                **timed(args.requests, lambda i: client.post(bare_url, json={"features": row})),
                 "cold_start_s": cold,
             }
     finally:
