@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import bentoml
 import pandas as pd
@@ -355,19 +355,20 @@ class ChurnService:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _response(served: Served, scored: ScoredRows, as_of: datetime, **more: Any) -> Response:
-    """The answer of the scoring routes, checked by its model once and encoded by pydantic (the route declares
-    the model for the OpenAPI document; returning the encoded answer spares FastAPI a second validation and a
-    slower JSON encoder)."""
-    body = (CustomersScoreResponse if "not_found" in more else ScoreResponse)(
-        model_version=served.version,
-        as_of=as_of,
-        scores=scored.scores,
-        rejected=scored.rejected,
-        warnings=served.model.season_warnings(as_of),
-        **more,
-    )
-    return json_response(body)
+def _response(served: Served, scored: ScoredRows, as_of: datetime, not_found: list[str] | None = None) -> Response:
+    """The answer of the scoring routes (with ``not_found``: of the lookup of many ids), checked by its model once
+    and encoded by pydantic: the route declares the model for the OpenAPI document, and returning the encoded
+    answer spares FastAPI a second validation and a slower JSON encoder."""
+    fields = {
+        "model_version": served.version,
+        "as_of": as_of,
+        "scores": scored.scores,
+        "rejected": scored.rejected,
+        "warnings": served.model.season_warnings(as_of),
+    }
+    if not_found is None:
+        return json_response(ScoreResponse(**fields))
+    return json_response(CustomersScoreResponse(**fields, not_found=not_found))
 
 
 def json_response(body: BaseModel) -> Response:
