@@ -88,8 +88,10 @@ def serve(
     log: Path | None = None,
     threads: int | None = None,
     env: dict[str, str] | None = None,
+    code: Path = ROOT,
 ) -> tuple[subprocess.Popen, float]:
-    """Our service exactly as `churn serve` launches it (with an API key); the bare service with `bentoml serve`."""
+    """Our service exactly as `churn serve` launches it (with an API key); the bare service with `bentoml serve`.
+    ``code``: the checkout whose code is served (e.g. a baseline's, for a before/after in one run)."""
     from churnguard.settings import Settings
     from serving.launch import plan_launch
 
@@ -121,7 +123,7 @@ def serve(
     argv = plan.argv if target == "ours" else [*plan.argv[:4], target, *plan.argv[5:]]
     start = time.perf_counter()
     sink = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=plan.env, stdout=sink, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(argv, cwd=code, env=plan.env, stdout=sink, stderr=subprocess.STDOUT)
     for _ in range(6000):
         if proc.poll() is not None:
             raise RuntimeError(f"{target} exited with {proc.returncode}" + (f"; see {log}" if log else ""))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Annotated, Literal, get_args, get_origin
 
 import pyarrow as pa
@@ -118,7 +119,7 @@ class TableContract:
     required_file: bool
     unique_key: tuple[str, ...] = ()
 
-    @property
+    @cached_property  # read on every request (each Dataset checks its tables' schemas): built once
     def columns(self) -> tuple[Column, ...]:
         return tuple(_column(name, info.annotation, info.is_required()) for name, info in _ordered_fields(self.model))
 
@@ -130,7 +131,7 @@ class TableContract:
     def required_columns(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.required)
 
-    @property
+    @cached_property
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, _ARROW[c.kind], nullable=not c.required) for c in self.columns])
 

@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 
 from features.registry import FEATURE_SET, feature_registry
-from model.scorecard import MODEL_COLUMNS, LifecycleRules, is_lapsed, lifecycle_stages, risk_tiers, top_reasons
+from model.columns import Columns, column, has_column, n_rows, take
+from model.scorecard import (
+    MODEL_COLUMNS,
+    LifecycleRules,
+    is_lapsed,
+    is_prospect,
+    lifecycle_stages,
+    risk_tiers,
+    top_reasons,
+)
 from model.seasons import seasons_covered
 
 if TYPE_CHECKING:
@@ -107,47 +116,57 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
     def score(self, features: pd.DataFrame, reasons: bool | np.ndarray = False) -> pd.DataFrame:
         """One scorecard row per feature row. ``reasons`` may be a boolean mask: who gets top_reasons."""
         features = features.reset_index(drop=True)
+        out = pd.DataFrame(self.score_columns(features, reasons))
+        out["as_of"] = pd.to_datetime(out["as_of"])
+        return out
+
+    def score_columns(self, features: Columns, reasons: bool | np.ndarray = False) -> dict[str, Any]:
+        """``score`` as plain columns (name -> array, in ``MODEL_COLUMNS`` order), for feature rows in either form
+        of ``model/columns.py``: the one implementation, so a customer scored alone (the API, without pandas) and
+        in a batch get the same scorecard."""
         self._check_columns(features)
-        if (features["frequency"] < 1).any():
+        if is_prospect(features).any():
             raise ValueError("prospects (no order before as_of) cannot be scored; filter them out first")
         p = self.classifier.predict_proba(features)
-        surv = self.survival.predict(features)
-        surv.loc[is_lapsed(features, self.horizon_days), :] = 0.0  # inactive for H days already: churned
+        surv = self.survival.predict_columns(features)
+        lapsed = is_lapsed(features, self.horizon_days)  # inactive for H days already: churned
+        for name in surv:
+            surv[name][lapsed] = 0.0
         value = self.value.predict(features)
-        out = pd.DataFrame(
-            {
-                "customer_id": features["customer_id"].astype(str),
-                "as_of": pd.to_datetime(features["as_of"]),
-                "churn_probability": p,
-                "risk_tier": risk_tiers(p, self.tier_thresholds),
-                **{c: surv[c].to_numpy() for c in surv.columns},
-                "expected_value_12m": value,
-                "value_at_risk": p * value,
-                "lifecycle_stage": lifecycle_stages(
-                    features,
-                    p,
-                    horizon_days=self.horizon_days,
-                    high_threshold=self.tier_thresholds[1],
-                    rules=self.lifecycle,
-                ),
-            }
-        )
-        out["top_reasons"] = self.reasons(features, reasons)
-        out["model_version"] = self.model_version
-        return out[list(MODEL_COLUMNS)]
+        n = len(p)
+        out = {
+            "customer_id": np.array([str(c) for c in column(features, "customer_id", None)], dtype=object),
+            "as_of": column(features, "as_of", None),
+            "churn_probability": p,
+            "risk_tier": risk_tiers(p, self.tier_thresholds),
+            **surv,
+            "expected_value_12m": value,
+            "value_at_risk": p * value,
+            "lifecycle_stage": lifecycle_stages(
+                features,
+                p,
+                horizon_days=self.horizon_days,
+                high_threshold=self.tier_thresholds[1],
+                rules=self.lifecycle,
+            ),
+            "top_reasons": self.reasons(features, reasons),
+            "model_version": np.full(n, self.model_version, dtype=object),
+        }
+        return {c: out[c] for c in MODEL_COLUMNS}
 
-    def reasons(self, features: pd.DataFrame, who: bool | np.ndarray = True) -> list[list[str]]:
-        mask = np.full(len(features), bool(who)) if np.isscalar(who) else np.asarray(who, bool)
-        result: list[list[str]] = [[] for _ in range(len(features))]
+    def reasons(self, features: Columns, who: bool | np.ndarray = True) -> list[list[str]]:
+        n = n_rows(features)
+        mask = np.full(n, bool(who)) if np.isscalar(who) else np.asarray(who, bool)
+        result: list[list[str]] = [[] for _ in range(n)]
         if mask.any():
-            chosen = features.loc[mask]
+            chosen = features if mask.all() else take(features, mask)
             contrib = self.classifier.contributions(chosen)
             for i, text in zip(np.flatnonzero(mask), top_reasons(contrib, chosen), strict=True):
                 result[i] = text
         return result
 
-    def _check_columns(self, features: pd.DataFrame) -> None:
-        missing = [c for c in ("customer_id", "as_of", *self.feature_names) if c not in features.columns]
+    def _check_columns(self, features: Columns) -> None:
+        missing = [c for c in ("customer_id", "as_of", *self.feature_names) if not has_column(features, c)]
         if missing:
             raise ValueError(f"feature rows lack {len(missing)} column(s) of {self.feature_set}: {missing[:5]}")
 

@@ -17,7 +17,9 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from model.columns import Columns, matrix, n_rows
 from model.rowwise import row_dot
+from model.scorecard import Contributions
 
 PROB_FLOOR = 1e-3  # nobody is certain to stay or to leave
 
@@ -71,21 +73,21 @@ class LightGBMClassifier:
     tuning_log_loss: dict[str, float] = field(default_factory=dict)
     name: str = "lightgbm"
 
-    def x(self, df: pd.DataFrame) -> np.ndarray:
-        return df[self.features].to_numpy(dtype="float64", na_value=np.nan)
+    def x(self, df: Columns) -> np.ndarray:
+        return matrix(df, self.features)
 
-    def raw(self, df: pd.DataFrame) -> np.ndarray:
-        return self.booster.predict(self.x(df), num_iteration=self.best_iteration, **_threads(len(df)))
+    def raw(self, df: Columns) -> np.ndarray:
+        return self.booster.predict(self.x(df), num_iteration=self.best_iteration, **_threads(n_rows(df)))
 
-    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, df: Columns) -> np.ndarray:
         return self.calibrator.transform(self.raw(df))
 
-    def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, df: Columns) -> Contributions:
         """TreeSHAP contributions to the raw log-odds (before calibration, which is monotone)."""
         contrib = self.booster.predict(
-            self.x(df), pred_contrib=True, num_iteration=self.best_iteration, **_threads(len(df))
+            self.x(df), pred_contrib=True, num_iteration=self.best_iteration, **_threads(n_rows(df))
         )
-        return pd.DataFrame(contrib[:, :-1], columns=self.features, index=df.index)
+        return Contributions(contrib[:, :-1], list(self.features))
 
     def importance(self) -> pd.Series:
         gain = self.booster.feature_importance(importance_type="gain")
@@ -113,32 +115,32 @@ class LogisticClassifier:
     pipeline: Pipeline
     calibrator: Calibrator | None  # None: the regression's own probabilities (calibrated on its fit rows)
 
-    def x(self, df: pd.DataFrame) -> np.ndarray:
-        x = df[self.features].to_numpy(dtype="float64", na_value=np.nan)
+    def x(self, df: Columns) -> np.ndarray:
+        x = matrix(df, self.features)
         return np.where(np.isnan(x), self.medians, x)
 
-    def raw(self, df: pd.DataFrame) -> np.ndarray:
+    def raw(self, df: Columns) -> np.ndarray:
         """The regression's probability, as ``pipeline.predict_proba`` computes it (expit of the linear predictor),
         with the linear predictor summed row by row (``model/rowwise.py``: API == batch to the bit)."""
         regression = self.pipeline[-1]
         return expit(row_dot(self.transformed(df), regression.coef_[0]) + regression.intercept_[0])
 
-    def transformed(self, df: pd.DataFrame) -> np.ndarray:
+    def transformed(self, df: Columns) -> np.ndarray:
         """The features as the regression sees them (the pipeline's steps before it, if any)."""
         x = self.x(df)
         return self.pipeline[:-1].transform(x) if len(self.pipeline) > 1 else x
 
-    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, df: Columns) -> np.ndarray:
         raw = self.raw(df)
         if self.calibrator is None:
             return np.clip(raw, PROB_FLOOR, 1 - PROB_FLOOR)
         return self.calibrator.transform(raw)
 
-    def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, df: Columns) -> Contributions:
         """Exact for a linear model: coefficient x standardised value, in log-odds."""
         transformed = self.transformed(df)
         coef = self.pipeline[-1].coef_[0]
-        return pd.DataFrame(transformed * coef, columns=self.features, index=df.index)
+        return Contributions(transformed * coef, list(self.features))
 
     def importance(self) -> pd.Series:
         return pd.Series(np.abs(self.pipeline[-1].coef_[0]), index=self.features).sort_values(ascending=False)
@@ -160,12 +162,20 @@ class BlendClassifier:
     def features(self) -> list[str]:
         return list(dict.fromkeys(f for m in self.members for f in m.features))
 
-    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, df: Columns) -> np.ndarray:
         return np.mean([m.predict_proba(df) for m in self.members], axis=0)
 
-    def contributions(self, df: pd.DataFrame) -> pd.DataFrame:
-        parts = [m.contributions(df).reindex(columns=self.features, fill_value=0.0) for m in self.members]
-        return sum(parts) / len(parts)
+    def contributions(self, df: Columns) -> Contributions:
+        """The members' mean, feature by feature (0 for a feature a member does not read)."""
+        names = self.features
+        position = {n: j for j, n in enumerate(names)}
+        parts = []
+        for m in self.members:
+            c = m.contributions(df)
+            full = np.zeros((c.values.shape[0], len(names)))
+            full[:, [position[n] for n in c.names]] = c.values
+            parts.append(full)
+        return Contributions(sum(parts) / len(parts), names)
 
     def importance(self) -> pd.Series:
         parts = [m.importance() / max(m.importance().sum(), 1e-12) for m in self.members]

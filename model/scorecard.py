@@ -23,7 +23,7 @@ open question about them, whether they stay away for another horizon (a win-back
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +33,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from features.labels import is_lapsed as lapsed_rule
+from model.columns import Columns, column
+from model.columns import row as feature_row
 
 TIERS = ("low", "medium", "high", "critical")
 STAGES = ("new", "active", "loyal", "at_risk", "lapsed", "reactivated")
@@ -91,6 +93,16 @@ SCORECARD: tuple[ScorecardField, ...] = (
 )
 SCORECARD_COLUMNS: tuple[str, ...] = tuple(f.name for f in SCORECARD)
 MODEL_COLUMNS: tuple[str, ...] = tuple(f.name for f in SCORECARD if f.source == "model")
+Row = Mapping[str, Any]  # one customer's features by name (a frame's row, or a dict)
+
+
+@dataclass(frozen=True)
+class Contributions:
+    """Per-feature contributions to a customer's raw churn log-odds, rows x ``names``: what ``top_reasons`` ranks
+    (each classifier's ``contributions``)."""
+
+    values: np.ndarray
+    names: list[str]
 
 
 class LifecycleRules(BaseModel):
@@ -113,13 +125,18 @@ def risk_tiers(p: np.ndarray, thresholds: tuple[float, float, float]) -> np.ndar
     return np.asarray(TIERS, dtype=object)[np.searchsorted(np.asarray(thresholds), p, side="right")]
 
 
-def is_lapsed(features: pd.DataFrame, horizon_days: int) -> np.ndarray:
-    """The lapsed rule of ``features/labels.py`` on a feature frame."""
-    return lapsed_rule(features["recency_days"].to_numpy(float), features["cancelled"].to_numpy(), horizon_days)
+def is_lapsed(features: Columns, horizon_days: int) -> np.ndarray:
+    """The lapsed rule of ``features/labels.py`` on feature rows."""
+    return lapsed_rule(column(features, "recency_days"), column(features, "cancelled", None), horizon_days)
+
+
+def is_prospect(features: Columns) -> np.ndarray:
+    """No purchase before as_of: nothing to score yet (batch and API list them as rejected, ``NOT_SCORABLE``)."""
+    return column(features, "frequency") < 1
 
 
 def lifecycle_stages(
-    features: pd.DataFrame,
+    features: Columns,
     churn_probability: np.ndarray,
     *,
     horizon_days: int,
@@ -128,11 +145,11 @@ def lifecycle_stages(
 ) -> np.ndarray:
     f = features
     lapsed = is_lapsed(f, horizon_days)
-    new = f["first_purchase_days"].to_numpy(float) < rules.new_days
-    reactivated = np.nan_to_num(f["last_gap_days"].to_numpy(float), nan=0.0) >= horizon_days
+    new = column(f, "first_purchase_days") < rules.new_days
+    reactivated = np.nan_to_num(column(f, "last_gap_days"), nan=0.0) >= horizon_days
     at_risk = churn_probability >= high_threshold
-    loyal = (f["frequency"].to_numpy() >= rules.loyal_min_orders) & (
-        f["tenure_days"].to_numpy(float) >= rules.loyal_min_tenure_days
+    loyal = (column(f, "frequency", None) >= rules.loyal_min_orders) & (
+        column(f, "tenure_days") >= rules.loyal_min_tenure_days
     )
     return np.select(
         [lapsed, new, reactivated, at_risk, loyal],
@@ -160,7 +177,7 @@ def _n(v: float, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
-def _recency(row: pd.Series) -> str:
+def _recency(row: Row) -> str:
     text = f"no purchase for {_days(row['recency_days'])}"
     gap = row.get("gap_mean_days")
     if gap is not None and not _missing(gap):
@@ -180,13 +197,13 @@ _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augu
            "November", "December")  # fmt: skip
 
 
-def _season(row: pd.Series) -> str:
+def _season(row: Row) -> str:
     angle = math.atan2(float(row["season_sin"]), float(row["season_cos"])) % (2 * math.pi)
     month = min(int(angle / (2 * math.pi) * 12), 11)
     return f"time of year: customers leave more often in {_MONTHS[month]}"
 
 
-_TEMPLATES: dict[str, Callable[[pd.Series], str]] = {
+_TEMPLATES: dict[str, Callable[[Row], str]] = {
     "recency_days": _recency,
     "recency_gap_ratio": lambda r: (
         f"{r['recency_gap_ratio']:.1f}x their usual gap since the last purchase ({_days(r['recency_days'])})"
@@ -262,7 +279,7 @@ def _missing(v: object) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def reason_text(feature: str, row: pd.Series) -> str:
+def reason_text(feature: str, row: Row) -> str:
     """One feature of one customer as a sentence a CRM user reads as a driver of their risk."""
     value = row.get(feature)
     if feature.endswith("_days_since_last"):
@@ -302,17 +319,21 @@ def _window_count(feature: str, value: float) -> str | None:
     return f"only {_n(n, noun)} {period}"
 
 
-def top_reasons(contributions: pd.DataFrame, features: pd.DataFrame, k: int = 3) -> list[list[str]]:
+def top_reasons(contributions: Contributions | pd.DataFrame, features: Columns, k: int = 3) -> list[list[str]]:
     """The k features that push each customer's churn risk up the most, as sentences (risk-raising only)."""
-    contributions = contributions.copy()
-    if {"season_sin", "season_cos"} <= set(contributions.columns):  # one reason, the time of year, from both parts
-        contributions["season_sin"] += contributions.pop("season_cos")
-    values = contributions.to_numpy()
-    names = np.asarray(contributions.columns)
+    if isinstance(contributions, pd.DataFrame):
+        contributions = Contributions(contributions.to_numpy(), list(contributions.columns))
+    values, names = contributions.values, list(contributions.names)
+    if "season_sin" in names and "season_cos" in names:  # one reason, the time of year, from both parts
+        sin, cos = names.index("season_sin"), names.index("season_cos")
+        values = values.copy()
+        values[:, sin] += values[:, cos]
+        values = np.delete(values, cos, axis=1)
+        del names[cos]
     order = np.argsort(-values, axis=1)[:, :k]
     out = []
     for i, idx in enumerate(order):
-        row = features.iloc[i]
-        reasons = [reason_text(names[j], row) for j in idx if values[i, j] > 0]
+        features_i = feature_row(features, i)
+        reasons = [reason_text(names[j], features_i) for j in idx if values[i, j] > 0]
         out.append(list(dict.fromkeys(reasons)))
     return out

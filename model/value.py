@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
+
+from model.columns import Columns, column
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,11 @@ class ValueModel:
     q: float
     gamma: float
 
-    def predict(self, df: pd.DataFrame) -> np.ndarray:
+    def predict(self, df: Columns) -> np.ndarray:
         x, t = repeat_orders(df), exposure_days(df)
         rate = (self.r + x) / (self.alpha + t)
-        n = df["frequency"].fillna(0).to_numpy(float)
-        m = np.maximum(df["monetary_mean"].fillna(0).to_numpy(float), 0.0)  # net of refunds: may be negative
+        n = _filled(df, "frequency")
+        m = np.maximum(_filled(df, "monetary_mean"), 0.0)  # net of refunds: may be negative
         order_value = self.p * (self.gamma + n * m) / (self.p * n + self.q - 1)
         return 365.0 * rate * order_value
 
@@ -40,9 +41,15 @@ class ValueModel:
         return asdict(self)
 
 
-def repeat_orders(df: pd.DataFrame) -> np.ndarray:
-    return np.maximum(df["frequency"].fillna(0).to_numpy(float) - 1, 0)
+def repeat_orders(df: Columns) -> np.ndarray:
+    return np.maximum(_filled(df, "frequency") - 1, 0)
 
 
-def exposure_days(df: pd.DataFrame) -> np.ndarray:
-    return np.maximum(df["first_purchase_days"].fillna(0).to_numpy(float), 1.0)
+def exposure_days(df: Columns) -> np.ndarray:
+    return np.maximum(_filled(df, "first_purchase_days"), 1.0)
+
+
+def _filled(df: Columns, name: str) -> np.ndarray:
+    """The column as float64, a missing value 0."""
+    values = column(df, name)
+    return np.where(np.isnan(values), 0.0, values)

@@ -31,7 +31,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from features.build import entities_at
@@ -39,9 +38,8 @@ from features.contract import CUSTOMERS, EVENTS, TRANSACTIONS, Customer, Event, 
 from features.engines import Engine
 from features.store import Store, StoreError, StoreSettings, open_store
 from model.churn_model import ChurnModel
-from model.scorecard import SCORECARD_COLUMNS
-from serving.policy import POLICY_COLUMNS, Policy
-from serving.scoring import REJECTED_AFTER, Scored, score_dataset
+from serving.policy import Policy
+from serving.scoring import REJECTED_AFTER, ScoredRows, score_rows
 
 log = logging.getLogger("churnguard.api")
 T = TypeVar("T")
@@ -132,7 +130,7 @@ def _one_line(e: BaseException) -> str:
 
 @dataclass
 class Lookup:
-    scored: Scored
+    scored: ScoredRows
     not_found: list[str] = field(default_factory=list)
 
 
@@ -153,21 +151,17 @@ def score_stored(
     not_found = [c for c in customer_ids if c not in known]
     entities = entities_at(data, as_of)
     entered = set(entities["customer_id"].to_pylist())
-    later = [c for c in customer_ids if c in known and c not in entered]
+    later = [{"customer_id": c, "reason": REJECTED_AFTER} for c in customer_ids if c in known and c not in entered]
     if entities.num_rows:
-        scored = score_dataset(data, entities, model, policy, engine=engine, reasons=reasons)
+        scored = score_rows(data, entities, model, policy, engine=engine, reasons=reasons)
     else:
-        empty = pd.DataFrame(columns=[*SCORECARD_COLUMNS, *POLICY_COLUMNS])
-        scored = Scored(empty, pd.DataFrame({"customer_id": pd.Series([], dtype=object), "reason": []}))
-    rejected = pd.concat(
-        [pd.DataFrame({"customer_id": later, "reason": REJECTED_AFTER}), scored.rejected], ignore_index=True
-    )
+        scored = ScoredRows([], [])
+    rejected = later + scored.rejected
     if len(customer_ids) > 1:  # answers in the order the ids were asked
         order = {c: i for i, c in enumerate(customer_ids)}
-        if len(scored.scores):
-            scored.scores = scored.scores.sort_values("customer_id", key=lambda s: s.map(order)).reset_index(drop=True)
-        rejected = rejected.sort_values("customer_id", key=lambda s: s.map(order)).reset_index(drop=True)
-    return Lookup(Scored(scored.scores, rejected, scored.features), not_found)
+        scored.scores.sort(key=lambda card: order[card["customer_id"]])
+        rejected.sort(key=lambda r: order[r["customer_id"]])
+    return Lookup(ScoredRows(scored.scores, rejected), not_found)
 
 
 # ------------------------------------------------------------------------------------------------ new rows

@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from model.columns import Columns, column
 from model.scorecard import STAGES, TIERS
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
@@ -75,28 +76,33 @@ class Policy(_Strict):
 
     def assign(self, scores: pd.DataFrame) -> pd.DataFrame:
         """recommended_action, action_cost and expected_value_saved for each scorecard row."""
-        band = self.value_band(scores["expected_value_12m"].to_numpy(float))
-        action = np.full(len(scores), None, dtype=object)
+        return pd.DataFrame(self.assign_columns(scores), index=scores.index)
+
+    def assign_columns(self, scores: Columns) -> dict[str, np.ndarray]:
+        """``assign`` as plain columns, for scorecards in either form of ``model/columns.py`` (a frame, or the
+        columns ``ChurnModel.score_columns`` returns): value_band, recommended_action, action_cost,
+        expected_value_saved."""
+        band = self.value_band(column(scores, "expected_value_12m"))
+        stage = column(scores, "lifecycle_stage", None)
+        tier = column(scores, "risk_tier", None)
+        action = np.full(len(band), None, dtype=object)
         for rule in self.rules:
             match = np.array([a is None for a in action], dtype=bool)  # dtype: an empty frame is fine too
             if rule.stage:
-                match &= scores["lifecycle_stage"].isin(rule.stage).to_numpy()
+                match &= np.isin(stage, rule.stage)
             if rule.tier:
-                match &= scores["risk_tier"].isin(rule.tier).to_numpy()
+                match &= np.isin(tier, rule.tier)
             if rule.value:
                 match &= np.isin(band, rule.value)
             action[match] = rule.action
         cost = np.array([self.actions[a].cost for a in action], dtype=float)
         save = np.array([self.actions[a].save_rate for a in action], dtype=float)
-        return pd.DataFrame(
-            {
-                "value_band": band,
-                "recommended_action": action,
-                "action_cost": cost,
-                "expected_value_saved": scores["value_at_risk"].to_numpy(float) * save - cost,
-            },
-            index=scores.index,
-        )
+        return {
+            "value_band": band,
+            "recommended_action": action,
+            "action_cost": cost,
+            "expected_value_saved": column(scores, "value_at_risk") * save - cost,
+        }
 
 
 def load_policy(path: Path | None = None) -> Policy:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,8 @@ from features.build import build_features, entities_at
 from features.dataset import Dataset
 from features.engines import Engine
 from model.churn_model import ChurnModel
-from model.scorecard import NOT_SCORABLE, SCORECARD, SCORECARD_COLUMNS, TIERS
+from model.columns import from_arrow, take
+from model.scorecard import NOT_SCORABLE, SCORECARD, SCORECARD_COLUMNS, TIERS, is_prospect
 from serving.policy import POLICY_COLUMNS, Policy, outreach_candidates, select_outreach
 from serving.settings import ScoringSettings
 
@@ -72,11 +73,57 @@ def score_dataset(
     reasons: bool = False,
 ) -> Scored:
     features = build_features(data, entities, event_types=model.event_types, engine=engine).to_pandas()
-    prospect = features["frequency"].to_numpy() < 1
+    prospect = is_prospect(features)
     rejected = pd.DataFrame({"customer_id": features.loc[prospect, "customer_id"], "reason": NOT_SCORABLE})
     scorable = features.loc[~prospect].reset_index(drop=True)
     cards = model.score(scorable, reasons=reasons)
     return Scored(with_actions(cards, policy), rejected.reset_index(drop=True), scorable)
+
+
+@dataclass
+class ScoredRows:
+    """``Scored`` as plain Python rows, for an API answer: scorecards (``SCORECARD_COLUMNS``, in that order) and
+    the customers not scored (``customer_id``, ``reason``)."""
+
+    scores: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+
+
+def score_rows(
+    data: Dataset,
+    entities: pa.Table,
+    model: ChurnModel,
+    policy: Policy,
+    *,
+    engine: Engine | None = None,
+    reasons: bool = False,
+) -> ScoredRows:
+    """``score_dataset`` for the few customers of one request, without pandas (whose fixed cost per operation
+    dominated a one-customer answer): the same features, prospect rule, model and policy, on plain columns
+    (``model/columns.py``), so the same scorecards (``tests/test_columns.py`` compares the two on many customers)."""
+    features = from_arrow(build_features(data, entities, event_types=model.event_types, engine=engine))
+    prospect = is_prospect(features)
+    rejected = [{"customer_id": c, "reason": NOT_SCORABLE} for c in features["customer_id"][prospect]]
+    scorable = take(features, ~prospect)
+    if not prospect.all():
+        cards = model.score_columns(scorable, reasons=reasons)
+        cards.update(policy.assign_columns(cards))
+        scores = records(cards, SCORECARD_COLUMNS)
+    else:
+        scores = []
+    return ScoredRows(scores, rejected)
+
+
+def records(columns: dict[str, Any], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Columns (name -> array) as rows of Python values (numpy numbers as floats and ints, time stamps as
+    ``datetime``), with the given names in that order."""
+    values = []
+    for name in names:
+        v = columns[name]
+        if isinstance(v, np.ndarray):
+            v = v.astype("datetime64[us]").tolist() if v.dtype.kind == "M" else v.tolist()
+        values.append(v)
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def with_actions(cards: pd.DataFrame, policy: Policy) -> pd.DataFrame:

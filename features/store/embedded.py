@@ -484,8 +484,8 @@ class EmbeddedStore:
                 if table is None:
                     added[name] = present[name] = 0
                     continue
-                hot = _hot_rows(con, name, ids)
                 if name == "customers":
+                    hot = _hot_rows(con, name, ids)
                     current = snap.current_customers(hot, lambda seg: seg.rows_for(ids))
                     known = dict(zip(current["customer_id"].to_pylist(), current[ROW_ID].to_pylist(), strict=True))
                     pairs = zip(table["customer_id"].to_pylist(), table[ROW_ID].to_pylist(), strict=True)
@@ -494,13 +494,14 @@ class EmbeddedStore:
                     updated = sum(c in known for c in rows["customer_id"].to_pylist())
                     _insert_hot(con, name, rows, replace=True)
                 else:
+                    pairs = list(zip(table["customer_id"].to_pylist(), table[ROW_ID].to_pylist(), strict=True))
                     stored = [seg.rows_for(ids).select(["customer_id", ROW_ID]) for seg in snap.segments[name]]
-                    seen = {
+                    seen = _hot_pairs(con, name, pairs)  # by the unique index: not every hot row of these customers
+                    seen.update(
                         pair
-                        for t in (*stored, hot)
+                        for t in stored
                         for pair in zip(t["customer_id"].to_pylist(), t[ROW_ID].to_pylist(), strict=True)
-                    }
-                    pairs = zip(table["customer_id"].to_pylist(), table[ROW_ID].to_pylist(), strict=True)
+                    )
                     rows = table.filter(pa.array([p not in seen for p in pairs], pa.bool_()))
                     _insert_hot(con, name, rows)
                 added[name] = rows.num_rows - (updated if name == "customers" else 0)
@@ -775,6 +776,17 @@ def _hot_rows(con: sqlite3.Connection, name: str, ids: Sequence[str] | None = No
         else:
             arrays.append(pa.array(values, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _hot_pairs(con: sqlite3.Connection, name: str, pairs: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Which of these (customer_id, row_id) pairs the API rows of a table hold already."""
+    found: set[tuple[str, int]] = set()
+    for start in range(0, len(pairs), 400):
+        part = pairs[start : start + 400]
+        values = ", ".join("(?, ?)" for _ in part)
+        query = f"SELECT customer_id, row_id FROM hot_{name} WHERE (customer_id, row_id) IN (VALUES {values})"
+        found.update(con.execute(query, [v for pair in part for v in pair]).fetchall())
+    return found
 
 
 def _insert_hot(con: sqlite3.Connection, name: str, rows: pa.Table, *, replace: bool = False) -> None:
