@@ -489,20 +489,18 @@ def _frame(
 
 def _with_prospects(frame: pd.DataFrame, facts: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
     """``frame`` with a row per prospect after the scored ones: the history facts, every scorecard field null."""
-    extra = {}
+    out = {}
     for col in frame.columns:
         if col == "customer_id":
-            extra[col] = pd.Series(ids, dtype=object)
+            extra = ids
         elif col in facts.columns:
-            extra[col] = pd.Series(facts[col].to_numpy(), dtype=facts[col].dtype)
+            extra = facts[col].to_numpy()
         elif pd.api.types.is_numeric_dtype(frame[col].dtype):
-            extra[col] = pd.Series(np.full(len(ids), np.nan))
+            extra = np.full(len(ids), np.nan)
         else:
-            extra[col] = pd.Series([None] * len(ids), dtype=object)
-    prospects = pd.DataFrame(extra)
-    if len(frame) == 0:
-        return prospects
-    return pd.concat([frame, prospects], ignore_index=True)
+            extra = np.full(len(ids), None, dtype=object)
+        out[col] = np.concatenate([frame[col].to_numpy(), extra])
+    return pd.DataFrame(out)
 
 
 def _condition(kind: Any, f: pd.DataFrame, as_of: datetime) -> tuple[np.ndarray, tuple[str, ...]]:
