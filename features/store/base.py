@@ -128,6 +128,11 @@ class Store(Protocol):
         """Record a delivery attempt's outcome; unknown ids and control items are a ``StoreError``."""
         ...
 
+    def retry_dead(self, now: datetime) -> int:
+        """Every dead-lettered item back to ``pending``, attempts reset to 0, due at ``now`` (its ``last_error``
+        kept until the next attempt); returns how many."""
+        ...
+
     def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:
         """Items with ``as_of >= since`` (all customers, or those given): ``FIRINGS_SCHEMA``."""
         ...

@@ -82,6 +82,7 @@ from features.store.base import (
 from features.store.identity import ROW_ID, current_probe, row_ids
 from features.store.outbox import (
     CONTROL,
+    DEAD,
     EVALUATION_INPUT,
     EVALUATIONS_SCHEMA,
     FIRINGS_SCHEMA,
@@ -433,6 +434,13 @@ class EmbeddedStore:
                 "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
                 (state, int(attempts), _micros(next_attempt_at), last_error, id),
             )
+
+    def retry_dead(self, now: datetime) -> int:
+        with self._transaction(immediate=True) as con:
+            return con.execute(
+                f"UPDATE outbox SET state = '{PENDING}', attempts = 0, next_attempt_at = ? WHERE state = '{DEAD}'",
+                (_micros(now),),
+            ).rowcount
 
     def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:
         query = "SELECT customer_id, rule, as_of, control FROM outbox WHERE as_of >= ?"

@@ -48,6 +48,7 @@ from features.store.base import (
 from features.store.identity import ROW_ID, current_probe, row_ids
 from features.store.outbox import (
     CONTROL,
+    DEAD,
     EVALUATION_INPUT,
     EVALUATIONS_SCHEMA,
     FIRINGS_SCHEMA,
@@ -407,6 +408,15 @@ class PostgresStore:
                 "WHERE id = %s",
                 (state, int(attempts), _naive(next_attempt_at), last_error, id),
             )
+
+    def retry_dead(self, now: datetime) -> int:
+        with self._small() as con, con.transaction():
+            cur = con.execute(
+                f"UPDATE {SCHEMA}.outbox SET state = '{PENDING}', attempts = 0, next_attempt_at = %s "
+                f"WHERE state = '{DEAD}'",
+                (_naive(now),),
+            )
+            return cur.rowcount
 
     def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:
         query = f"SELECT customer_id, rule, as_of, control FROM {SCHEMA}.outbox WHERE as_of >= %s"
