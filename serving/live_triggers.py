@@ -66,6 +66,7 @@ class LiveTriggers:
         engine: Engine | None = None,
         batch: int = 100,
         poll_s: float = 2.0,
+        delay_s: float = 0.0,
         clock: Callable[[], datetime] = now_utc,
     ) -> None:
         self.store = store
@@ -75,6 +76,7 @@ class LiveTriggers:
         self.engine = engine
         self.batch = batch
         self.poll_s = poll_s
+        self.delay_s = delay_s
         self.clock = clock
         self.last_error: str | None = None
         self._wake = threading.Event()
@@ -84,6 +86,7 @@ class LiveTriggers:
     def start(self) -> None:
         """Drain what earlier runs left, then whatever requests queue, until :meth:`stop`."""
         self._thread = threading.Thread(target=self._loop, name="churnguard-live-triggers", daemon=True)
+        self._wake.set()  # leftovers first
         self._thread.start()
 
     def notify(self) -> None:
@@ -128,17 +131,24 @@ class LiveTriggers:
         return Drained(len(ids), run.added)
 
     def _loop(self) -> None:
+        """Woken by a request (or every ``poll_s``), wait ``delay_s`` so that the requests arriving meanwhile share
+        the pass (an evaluation's fixed cost, ~25 ms of CPU, dwarfs each customer's, ~0.7 ms: one pass per second
+        under a steady stream instead of one per request keeps the worker from competing with the requests for the
+        CPU all along), then pass after pass while full batches are due."""
         while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
             self._wake.clear()
+            if self.delay_s:
+                self._stop.wait(self.delay_s)
             try:
-                self.drain()
+                while not self._stop.is_set() and self.drain_once().customers == self.batch:
+                    pass
                 self.last_error = None
             except StoreUnavailable as e:
                 self._failed(f"the customer store at {e.location} cannot be reached: {e.reason}")
             except Exception as e:  # a bug must not end the worker silently: logged, retried after the lease
                 log.exception("live triggers: evaluation failed")
                 self._failed(f"{type(e).__name__}: {e}")
-            self._wake.wait(self.poll_s)
 
     def _failed(self, reason: str) -> None:
         if reason != self.last_error:

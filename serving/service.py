@@ -158,6 +158,7 @@ class ChurnService:
             engine=self.engine,
             batch=s.serving.live_triggers_batch,
             poll_s=s.serving.live_triggers_poll_s,
+            delay_s=s.serving.live_triggers_delay_s,
         )
         live.start()
         return live

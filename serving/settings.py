@@ -92,6 +92,12 @@ class ServingSettings(Section):
         "in the store with the rows; serving/live_triggers.py). false: only `churn triggers` evaluates.",
     )
     live_triggers_batch: int = Field(100, ge=1, le=10_000, description="Customers evaluated per live pass.")
+    live_triggers_delay_s: float = Field(
+        1.0,
+        ge=0,
+        description="The live worker waits this long after a request wakes it, so that the requests arriving "
+        "meanwhile share one evaluation pass (firings reach the outbox about this much later).",
+    )
     live_triggers_poll_s: float = Field(
         2.0,
         gt=0,
