@@ -11,6 +11,11 @@ than the request itself, so the request does not wait for it. Instead:
    (``serving/triggers.py::evaluate_customers``: same rules, same outbox ids, cool-downs, cap and control draw), and
    commits the firings together with the deletion of the claimed rows (``add_outbox(..., evaluated=...)``).
 
+The worker waits ``serving.live_triggers_delay_s`` (1 s) after a request wakes it, so that a stream of requests
+shares one pass: a pass's fixed cost (~25 ms of CPU) dwarfs a customer's (~0.7 ms), and one pass a second rather
+than one per request keeps the worker from competing with the requests for the CPU all the time. Firings reach the
+outbox about that much after the request.
+
 So nothing is lost: rows committed have their evaluation queued; a worker killed mid-evaluation leaves its claimed
 rows, which the next worker (or this one after a restart, which drains leftovers before anything else) claims once
 the lease (:data:`LEASE_S`) has run out. Several workers or processes never evaluate one customer at once (the

@@ -134,16 +134,21 @@ def test_two_workers_share_the_queue_and_fire_each_item_once(settings, tmp_path)
         h.close()
 
 
-def test_the_worker_thread_wakes_on_notify_and_stops(handle):
-    live = worker(handle, poll_s=60)  # only a notify can wake it within the test
+def test_the_worker_thread_drains_leftovers_at_start_then_wakes_on_notify_and_stops(handle):
+    def wait_for(n: int) -> list[str]:
+        deadline = time.monotonic() + 30
+        while len(outbox(handle)) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return sorted(i["customer_id"] for i in outbox(handle))
+
+    handle.run(lambda s: s.append(**cart_customer("left"), evaluate=True))  # queued before the service started
+    live = worker(handle, poll_s=60, delay_s=0.2)  # only the start and a notify can wake it within the test
     live.start()
     try:
+        assert wait_for(1) == ["left"]
         handle.run(lambda s: s.append(**cart_customer("a"), evaluate=True))
         live.notify()
-        deadline = time.monotonic() + 30
-        while not outbox(handle) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert [i["customer_id"] for i in outbox(handle)] == ["a"]
+        assert wait_for(2) == ["a", "left"]
         assert live.backlog() == 0 and live.last_error is None
     finally:
         live.stop()
