@@ -936,6 +936,14 @@ def monitor(
 def deliver(
     once: Annotated[bool, typer.Option("--once", help="One pass over the due items, then exit.")] = False,
     url: Annotated[str | None, typer.Option(help="Webhook URL (default: setting delivery.webhook_url).")] = None,
+    retry_dead: Annotated[
+        bool,
+        typer.Option(
+            "--retry-dead",
+            help="Move every dead-lettered item back to pending (attempts reset, due now), print how many, exit; "
+            "the next `churn deliver` sends them.",
+        ),
+    ] = False,
 ) -> None:
     """Push fired triggers (the store's outbox, control items excepted) to the CRM's webhook, signed as in the
     Standard Webhooks specification; failures are retried with exponential back-off, then dead-lettered. Runs
@@ -948,6 +956,16 @@ def deliver(
 
     settings = _settings(delivery={"webhook_url": url})
     s = settings.delivery
+    if retry_dead:
+        from features.contract import now_utc
+
+        store = open_store(settings.store, settings.data_dir, create=False)
+        try:
+            moved = store.retry_dead(now_utc())
+        finally:
+            store.close()
+        console.print(f"{moved:,} dead-lettered item{'s' if moved != 1 else ''} back to pending in {store.location}")
+        return
     if not s.webhook_url or s.secret is None:
         raise ValueError(
             "set delivery.webhook_url and delivery.secret "

@@ -245,6 +245,7 @@ def print_trigger_run(run: Any, rules: Any, location: str) -> None:
         table.add_row(name, rules.rules[name].action, *(f"{v:,}" for v in values))
     console.print(table)
     console.print(
-        f"{run.customers_evaluated:,} customers evaluated ({run.customers_not_evaluated:,} prospects not); "
+        f"{run.customers_evaluated:,} customers evaluated, {run.prospects_evaluated:,} prospects on the event-only "
+        f"rules ({run.customers_not_evaluated:,} not evaluated); "
         f"{run.added:,} new outbox items in {location}"
     )

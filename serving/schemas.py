@@ -171,6 +171,12 @@ class Readiness(BaseModel):
     loaded_at: datetime | None = None
     last_check: datetime | None = None
     reload_error: str | None = None
+    pending_evaluations: int | None = Field(
+        None,
+        description="Customers waiting for a live trigger evaluation (serving.live_triggers; null when it is off "
+        "or the store cannot be reached).",
+    )
+    live_triggers_error: str | None = Field(None, description="Why the live trigger worker is paused, if it is.")
 
 
 # ------------------------------------------------------------------------------------------------ the store routes

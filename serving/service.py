@@ -13,8 +13,10 @@
 
 The routes are a FastAPI app mounted into the BentoML service (BentoML's own ``@bentoml.api`` routes are POST-only
 and cannot carry path parameters or a valid OpenAPI document); BentoML still runs the server: workers, metrics,
-health, timeouts, ``bentoml build``. Request validation, our own checks and every other error answer
-``application/problem+json`` (``serving/problems.py``, ``serving/middleware.py``).
+health, timeouts, ``bentoml build``. The customers ``POST /v1/events`` touches are queued with its rows and
+evaluated against the trigger rules by a background worker (``serving/live_triggers.py``), off the request path.
+Request validation, our own checks and every other error answer ``application/problem+json``
+(``serving/problems.py``, ``serving/middleware.py``).
 
 The model: followed from the registry (``scoring.model_uri``, default the champion alias) and swapped without a
 restart when the alias moves (``serving/reload.py``); or, in a built bento (``serving.model_source = "bento"``),
@@ -28,6 +30,7 @@ says not ready, naming the store; the other routes keep working.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import date, datetime
 from pathlib import Path
@@ -52,6 +55,7 @@ from model.registry import load_local_model, load_model, registered_version
 from model.scorecard import NOT_SCORABLE, SCORECARD_COLUMNS
 from serving.bento import BENTO_MODEL
 from serving.customers import StoreHandle, StoreUnavailable, check_rows, score_stored
+from serving.live_triggers import LiveTriggers
 from serving.middleware import ApiGuard
 from serving.openapi import install_openapi
 from serving.outbox import DEFAULT_LIMIT, MAX_LIMIT
@@ -112,6 +116,7 @@ class ChurnService:
         self.store = StoreHandle(self.settings.store, self.settings.data_dir)
         self.follower = self._follower()
         self.follower.start()
+        self.live = self._live_triggers()
         log.info("serving %s from %s", self.follower.current.version, self.follower.source)
 
     def _follower(self) -> ModelFollower:
@@ -136,6 +141,28 @@ class ChurnService:
             interval_s=s.serving.reload_interval_s,
         )
 
+    def _live_triggers(self) -> LiveTriggers | None:
+        """The background trigger evaluation of the customers ``POST /v1/events`` touches (serving/live_triggers.py);
+        the rules file is validated here, at start-up."""
+        s = self.settings
+        if not s.serving.live_triggers:
+            return None
+        from serving.triggers import load_triggers
+
+        rules = load_triggers(s.scoring.triggers_file, policy=self.policy)
+        live = LiveTriggers(
+            self.store,
+            lambda: self.follower.current.model,
+            rules,
+            self.policy,
+            engine=self.engine,
+            batch=s.serving.live_triggers_batch,
+            poll_s=s.serving.live_triggers_poll_s,
+            delay_s=s.serving.live_triggers_delay_s,
+        )
+        live.start()
+        return live
+
     def _prepare(self, model: ChurnModel) -> ChurnModel:
         """Apply the tier overrides, then compile the feature SQL and touch every model part once, so the first
         request on a new model is as fast as the rest."""
@@ -148,12 +175,18 @@ class ChurnService:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self.follower.stop()
+        if self.live is not None:
+            self.live.stop()
         self.store.close()
 
     def readiness(self) -> Readiness:
         f = self.follower
         served = f.current
         store_problem = self.store.check()
+        backlog = None
+        if self.live is not None and store_problem is None:
+            with contextlib.suppress(StoreUnavailable):  # reported by the next check; the backlog is information
+                backlog = self.live.backlog()
         return Readiness(
             status="ready" if store_problem is None else "not_ready",
             detail=store_problem,
@@ -163,6 +196,8 @@ class ChurnService:
             loaded_at=served.loaded_at,
             last_check=f.last_check,
             reload_error=f.reload_error,
+            pending_evaluations=backlog,
+            live_triggers_error=self.live.last_error if self.live is not None else None,
         )
 
     # ------------------------------------------------------------------------------------------- routes
@@ -303,7 +338,9 @@ class ChurnService:
         """Rows for the customer store, each with its `customer_id`, checked one by one against the data contract
         (the checks batch validation makes on files): kept rows are stored in one transaction, rejected rows come
         back with their index, field and reason. A row already stored (a retried request) is not added again.
-        The next score of these customers sees the new rows."""
+        The next score of these customers sees the new rows. The trigger rules are then evaluated for the
+        customers whose rows changed, in the background (`serving.live_triggers`): firings appear in
+        `GET /v1/outbox` moments later; `/readyz` shows the backlog."""
         tables = {"transactions": body.transactions, "events": body.events, "customers": body.customers}
         if not any(tables.values()):
             raise Problem(
@@ -315,8 +352,11 @@ class ChurnService:
         checked = check_rows(tables, now=now)
         kept = checked.kept
         if any(kept.values()):
-            result = self.store.run(lambda store: store.append(**kept))
+            live = self.live
+            result = self.store.run(lambda store: store.append(**kept, evaluate=live is not None))
             added, present, updated = result.added, result.present, result.updated_customers
+            if live is not None and result.queued:
+                live.notify()  # the trigger rules run for these customers in the background
         else:
             self.store.run(lambda store: store.rows_for([]))  # nothing to write, but the store must be there
             added = present = dict.fromkeys(tables, 0)

@@ -86,6 +86,24 @@ class ServingSettings(Section):
         description="registry: load and follow scoring.model_uri (default the champion alias); bento: serve the "
         "model packed into the bento (`churn bento`), without a registry.",
     )
+    live_triggers: bool = Field(
+        True,
+        description="Evaluate the trigger rules for the customers of each POST /v1/events, in the background (queued "
+        "in the store with the rows; serving/live_triggers.py). false: only `churn triggers` evaluates.",
+    )
+    live_triggers_batch: int = Field(100, ge=1, le=10_000, description="Customers evaluated per live pass.")
+    live_triggers_delay_s: float = Field(
+        1.0,
+        ge=0,
+        description="The live worker waits this long after a request wakes it, so that the requests arriving "
+        "meanwhile share one evaluation pass (firings reach the outbox about this much later).",
+    )
+    live_triggers_poll_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the live worker looks for customers queued by other processes, left by a stopped "
+        "one, or held back by a failure (its own requests wake it at once).",
+    )
     max_body_bytes: int = Field(20_000_000, ge=1000, description="Larger request bodies get 413.")
     timeout_s: int = Field(30, ge=1, description="Requests running longer are cut off by the server.")
 

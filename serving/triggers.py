@@ -30,11 +30,15 @@ Condition kinds (``when.type``):
 ``value_at_risk_above``       value_at_risk (churn probability x expected 12-month value) > ``threshold``
 ============================  =========================================================================================
 
-Only scored customers are evaluated (a prospect has no scorecard). The median gap is computed here from the same
+A prospect (no purchase before as_of, so no scorecard) is evaluated on the event-only conditions (``cart_abandoned``):
+a visitor who filled a cart and never ordered gets the reminder too, with the scorecard fields null in ``fields``.
+A rule with ``tiers`` or ``stages`` filters never fires for a prospect; every other condition needs a scorecard.
+The median gap is computed here from the same
 purchase days the features' ``gap_*`` use (calendar days with an order line of amount >= 0 before as_of): the
 feature set holds the mean gap only.
 
-Evaluation (:func:`evaluate_triggers` in batch, :func:`evaluate_customers` for a few customers after new events)
+Evaluation (:func:`evaluate_triggers` in batch, :func:`evaluate_customers` for a few customers after new events, run
+off the request path by ``serving/live_triggers.py``)
 scores each chunk of customers with the registered model exactly as batch scoring does, applies the rules, the
 cool-downs and the cap, and commits the chunk's firings and its customers' evaluation state in one store
 transaction. A killed run, run again, completes without duplicates: its committed firings are found by the
@@ -65,7 +69,7 @@ from features.dataset import Dataset
 from features.engines import Engine
 from features.store.outbox import EVALUATION_INPUT, ITEM_SCHEMA, outbox_id
 from model.churn_model import ChurnModel
-from model.scorecard import STAGES, TIERS
+from model.scorecard import NOT_SCORABLE, STAGES, TIERS
 from serving.policy import Policy
 from serving.scoring import Scored, score_dataset
 
@@ -124,6 +128,9 @@ class ValueAtRiskAbove(_Strict):
     type: Literal["value_at_risk_above"]
     threshold: float = Field(ge=0)
 
+
+# conditions over the customer's events alone: evaluated for prospects (no scorecard) too
+EVENT_ONLY = (CartAbandoned,)
 
 Condition = Annotated[
     InactivePastUsualGap | CartAbandoned | NthOrderRecent | NoRepeatAfter | TierRose | ValueAtRiskAbove,
@@ -294,8 +301,9 @@ class RuleCounts:
 class TriggerRun:
     as_of: datetime
     fired_at: datetime
-    customers_evaluated: int = 0
-    customers_not_evaluated: int = 0  # prospects: no scorecard
+    customers_evaluated: int = 0  # scored: every rule
+    prospects_evaluated: int = 0  # no purchase yet (no scorecard): the event-only rules
+    customers_not_evaluated: int = 0  # prospects, when no rule is event-only
     added: int = 0  # items the store added (equals len(fired) unless another run raced this one)
     rules: dict[str, RuleCounts] = field(default_factory=dict)
     fired: list[pa.Table] = field(default_factory=list)
@@ -345,18 +353,24 @@ def evaluate_customers(
     engine: Engine | None = None,
     data: Dataset | None = None,
     scored: Scored | None = None,
+    claimed: pa.Table | None = None,
 ) -> TriggerRun:
     """Evaluate a few customers (those a ``POST /v1/events`` touched) at ``now`` and commit what fires.
 
     ``data`` is their rows (default: read from the store) and ``scored`` their scorecards at ``now`` when the
-    caller has them already (the route that scored them): then nothing is computed twice. Time-based rules (an
-    abandoned cart ``hours`` old, inactivity) fire from the batch run; an event reveals at once a second order, a
-    risk jump or a high value at risk. Customers with no order before ``now`` are not evaluated."""
+    caller has them already: then nothing is computed twice. ``claimed``: the pending evaluations these customers
+    came from (``store.claim_evaluations``), retired in the transaction that writes the firings. The rules, ids,
+    cool-downs, cap and control draw are the batch's, so a customer evaluated live and then by ``churn triggers``
+    the same day fires once. An event reveals at once a second order, a risk jump or a high value at risk; a cart
+    becomes abandoned only ``hours`` later, so mostly the next batch run (or a later event) finds it. Customers with
+    no order before ``now`` are evaluated on the event-only rules (prospects)."""
     now = _naive(now)
     ids = sorted(set(customer_ids))
     run = TriggerRun(now, now.replace(microsecond=0))
     run.rules = {name: RuleCounts() for name in rules.rules}
     if not ids:
+        if claimed is not None and claimed.num_rows:
+            run.added += store.add_outbox(ITEM_SCHEMA.empty_table(), evaluated=claimed)
         return run
     data = data if data is not None else store.rows_for(ids)
     # every given customer at now: build_features gives a customer with no order before now frequency 0, and
@@ -367,7 +381,7 @@ def evaluate_customers(
     firings = store.firings_since(now - timedelta(days=rules.lookback_days), ids).to_pandas()
     previous = store.evaluations(ids).to_pandas().set_index("customer_id")
     facts = history_facts(data, now, rules)
-    _evaluate_chunk(data, entities, facts, model, rules, store, policy, run, firings, previous, engine, scored)
+    _evaluate_chunk(data, entities, facts, model, rules, store, policy, run, firings, previous, engine, scored, claimed)
     return run
 
 
@@ -399,21 +413,32 @@ def _evaluate_chunk(
     previous: pd.DataFrame,
     engine: Engine | None,
     scored: Scored | None = None,
+    claimed: pa.Table | None = None,
 ) -> None:
     if scored is None:
         scored = score_dataset(data, entities, model, policy, engine=engine)
     elif scored.features is None:
         raise ValueError("scored: the feature rows are needed (score_dataset returns them)")
     cards, feats = scored.scores, scored.features
+    prospects = np.empty(0, dtype=object)
+    if any(isinstance(r.when, EVENT_ONLY) for r in rules.rules.values()):
+        rejected = scored.rejected
+        prospects = rejected.loc[rejected["reason"] == NOT_SCORABLE, "customer_id"].to_numpy(object)
     run.customers_evaluated += len(cards)
-    run.customers_not_evaluated += len(scored.rejected)
-    if len(cards) == 0:
+    run.prospects_evaluated += len(prospects)
+    run.customers_not_evaluated += len(scored.rejected) - len(prospects)
+    if len(cards) == 0 and len(prospects) == 0 and (claimed is None or claimed.num_rows == 0):
         return
     ids = cards["customer_id"].to_numpy(object)
     frame = _frame(cards, feats, facts.reindex(ids), previous.reindex(ids), run.as_of)
+    if len(prospects):
+        frame = _with_prospects(frame, facts.reindex(prospects), prospects)
+    scored_rows = np.arange(len(frame)) < len(cards)
     candidates = []
     for priority, (name, rule) in enumerate(rules.rules.items()):
         mask, shown = _condition(rule.when, frame, run.as_of)
+        if not isinstance(rule.when, EVENT_ONLY):
+            mask &= scored_rows
         if rule.tiers:
             mask &= frame["risk_tier"].isin(rule.tiers).to_numpy()
         if rule.stages:
@@ -431,7 +456,8 @@ def _evaluate_chunk(
         schema=EVALUATION_INPUT,
     )  # fmt: skip
     table = items if items is not None else ITEM_SCHEMA.empty_table()
-    run.added += store.add_outbox(table, evaluations=evaluations)
+    retire = {"evaluated": claimed} if claimed is not None else {}  # live evaluations only
+    run.added += store.add_outbox(table, evaluations=evaluations, **retire)
     if table.num_rows:
         run.fired.append(table)
 
@@ -459,6 +485,22 @@ def _frame(
     out["previous_tier"] = prev_tier
     out["previous_as_of"] = prev_at
     return out
+
+
+def _with_prospects(frame: pd.DataFrame, facts: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
+    """``frame`` with a row per prospect after the scored ones: the history facts, every scorecard field null."""
+    out = {}
+    for col in frame.columns:
+        if col == "customer_id":
+            extra = ids
+        elif col in facts.columns:
+            extra = facts[col].to_numpy()
+        elif pd.api.types.is_numeric_dtype(frame[col].dtype):
+            extra = np.full(len(ids), np.nan)
+        else:
+            extra = np.full(len(ids), None, dtype=object)
+        out[col] = np.concatenate([frame[col].to_numpy(), extra])
+    return pd.DataFrame(out)
 
 
 def _condition(kind: Any, f: pd.DataFrame, as_of: datetime) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -471,3 +471,63 @@ def test_outbox_pages_through_fired_triggers_with_a_cursor(client, store):
         r = client.get("/v1/outbox", params=params)
         assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")
         assert any(field in json.dumps(e) for e in r.json()["errors"]), r.text
+
+
+def _outbox_of(client, customer_id: str) -> list[dict]:
+    seen, cursor = [], 0
+    while True:
+        body = client.get("/v1/outbox", params={"after": cursor, "limit": 500}).json()
+        seen += [i for i in body["items"] if i["customer_id"] == customer_id]
+        cursor = body["next_after"]
+        if not body["has_more"]:
+            return seen
+
+
+def _drained(client, customer_id: str, timeout_s: float = 60) -> list[dict]:
+    """The customer's outbox items once the live worker has emptied its queue (a POST's customers are queued in the
+    transaction that stores its rows, so an empty queue after the POST means they were evaluated)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (ready := client.get("/readyz").json())["pending_evaluations"] != 0:
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.1)
+    assert ready["live_triggers_error"] is None
+    return _outbox_of(client, customer_id)
+
+
+def test_events_are_evaluated_live_and_each_firing_is_written_once(client, store, model):
+    """POST /v1/events with a cart_add 30 hours old: the background worker fires cart_abandoned into the outbox
+    (the batch's id for the day); the same request again, and a later event, fire nothing new; nor does the day's
+    batch run afterwards."""
+    from features.contract import now_utc
+    from features.store.outbox import outbox_id
+    from serving.policy import load_policy
+    from serving.triggers import evaluate_triggers, load_triggers
+
+    now = now_utc().replace(tzinfo=None)
+    cid = f"api-cart-{uuid.uuid4().hex[:8]}"
+    body = {
+        "transactions": [{"customer_id": cid, "timestamp": (now - timedelta(days=40)).isoformat(), "amount": 30.0}],
+        "events": [
+            {"customer_id": cid, "timestamp": (now - timedelta(hours=30)).isoformat(), "event_type": "cart_add"}
+        ],
+    }
+    assert client.post("/v1/events", json=body).json()["added"] == {"transactions": 1, "events": 1, "customers": 0}
+    (item,) = _drained(client, cid)
+    assert item["rule"] == "cart_abandoned" and item["action"] == "cart_reminder"
+    as_of = datetime.fromisoformat(item["as_of"].removesuffix("Z"))
+    assert item["id"] == outbox_id("cart_abandoned", cid, as_of) and as_of >= now
+    assert item["fields"]["hours_since_cart_add"] >= 30 and item["fields"]["risk_tier"] is not None
+
+    assert client.post("/v1/events", json=body).json()["added"] == {"transactions": 0, "events": 0, "customers": 0}
+    later = {"events": [{"customer_id": cid, "timestamp": now.isoformat(), "event_type": "session"}]}
+    assert client.post("/v1/events", json=later).json()["added"]["events"] == 1  # queued, evaluated again
+    assert _drained(client, cid) == [item]
+
+    policy = load_policy()
+    run = evaluate_triggers(
+        None, model, load_triggers(policy=policy), store, as_of + timedelta(minutes=1), policy=policy
+    )
+    assert cid not in {i["customer_id"] for i in run.items().to_pylist()}
+    assert _outbox_of(client, cid) == [item]

@@ -167,3 +167,64 @@ def test_items_and_state_are_one_transaction(store):
     with pytest.raises(Exception):  # noqa: B017 - NOT NULL violation of either backend's driver
         store.add_outbox(items_table([item("a")]), evaluations=bad)
     assert store.outbox_after(0, 10).num_rows == 0
+
+
+# --------------------------------------------------------------------------------------------- pending evaluations
+
+
+def _tx(customer: str, day: int, amount: float = 10.0) -> dict:
+    return {"customer_id": customer, "timestamp": T0 - timedelta(days=day), "amount": amount}
+
+
+def _claimed(table: pa.Table) -> list[tuple[str, int]]:
+    return list(zip(table["customer_id"].to_pylist(), table["seq"].to_pylist(), strict=True))
+
+
+def test_append_queues_the_customers_it_changed_in_the_same_transaction(store):
+    assert store.append(transactions=[_tx("a", 3)]).queued == 0  # not asked: nothing queued
+    assert store.pending_evaluations() == 0
+    result = store.append(
+        transactions=[_tx("a", 3), _tx("b", 2)],  # a's row is stored already
+        customers=[{"customer_id": "c", "signup_date": T0}],
+        evaluate=True,
+    )
+    assert result.added["transactions"] == 1 and result.queued == 2
+    retry = store.append(transactions=[_tx("a", 3), _tx("b", 2)], evaluate=True)  # a retried request
+    assert retry.queued == 0
+    assert store.pending_evaluations() == 2
+    claimed = store.claim_evaluations(T0, 10, 60)
+    assert claimed["customer_id"].to_pylist() == ["b", "c"]  # oldest touch first
+    assert claimed["claimed_until"].to_pylist() == [T0 + timedelta(seconds=60)] * 2
+
+
+def test_claims_are_exclusive_until_their_lease_runs_out(store):
+    store.append(transactions=[_tx(c, 1) for c in "abcde"], evaluate=True)
+    first = store.claim_evaluations(T0, 3, 30)
+    second = store.claim_evaluations(T0 + timedelta(seconds=1), 10, 30)
+    assert first["customer_id"].to_pylist() == ["a", "b", "c"]
+    assert second["customer_id"].to_pylist() == ["d", "e"]  # never one another worker holds
+    assert store.claim_evaluations(T0 + timedelta(seconds=29), 10, 30).num_rows == 0
+    expired = store.claim_evaluations(T0 + timedelta(seconds=30), 10, 30)  # a dead worker's claims run out
+    assert expired["customer_id"].to_pylist() == ["a", "b", "c"]
+    assert store.pending_evaluations() == 5
+
+
+def test_evaluated_rows_go_with_the_firings_and_a_new_touch_stays_due(store):
+    store.append(transactions=[_tx("a", 1), _tx("b", 1)], evaluate=True)
+    claimed = store.claim_evaluations(T0, 10, 60)
+    store.append(transactions=[_tx("b", 0)], evaluate=True)  # b touched again while being evaluated
+    assert store.add_outbox(items_table([item("a")]), evaluated=claimed) == 1
+    assert store.pending_evaluations() == 1  # a done; b's newer touch is still due, released at once
+    again = store.claim_evaluations(T0 + timedelta(seconds=1), 10, 60)
+    assert again["customer_id"].to_pylist() == ["b"] and again["seq"][0].as_py() > dict(_claimed(claimed))["b"]
+    store.add_outbox(items_table([]), evaluated=again)
+    assert store.pending_evaluations() == 0
+
+
+def test_a_failed_outbox_commit_keeps_the_pending_rows(store):
+    store.append(transactions=[_tx("a", 1)], evaluate=True)
+    claimed = store.claim_evaluations(T0, 10, 60)
+    broken = items_table([item("a")]).set_column(0, "id", pa.array([None], pa.string()))
+    with pytest.raises((StoreError, ValueError, pa.ArrowInvalid)):
+        store.add_outbox(broken, evaluated=claimed)
+    assert store.pending_evaluations() == 1 and store.outbox_after(0, 10).num_rows == 0

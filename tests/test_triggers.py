@@ -149,6 +149,44 @@ def test_cart_abandoned_after_n_hours_without_an_order_since(store):
     assert fields["hours_since_cart_add"] == 24.0 and fields["cart_added_at"] == at(24 * HOUR)
 
 
+def test_cart_abandoned_fires_for_prospects_with_the_scorecard_fields_null(any_store):
+    """A visitor with a cart and no order yet has no scorecard: the event-only rule fires for them all the same (in
+    batch and live), the rules that need a scorecard (or filter on one) never do."""
+    txs = [tx("buyer", at(20 * DAY), 30.0)]
+    evs = [
+        ev("prospect", at(30 * HOUR), "cart_add"),
+        ev("buyer", at(30 * HOUR), "cart_add"),
+        ev("fresh_prospect", at(2 * HOUR), "cart_add"),  # not abandoned yet
+        ev("browser", at(30 * HOUR), "session"),  # a prospect without a cart
+    ]
+    cart = ("cart", {"when": {"type": "cart_abandoned", "hours": 24, "within_days": 3}})
+    filtered = ("cart_medium", {"when": {"type": "cart_abandoned", "hours": 24, "within_days": 3},
+                                "tiers": ["low", "medium", "high", "critical"]})  # fmt: skip
+    always = ("always", {"when": {"type": "value_at_risk_above", "threshold": 0}})
+    rules = rules_of(cart, filtered, always)
+    run = fire(dataset(txs, evs), rules, any_store)
+    assert fired(run, "cart") == {"prospect", "buyer"}
+    assert fired(run, "cart_medium") == {"buyer"} and fired(run, "always") == {"buyer"}
+    assert run.customers_evaluated == 1 and run.prospects_evaluated == 3 and run.customers_not_evaluated == 0
+    by_customer = {r["customer_id"]: json.loads(r["fields"]) for r in run.items().to_pylist() if r["rule"] == "cart"}
+    assert by_customer["prospect"] == {"cart_added_at": at(30 * HOUR), "hours_since_cart_add": 30.0,
+                                       "last_order_at": None, "churn_probability": None, "risk_tier": None,
+                                       "lifecycle_stage": None}  # fmt: skip
+    assert by_customer["buyer"]["risk_tier"] == "low"
+    # live, from the store's rows: the same firing, and a rerun fires nothing new
+    any_store.append(transactions=txs, events=evs)
+    later = AS_OF + HOUR
+    live = evaluate_customers(any_store, hand_model(), rules, ["prospect", "browser"], later, policy=POLICY)
+    assert fired(live) == set() and live.rules["cart"].cooldown == 1  # fired by the batch run this morning
+    other = rules_of(("cart2", cart[1]))
+    live = evaluate_customers(any_store, hand_model(), other, ["prospect", "browser", "fresh_prospect"], later,
+                              policy=POLICY)  # fmt: skip
+    assert fired(live) == {"prospect"} and live.prospects_evaluated == 3
+    # without an event-only rule, prospects are not evaluated at all
+    none = fire(dataset(txs, evs), rules_of(always), any_store, AS_OF + 2 * DAY)
+    assert none.prospects_evaluated == 0 and none.customers_not_evaluated == 3
+
+
 def test_post_purchase_loyalty_after_the_second_order_in_the_last_day(store):
     data = dataset(
         [

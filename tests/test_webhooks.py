@@ -425,3 +425,44 @@ def test_churn_deliver_once_and_its_errors(tmp_path, monkeypatch, receivers):
     store.close()
     r = runner.invoke(app, ["deliver", "--once", "--url", gone.url])
     assert r.exit_code == 3 and "410 Gone" in r.output
+
+
+def test_retry_dead_moves_dead_letters_back_to_pending(store):
+    clock = Clock()
+    ids = fill(store, 3, controls=1, fired=clock.now)
+    store.mark_delivery(ids[0], "dead", 14, None, "HTTP 503: {}")
+    store.mark_delivery(ids[1], "dead", 14, None, "HTTP 500: {}")
+    store.mark_delivery(ids[2], "delivered", 1, None, None)
+    later = clock.now + timedelta(hours=1)
+    assert store.retry_dead(later) == 2
+    items = outbox(store)
+    assert [(items[i]["state"], items[i]["attempts"], items[i]["next_attempt_at"]) for i in ids] == [
+        ("pending", 0, later),
+        ("pending", 0, later),
+        ("delivered", 1, None),
+    ]
+    assert items[ids[0]]["last_error"] == "HTTP 503: {}"  # kept until the next attempt
+    assert sorted(store.pending_deliveries(later, 10)["id"].to_pylist()) == sorted(ids[:2])
+    assert [r["state"] for r in items.values()].count("control") == 1  # control items untouched
+    assert store.retry_dead(later) == 0
+
+
+def test_churn_deliver_retry_dead(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from churnguard.cli import app
+
+    monkeypatch.setenv("CHURN_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+    r = runner.invoke(app, ["deliver", "--retry-dead"])
+    assert r.exit_code == 2 and "holds no transactions yet" in r.output  # no store there: nothing created
+    store = open_store(StoreSettings(), tmp_path / "data")
+    ids = fill(store, 2, fired=datetime(2025, 3, 1, 6))
+    store.mark_delivery(ids[1], "dead", 14, None, "HTTP 500: {}")
+    store.close()
+    r = runner.invoke(app, ["deliver", "--retry-dead"])  # needs no webhook settings: a store operation
+    assert r.exit_code == 0, r.output
+    assert "1 dead-lettered item back to pending" in r.output
+    store = open_store(StoreSettings(), tmp_path / "data")
+    assert [(x["state"], x["attempts"]) for x in outbox(store).values()] == [("pending", 0), ("pending", 0)]
+    store.close()

@@ -38,6 +38,7 @@ class AppendResult:
     added: dict[str, int]
     present: dict[str, int]
     updated_customers: int = 0
+    queued: int = 0  # customers queued for a live trigger evaluation (``append(..., evaluate=True)``)
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,16 @@ class Store(Protocol):
     ) -> IngestResult: ...
 
     def append(
-        self, transactions: Iterable[Any] = (), events: Iterable[Any] = (), customers: Iterable[Any] = ()
-    ) -> AppendResult: ...
+        self,
+        transactions: Iterable[Any] = (),
+        events: Iterable[Any] = (),
+        customers: Iterable[Any] = (),
+        *,
+        evaluate: bool = False,
+    ) -> AppendResult:
+        """Already-validated rows, one transaction; rows already stored are skipped. ``evaluate``: the customers
+        whose rows were added or changed are queued for a live trigger evaluation in the same transaction."""
+        ...
 
     def dataset(self) -> Dataset: ...
 
@@ -82,10 +91,21 @@ class Store(Protocol):
 
     # the trigger outbox and evaluation state (``features/store/outbox.py`` defines the columns)
 
-    def add_outbox(self, items: pa.Table, *, evaluations: pa.Table | None = None) -> int:
-        """Add outbox items (``ITEM_SCHEMA``) not present yet (by ``id``) and record ``evaluations``
-        (``EVALUATION_INPUT``: customer_id, as_of, risk_tier), all in one transaction; returns how many items were
-        added."""
+    def add_outbox(
+        self, items: pa.Table, *, evaluations: pa.Table | None = None, evaluated: pa.Table | None = None
+    ) -> int:
+        """Add outbox items (``ITEM_SCHEMA``) not present yet (by ``id``), record ``evaluations``
+        (``EVALUATION_INPUT``: customer_id, as_of, risk_tier) and retire the pending evaluations ``evaluated`` (rows
+        of ``claim_evaluations``), all in one transaction; returns how many items were added."""
+        ...
+
+    def claim_evaluations(self, now: datetime, limit: int, lease_s: float) -> pa.Table:
+        """Claim up to ``limit`` pending evaluations nobody holds (or whose claim ran out), oldest touch first,
+        until ``now + lease_s`` (``PENDING_SCHEMA``)."""
+        ...
+
+    def pending_evaluations(self) -> int:
+        """How many customers are waiting for a live trigger evaluation (claimed or not)."""
         ...
 
     def outbox_after(self, cursor: int, limit: int) -> pa.Table:
@@ -106,6 +126,11 @@ class Store(Protocol):
         self, id: str, state: str, attempts: int, next_attempt_at: datetime | None, last_error: str | None
     ) -> None:
         """Record a delivery attempt's outcome; unknown ids and control items are a ``StoreError``."""
+        ...
+
+    def retry_dead(self, now: datetime) -> int:
+        """Every dead-lettered item back to ``pending``, attempts reset to 0, due at ``now`` (its ``last_error``
+        kept until the next attempt); returns how many."""
         ...
 
     def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:

@@ -82,12 +82,15 @@ from features.store.base import (
 from features.store.identity import ROW_ID, current_probe, row_ids
 from features.store.outbox import (
     CONTROL,
+    DEAD,
     EVALUATION_INPUT,
     EVALUATIONS_SCHEMA,
     FIRINGS_SCHEMA,
     OUTBOX_COLUMNS,
     OUTBOX_SCHEMA,
     PENDING,
+    PENDING_COLUMNS,
+    PENDING_SCHEMA,
     check_delivery_state,
     items_table,
 )
@@ -109,6 +112,14 @@ _OUTBOX_DDL = (
     "CREATE INDEX IF NOT EXISTS outbox_customer ON outbox (customer_id, as_of)",
     "CREATE TABLE IF NOT EXISTS trigger_evaluations (customer_id TEXT PRIMARY KEY, as_of INTEGER NOT NULL, "
     "risk_tier TEXT NOT NULL, prev_as_of INTEGER, prev_tier TEXT)",
+    "CREATE TABLE IF NOT EXISTS pending_evaluations (seq INTEGER PRIMARY KEY, customer_id TEXT UNIQUE NOT NULL, "
+    "touched_at INTEGER NOT NULL, claimed_until INTEGER)",
+)
+# a touch gives the customer's pending row a new, larger seq (kept if present: a claim in progress stays claimed)
+_QUEUE_EVALUATION = (
+    "INSERT INTO pending_evaluations (seq, customer_id, touched_at) "
+    "VALUES ((SELECT coalesce(max(seq), 0) + 1 FROM pending_evaluations), ?, ?) "
+    "ON CONFLICT (customer_id) DO UPDATE SET seq = excluded.seq, touched_at = excluded.touched_at"
 )
 # a later evaluation shifts the latest into "previous"; the same as_of again keeps the previous; an earlier one
 # changes nothing (the state always describes the latest evaluation and the one before it)
@@ -330,7 +341,9 @@ class EmbeddedStore:
 
     # ------------------------------------------------------------------------------------------ outbox
 
-    def add_outbox(self, items: pa.Table, *, evaluations: pa.Table | None = None) -> int:
+    def add_outbox(
+        self, items: pa.Table, *, evaluations: pa.Table | None = None, evaluated: pa.Table | None = None
+    ) -> int:
         items = items_table(items)
         rows = _outbox_rows(items)
         # synchronous=NORMAL, like the API's appends: a crash of the process loses nothing (WAL); a power loss may
@@ -354,7 +367,29 @@ class EmbeddedStore:
                         strict=True,
                     ),
                 )
+            if evaluated is not None and evaluated.num_rows:
+                pairs = list(zip(evaluated["customer_id"].to_pylist(), evaluated["seq"].to_pylist(), strict=True))
+                con.executemany("DELETE FROM pending_evaluations WHERE customer_id = ? AND seq = ?", pairs)
+                # touched again meanwhile (a newer seq): due again at once, with the new rows
+                released = [(c,) for c, _ in pairs]
+                con.executemany("UPDATE pending_evaluations SET claimed_until = NULL WHERE customer_id = ?", released)
         return added
+
+    def claim_evaluations(self, now: datetime, limit: int, lease_s: float) -> pa.Table:
+        at = _micros(now)
+        until = at + int(lease_s * 1_000_000)
+        with self._transaction(immediate=True) as con:
+            rows = con.execute(
+                f"UPDATE pending_evaluations SET claimed_until = ? WHERE seq IN (SELECT seq FROM pending_evaluations "
+                "WHERE claimed_until IS NULL OR claimed_until <= ? ORDER BY seq LIMIT ?) "
+                f"RETURNING {', '.join(PENDING_COLUMNS)}",
+                (until, at, int(limit)),
+            ).fetchall()
+        return _from_rows(sorted(rows, key=lambda r: r[1]), PENDING_SCHEMA)
+
+    def pending_evaluations(self) -> int:
+        with self._transaction() as con:
+            return con.execute("SELECT count(*) FROM pending_evaluations").fetchone()[0]
 
     def outbox_after(self, cursor: int, limit: int) -> pa.Table:
         with self._transaction() as con:
@@ -399,6 +434,13 @@ class EmbeddedStore:
                 "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
                 (state, int(attempts), _micros(next_attempt_at), last_error, id),
             )
+
+    def retry_dead(self, now: datetime) -> int:
+        with self._transaction(immediate=True) as con:
+            return con.execute(
+                f"UPDATE outbox SET state = '{PENDING}', attempts = 0, next_attempt_at = ? WHERE state = '{DEAD}'",
+                (_micros(now),),
+            ).rowcount
 
     def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:
         query = "SELECT customer_id, rule, as_of, control FROM outbox WHERE as_of >= ?"
@@ -468,15 +510,22 @@ class EmbeddedStore:
         return IngestResult(batch_id, report, rejects.num_rows, added, present, updated)
 
     def append(
-        self, transactions: Iterable[Any] = (), events: Iterable[Any] = (), customers: Iterable[Any] = ()
+        self,
+        transactions: Iterable[Any] = (),
+        events: Iterable[Any] = (),
+        customers: Iterable[Any] = (),
+        *,
+        evaluate: bool = False,
     ) -> AppendResult:
-        """Already-validated rows (the API's): one SQLite transaction; rows already stored are skipped."""
+        """Already-validated rows (the API's): one SQLite transaction; rows already stored are skipped; with
+        ``evaluate``, the customers whose rows changed are queued for a live trigger evaluation in it."""
         self._check_probe()
         duck = _thread_duck(self._local)
         tables = records(transactions, events, customers)
         tables = {name: _with_row_ids(duck, name, t) for name, t in tables.items() if t.num_rows}
         ids = sorted({i for t in tables.values() for i in t["customer_id"].to_pylist()})
         added, present, updated = {}, {}, 0
+        changed: set[str] = set()
         with self._transaction(immediate=True) as con:
             snap = self._open(self._live(con))
             for name in TABLE_NAMES:
@@ -506,7 +555,11 @@ class EmbeddedStore:
                     _insert_hot(con, name, rows)
                 added[name] = rows.num_rows - (updated if name == "customers" else 0)
                 present[name] = table.num_rows - rows.num_rows
-        return AppendResult(added, present, updated)
+                changed.update(rows["customer_id"].to_pylist())
+            if evaluate and changed:
+                touched = _micros(datetime.now(UTC))
+                con.executemany(_QUEUE_EVALUATION, [(c, touched) for c in sorted(changed)])
+        return AppendResult(added, present, updated, len(changed) if evaluate else 0)
 
     def compact(self) -> None:
         """Merge every live segment and the hot rows into one segment per table (one transaction)."""

@@ -36,6 +36,24 @@ cursor never skips an item.
 
 Evaluation state (:data:`EVALUATIONS_SCHEMA`): per customer the risk tier of the latest evaluation and of the one
 before it, so ``risk_jump`` can compare, and a re-run at the same as_of compares with the same previous tier.
+
+Pending evaluations (:data:`PENDING_SCHEMA`): the customers whose rows ``POST /v1/events`` added or changed, due a
+live trigger evaluation (``serving/live_triggers.py``). ``append(..., evaluate=True)`` records them in the same
+transaction as the rows, so a stored row always has its evaluation queued, whatever happens to the process next.
+A worker *claims* a few (``claim_evaluations``: ``claimed_until`` = now + a lease, so two workers or processes never
+evaluate one customer at once, and the claim of a worker that died runs out), evaluates them, and hands the claimed
+rows back to ``add_outbox(..., evaluated=...)``, which deletes them in the transaction that writes the firings. A
+customer touched again while being evaluated gets a new ``seq``: that row is not deleted but released, and is
+evaluated again with the new rows.
+
+================  ==============  ================================================================================
+column            type            meaning
+================  ==============  ================================================================================
+customer_id       string          the customer (one row per customer)
+seq               int64           increases on every touch: the worker deletes only the (customer_id, seq) it saw
+touched_at        timestamp[us]   when the latest request touched the customer (UTC, naive)
+claimed_until     timestamp[us]   a worker's claim runs until then (null: free to claim)
+================  ==============  ================================================================================
 """
 
 from __future__ import annotations
@@ -96,6 +114,17 @@ FIRINGS_SCHEMA = pa.schema(
         pa.field("control", pa.bool_(), nullable=False),
     ]
 )
+
+# customers due a live trigger evaluation (see the module docstring)
+PENDING_SCHEMA = pa.schema(
+    [
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("touched_at", _TS, nullable=False),
+        pa.field("claimed_until", _TS),
+    ]
+)
+PENDING_COLUMNS: tuple[str, ...] = tuple(PENDING_SCHEMA.names)
 
 _NAMESPACE = uuid.UUID("5b0e4c1e-7d9a-4a55-9d2c-6f1b8c0e2a11")  # fixed forever: ids must not change
 

@@ -26,7 +26,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -48,12 +48,15 @@ from features.store.base import (
 from features.store.identity import ROW_ID, current_probe, row_ids
 from features.store.outbox import (
     CONTROL,
+    DEAD,
     EVALUATION_INPUT,
     EVALUATIONS_SCHEMA,
     FIRINGS_SCHEMA,
     OUTBOX_COLUMNS,
     OUTBOX_SCHEMA,
     PENDING,
+    PENDING_COLUMNS,
+    PENDING_SCHEMA,
     STATES,
     check_delivery_state,
     items_table,
@@ -91,6 +94,8 @@ def _ddl() -> list[str]:
         f"CREATE INDEX IF NOT EXISTS outbox_customer ON {SCHEMA}.outbox (customer_id, as_of)",
         f'CREATE TABLE IF NOT EXISTS {SCHEMA}.trigger_evaluations (customer_id text COLLATE "C" PRIMARY KEY, '
         "as_of timestamp NOT NULL, risk_tier text NOT NULL, prev_as_of timestamp, prev_tier text)",
+        f"CREATE TABLE IF NOT EXISTS {SCHEMA}.pending_evaluations (seq bigserial PRIMARY KEY, customer_id text "
+        'COLLATE "C" UNIQUE NOT NULL, touched_at timestamp NOT NULL, claimed_until timestamp)',
     ]
     for name, contract in CONTRACTS.items():
         cols = ", ".join(
@@ -226,15 +231,22 @@ class PostgresStore:
         return IngestResult(batch_id, report, rejects.num_rows, added, present, updated)
 
     def append(
-        self, transactions: Iterable[Any] = (), events: Iterable[Any] = (), customers: Iterable[Any] = ()
+        self,
+        transactions: Iterable[Any] = (),
+        events: Iterable[Any] = (),
+        customers: Iterable[Any] = (),
+        *,
+        evaluate: bool = False,
     ) -> AppendResult:
-        """Already-validated rows (the API's), one transaction; rows already stored are skipped."""
+        """Already-validated rows (the API's), one transaction; rows already stored are skipped; with ``evaluate``,
+        the customers whose rows changed are queued for a live trigger evaluation in it."""
         self._check_probe()
         duck = getattr(self._local, "duck", None) or connect(threads=1)
         self._local.duck = duck
         tables = {name: _with_row_ids(duck, name, t) for name, t in records(transactions, events, customers).items()}
         ids = sorted({i for t in tables.values() for i in t["customer_id"].to_pylist()})
         added, present, updated = {}, {}, 0
+        changed: set[str] = set()
         with self._small() as con, con.transaction():
             if ids:
                 con.execute(
@@ -247,19 +259,31 @@ class PostgresStore:
                 added[name] = 0
                 if table.num_rows:
                     cols, select, values = _unnest(name, table)
-                    added[name] = con.execute(
-                        f"WITH ins AS (INSERT INTO {SCHEMA}.{name} ({cols}) {select} ON CONFLICT DO NOTHING "
-                        "RETURNING 1) SELECT count(*) FROM ins",
+                    new = con.execute(
+                        f"INSERT INTO {SCHEMA}.{name} ({cols}) {select} ON CONFLICT DO NOTHING RETURNING customer_id",
                         values,
-                    ).fetchone()[0]
+                    ).fetchall()
+                    added[name] = len(new)
+                    changed.update(c for (c,) in new)
                 present[name] = table.num_rows - added[name]
             table = tables["customers"]
             added["customers"] = 0
             if table.num_rows:
                 cols, select, values = _unnest("customers", table)
-                added["customers"], updated = con.execute(_upsert_customers(select, with_seq=False), values).fetchone()
+                added["customers"], updated, written = con.execute(
+                    _upsert_customers(select, with_seq=False, ids=True), values
+                ).fetchone()
+                changed.update(written or [])
             present["customers"] = table.num_rows - added["customers"] - updated
-        return AppendResult(added, present, updated)
+            if evaluate and changed:
+                # a touch gives the pending row a new seq (excluded.seq: the proposed row's fresh serial); a claim
+                # in progress stays
+                con.execute(
+                    f"INSERT INTO {SCHEMA}.pending_evaluations (customer_id, touched_at) SELECT unnest(%s::text[]), "
+                    "%s ON CONFLICT (customer_id) DO UPDATE SET seq = excluded.seq, touched_at = excluded.touched_at",
+                    (sorted(changed), datetime.now(UTC).replace(tzinfo=None)),
+                )
+        return AppendResult(added, present, updated, len(changed) if evaluate else 0)
 
     def compact(self) -> None:
         """Nothing to merge in PostgreSQL; refreshes the planner's statistics after large ingests."""
@@ -269,7 +293,9 @@ class PostgresStore:
 
     # ------------------------------------------------------------------------------------------ outbox
 
-    def add_outbox(self, items: pa.Table, *, evaluations: pa.Table | None = None) -> int:
+    def add_outbox(
+        self, items: pa.Table, *, evaluations: pa.Table | None = None, evaluated: pa.Table | None = None
+    ) -> int:
         items = items_table(items)
         control = items["control"].to_pylist()
         fired = items["fired_at"].to_pylist()
@@ -306,7 +332,34 @@ class PostgresStore:
                     "as_of = excluded.as_of, risk_tier = excluded.risk_tier WHERE excluded.as_of >= t.as_of",
                     (ev["customer_id"].to_pylist(), ev["as_of"].to_pylist(), ev["risk_tier"].to_pylist()),
                 )
+            if evaluated is not None and evaluated.num_rows:
+                ids, seqs = evaluated["customer_id"].to_pylist(), evaluated["seq"].to_pylist()
+                con.execute(
+                    f"DELETE FROM {SCHEMA}.pending_evaluations p USING unnest(%s::text[], %s::bigint[]) AS d(c, s) "
+                    "WHERE p.customer_id = d.c AND p.seq = d.s",
+                    (ids, seqs),
+                )
+                # touched again meanwhile (a newer seq): due again at once, with the new rows
+                con.execute(
+                    f"UPDATE {SCHEMA}.pending_evaluations SET claimed_until = NULL WHERE customer_id = ANY(%s)", (ids,)
+                )
         return added
+
+    def claim_evaluations(self, now: datetime, limit: int, lease_s: float) -> pa.Table:
+        at = _naive(now)
+        assert at is not None
+        with self._small() as con, con.transaction():
+            rows = con.execute(
+                f"UPDATE {SCHEMA}.pending_evaluations SET claimed_until = %s WHERE seq IN (SELECT seq FROM "
+                f"{SCHEMA}.pending_evaluations WHERE claimed_until IS NULL OR claimed_until <= %s ORDER BY seq "
+                f"LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {', '.join(PENDING_COLUMNS)}",
+                (at + timedelta(seconds=lease_s), at, int(limit)),
+            ).fetchall()
+        return _from_rows(sorted(rows, key=lambda r: r[1]), PENDING_SCHEMA)
+
+    def pending_evaluations(self) -> int:
+        with self._small() as con:
+            return con.execute(f"SELECT count(*) FROM {SCHEMA}.pending_evaluations").fetchone()[0]
 
     def outbox_after(self, cursor: int, limit: int) -> pa.Table:
         with self._small() as con:
@@ -355,6 +408,15 @@ class PostgresStore:
                 "WHERE id = %s",
                 (state, int(attempts), _naive(next_attempt_at), last_error, id),
             )
+
+    def retry_dead(self, now: datetime) -> int:
+        with self._small() as con, con.transaction():
+            cur = con.execute(
+                f"UPDATE {SCHEMA}.outbox SET state = '{PENDING}', attempts = 0, next_attempt_at = %s "
+                f"WHERE state = '{DEAD}'",
+                (_naive(now),),
+            )
+            return cur.rowcount
 
     def firings_since(self, since: datetime, customer_ids: Sequence[str] | None = None) -> pa.Table:
         query = f"SELECT customer_id, rule, as_of, control FROM {SCHEMA}.outbox WHERE as_of >= %s"
@@ -457,14 +519,17 @@ class PostgresStore:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _upsert_customers(select: str, *, with_seq: bool = True) -> str:
-    """Insert new customers, replace changed ones (the latest write wins); returns (inserted, updated)."""
+def _upsert_customers(select: str, *, with_seq: bool = True, ids: bool = False) -> str:
+    """Insert new customers, replace changed ones (the latest write wins); returns (inserted, updated), and with
+    ``ids`` the written customer ids (an array) too."""
     cols = ", ".join(f'"{c}"' for c in (*_COLUMNS["customers"], ROW_ID)) + (", batch_seq" if with_seq else "")
     return (
         f"WITH up AS (INSERT INTO {SCHEMA}.customers AS c ({cols}) {select} ON CONFLICT (customer_id) DO UPDATE "
         "SET signup_date = excluded.signup_date, churn_date = excluded.churn_date, row_id = excluded.row_id, "
-        "batch_seq = excluded.batch_seq WHERE c.row_id <> excluded.row_id RETURNING (xmax = 0) AS inserted) "
-        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"
+        "batch_seq = excluded.batch_seq WHERE c.row_id <> excluded.row_id RETURNING customer_id, (xmax = 0) AS "
+        "inserted) SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)"
+        + (", array_agg(customer_id)" if ids else "")
+        + " FROM up"
     )
 
 
