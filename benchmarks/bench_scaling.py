@@ -20,6 +20,7 @@ squares): 1.0 is linear, the target. Results: ``<out>/scaling.md`` and ``<out>/s
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="100000,300000,1000000,3000000")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     p.add_argument("--steps", default=",".join(STEPS))
+    p.add_argument(
+        "--keep-previous", action="store_true", help="add the sizes of the last run's scaling.json not measured now"
+    )
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     steps = [s for s in args.steps.split(",") if s]
@@ -117,6 +121,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{n:>9,} {step:<8} {results[n][step]}", flush=True)
         shutil.rmtree(work / "store", ignore_errors=True)  # 3M stores are large; the numbers are kept
 
+    previous = args.out / "scaling.json"
+    if args.keep_previous and previous.exists():  # sizes measured in an earlier run join the table, flagged
+        for n, steps_done in json.loads(previous.read_text())["results"].items():
+            if int(n) not in results:
+                results[int(n)] = {k: dict(v, earlier_run=True) for k, v in steps_done.items()}
+        sizes = sorted(results)
     report = {"sizes": sizes, "results": results, "machine": machine_info(), "code": code_version()}
     write_report(args.out, "scaling", report, to_markdown(sizes, results, steps))
 
@@ -128,7 +138,8 @@ def to_markdown(sizes: list[int], results: dict[int, dict[str, dict]], steps: li
         r = results[n]
         loads = [v["load_before"] for v in r.values()]
         cells = [f"{r[s]['wall_s']} / {r[s]['cpu_s']} / {r[s]['peak_rss_gib']}" for s in steps]
-        rows.append(f"| {n:,} | " + " | ".join(cells) + f" | {min(loads)}-{max(loads)} |")
+        earlier = " (earlier run)" if any(v.get("earlier_run") for v in r.values()) else ""
+        rows.append(f"| {n:,}{earlier} | " + " | ".join(cells) + f" | {min(loads)}-{max(loads)} |")
     if len(sizes) >= 2:
         for label, key in (("slope of log time", "wall_s"), ("slope of log peak memory", "peak_rss_gib")):
             cells = [f"{slope(sizes, [results[n][s][key] for n in sizes]):.2f}" for s in steps]
