@@ -13,7 +13,10 @@ against off, in the same run, on the same store; and how long a firing takes to 
    off, on, ``--requests / 2`` each; before each block the live worker's backlog is drained (``/readyz``).
 4. Lag: 20 times, a new customer with a purchase 20 days ago and a ``cart_add`` 30 hours ago is posted to the
    live service, and ``GET /v1/outbox`` polled until its ``cart_abandoned`` item is there.
-Output: ``<out>/live_triggers.md`` and ``<out>/live_triggers.json``.
+``--worker process``: the live service only queues (``serving.live_triggers_worker = process``) and a
+``churn triggers --follow`` process of its own evaluates, as a deployment that keeps evaluation off the API runs it.
+Output: ``<out>/live_triggers.md`` and ``<out>/live_triggers.json`` (``live_triggers_process.*`` with
+``--worker process``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -155,6 +159,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--spaced", type=int, default=400, help="Requests one at a time into an idle worker.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument("--worker", choices=("service", "process"), default="service")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from features.store import StoreSettings
@@ -174,12 +179,23 @@ def main() -> None:
     off, _ = serve("ours", OFF, data_dir, args.out, env={**env, "CHURN_SERVING__LIVE_TRIGGERS": "false"},
                    log=args.out / "live_triggers_off.log")  # fmt: skip
     try:
-        on, _ = serve("ours", ON, data_dir, args.out, env={**env, "CHURN_SERVING__LIVE_TRIGGERS": "true"},
-                      log=args.out / "live_triggers_on.log")  # fmt: skip
+        on_env = {**env, "CHURN_SERVING__LIVE_TRIGGERS": "true", "CHURN_SERVING__LIVE_TRIGGERS_WORKER": args.worker}
+        on, _ = serve("ours", ON, data_dir, args.out, env=on_env, log=args.out / "live_triggers_on.log")
+        follower = None
+        if args.worker == "process":  # the evaluation in a process of its own, as `churn triggers --follow` runs
+            environ = {k: v for k, v in os.environ.items() if not k.startswith("CHURN_")}
+            environ.update({"CHURN_DATA_DIR": str(data_dir), **on_env})
+            with open(args.out / "live_triggers_follow.log", "w") as log:
+                follower = subprocess.Popen(
+                    [sys.executable, "-m", "churnguard.cli", "triggers", "--follow"],
+                    cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
         try:
             results.update(measure(ids, args.requests, args.spaced))
         finally:
             stop(on)
+            if follower is not None:
+                stop(follower)
     finally:
         stop(off)
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
@@ -199,7 +215,8 @@ def main() -> None:
 
     lines = [
         f"# Live trigger evaluation and POST /v1/events ({args.customers:,} demo customers, embedded store; "
-        f"{args.requests:,} sequential requests, alternating blocks)",
+        f"{args.requests:,} sequential requests, alternating blocks; evaluated in: "
+        f"{'the service' if args.worker == 'service' else 'a churn triggers --follow process'})",
         "",
         f"Machine: {os.cpu_count()} cores, shared with other jobs; 1-minute load average "
         f"{results['machine']['load_average_at_start']:.1f} at start, {results['machine']['load_average_at_end']:.1f} "
@@ -219,8 +236,9 @@ def main() -> None:
         f"{results['backlog after the last on block']} customers.",
     ]
     text = "\n".join(lines) + "\n"
-    (args.out / "live_triggers.md").write_text(text)
-    (args.out / "live_triggers.json").write_text(json.dumps(results, indent=2))
+    name = "live_triggers" if args.worker == "service" else "live_triggers_process"
+    (args.out / f"{name}.md").write_text(text)
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
     print(text)
 
 

@@ -742,10 +742,22 @@ def triggers(
     ] = None,
     rules: Annotated[Path | None, typer.Option(help="Trigger rules YAML (default from settings).")] = None,
     model: Annotated[str | None, typer.Option(help="Model URI (default models:/<name>@champion).")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Evaluate the customers POST /v1/events queues, as they come, until stopped (its own process: "
+            "CHURN_SERVING__LIVE_TRIGGERS_WORKER=process), following the champion.",
+        ),
+    ] = False,
+    queued: Annotated[
+        bool, typer.Option("--queued", help="Evaluate the customers queued by POST /v1/events so far, then stop.")
+    ] = False,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
 ) -> None:
-    """Evaluate the trigger rules for every customer and write each firing once to the store's outbox."""
+    """Evaluate the trigger rules for every customer and write each firing once to the store's outbox (or, with
+    --follow / --queued, for the customers the API's POST /v1/events queued)."""
     from churnguard.console import print_trigger_run, progress
     from features.contract import now_utc
     from features.io import write_table
@@ -757,6 +769,13 @@ def triggers(
     settings = _settings(scoring={"model_uri": model, "triggers_file": rules})
     policy = load_policy(settings.scoring.policy_file)
     trigger_rules = load_triggers(settings.scoring.triggers_file, policy=policy)
+    if follow or queued:
+        if data is not None or as_of is not None or out is not None:
+            raise ValueError("--follow and --queued evaluate the store's queue now: no --data, --as-of or --out")
+        from churnguard.live import evaluate_queue
+
+        evaluate_queue(settings, trigger_rules, policy, follow=follow)
+        return
     when = as_of or now_utc()
     dataset = load_data(data, mapping, map_, settings)[0] if data else None
     with console.status(f"loading {settings.model_uri} ..."):

@@ -23,6 +23,10 @@ claim), and should a lease run out mid-evaluation, the outbox id ``uuid5(rule|cu
 cool-downs keep a firing single. A customer touched again while being evaluated keeps a pending row (a newer
 ``seq``) and is evaluated again with the new rows.
 
+With ``serving.live_triggers_worker = "process"`` the API processes only queue, and ``churn triggers --follow``
+processes (as many as wanted, on any machine that reaches the store) run this worker in the foreground: the
+evaluation then never competes with the requests for their process's CPU and interpreter lock.
+
 A store that cannot be reached pauses the worker (it tries again after ``serving.live_triggers_poll_s``); the routes
 answer as they would anyway. ``serving.live_triggers = false`` turns it off: rows are then not queued, and only
 ``churn triggers`` evaluates. ``/readyz`` reports the backlog (``pending_evaluations``).
@@ -93,6 +97,15 @@ class LiveTriggers:
         self._thread = threading.Thread(target=self._loop, name="churnguard-live-triggers", daemon=True)
         self._wake.set()  # leftovers first
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run_until_stopped(self) -> None:
+        """The worker in the foreground (``churn triggers --follow``): what :meth:`start` runs, in this thread."""
+        self._wake.set()
+        self._loop()
 
     def notify(self) -> None:
         """A request queued customers: start a pass now rather than at the next poll."""

@@ -160,7 +160,8 @@ class ChurnService:
             poll_s=s.serving.live_triggers_poll_s,
             delay_s=s.serving.live_triggers_delay_s,
         )
-        live.start()
+        if s.serving.live_triggers_worker == "service":
+            live.start()  # else `churn triggers --follow` evaluates; this process only queues and reports the backlog
         return live
 
     def _prepare(self, model: ChurnModel) -> ChurnModel:
@@ -355,7 +356,7 @@ class ChurnService:
             live = self.live
             result = self.store.run(lambda store: store.append(**kept, evaluate=live is not None))
             added, present, updated = result.added, result.present, result.updated_customers
-            if live is not None and result.queued:
+            if live is not None and result.queued and live.running:
                 live.notify()  # the trigger rules run for these customers in the background
         else:
             self.store.run(lambda store: store.rows_for([]))  # nothing to write, but the store must be there

@@ -91,6 +91,12 @@ class ServingSettings(Section):
         description="Evaluate the trigger rules for the customers of each POST /v1/events, in the background (queued "
         "in the store with the rows; serving/live_triggers.py). false: only `churn triggers` evaluates.",
     )
+    live_triggers_worker: Literal["service", "process"] = Field(
+        "service",
+        description="Where queued customers are evaluated: service, a thread in each API process (nothing else to "
+        "run); process, only in `churn triggers --follow` processes of their own, so the evaluation never takes CPU "
+        "or the interpreter lock from the requests (the API then only queues).",
+    )
     live_triggers_batch: int = Field(100, ge=1, le=10_000, description="Customers evaluated per live pass.")
     live_triggers_delay_s: float = Field(
         1.0,

@@ -531,3 +531,51 @@ def test_events_are_evaluated_live_and_each_firing_is_written_once(client, store
     )
     assert cid not in {i["customer_id"] for i in run.items().to_pylist()}
     assert _outbox_of(client, cid) == [item]
+
+
+def test_with_a_separate_worker_the_api_only_queues_and_churn_triggers_queued_evaluates(
+    registered, test_settings, demo_dir, tmp_path
+):
+    """serving.live_triggers_worker = process: POST /v1/events queues its customer and nothing in the API
+    evaluates it (the backlog stays); `churn triggers --queued`, a process of its own, fires cart_abandoned with the
+    same outbox id the in-service worker would give, and empties the queue."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from churnguard.cli import app
+    from features.contract import now_utc
+    from features.store import StoreSettings, ingest, open_store
+    from features.store.outbox import outbox_id
+
+    settings = StoreSettings(path=tmp_path / "store")
+    store = open_store(settings, test_settings.data_dir)
+    ingest(store, demo_dir, now=NOW)
+    store.close()
+    env = {"CHURN_STORE__PATH": str(settings.path), "CHURN_SERVING__LIVE_TRIGGERS_WORKER": "process"}
+    now = now_utc().replace(tzinfo=None)
+    cid = f"api-sep-{uuid.uuid4().hex[:8]}"
+    body = {
+        "transactions": [{"customer_id": cid, "timestamp": (now - timedelta(days=40)).isoformat(), "amount": 30.0}],
+        "events": [
+            {"customer_id": cid, "timestamp": (now - timedelta(hours=30)).isoformat(), "event_type": "cart_add"}
+        ],
+    }
+    with service(test_settings.data_dir, env) as client:
+        assert client.post("/v1/events", json=body).json()["added"]["events"] == 1
+        time.sleep(2.5)  # more than the in-service worker's delay and poll: it would have run by now
+        assert client.get("/readyz").json()["pending_evaluations"] == 1
+        assert _outbox_of(client, cid) == []
+
+        cli_env = {"CHURN_DATA_DIR": str(test_settings.data_dir), **env}
+        done = CliRunner().invoke(app, ["triggers", "--queued"], env=cli_env)
+        assert done.exit_code == 0, done.output
+        assert "evaluated 1 queued customers; 1 triggers fired" in " ".join(done.output.split())
+        (item,) = _outbox_of(client, cid)
+        assert item["rule"] == "cart_abandoned"
+        assert item["id"] == outbox_id("cart_abandoned", cid, datetime.fromisoformat(item["as_of"].removesuffix("Z")))
+        assert client.get("/readyz").json()["pending_evaluations"] == 0
+        again = CliRunner().invoke(app, ["triggers", "--queued"], env=cli_env)
+        assert "evaluated 0 queued customers" in " ".join(again.output.split())
+        bad = CliRunner().invoke(app, ["triggers", "--queued", "--as-of", "2024-01-01"], env=cli_env)
+        assert bad.exit_code == 2 and "--queued" in bad.output
