@@ -26,14 +26,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import GIB, code_version, machine_info, write_report  # noqa: E402
+from benchmarks.common import code_version, machine_info, run_process, write_report  # noqa: E402
 
 AS_OF = "2025-01-01"
 MODEL_CUSTOMERS = 20_000
@@ -42,25 +41,6 @@ READ = (
     "import pyarrow.parquet as pq, sys; from pathlib import Path; "
     "print(sum(pq.read_table(p).num_rows for p in Path(sys.argv[1]).glob('*.parquet')))"
 )
-
-
-def run(argv: list[str], env: dict[str, str]) -> dict:
-    """One process: wall seconds, CPU seconds and its own peak RSS."""
-    load = os.getloadavg()[0]
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = proc.stdout.read() if proc.stdout else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{output.decode(errors='replace')[-3000:]}")
-    return {
-        "wall_s": round(wall, 2),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
-        "load_before": round(load, 2),
-        "load_after": round(os.getloadavg()[0], 2),
-    }
 
 
 def slope(sizes: list[int], values: list[float]) -> float:
@@ -117,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         for step in STEPS:
             if step not in steps and step != "ingest":  # the later steps read the store
                 continue
-            results[n][step] = run(commands[step], env)
+            results[n][step] = run_process(commands[step], env)
             print(f"{n:>9,} {step:<8} {results[n][step]}", flush=True)
         shutil.rmtree(work / "store", ignore_errors=True)  # 3M stores are large; the numbers are kept
 

@@ -21,14 +21,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import GIB, code_version, machine_info, write_report  # noqa: E402
+from benchmarks.common import code_version, machine_info, run_process, write_report  # noqa: E402
 
 AS_OF = "2024-10-01"
 COMMANDS = {
@@ -36,25 +35,6 @@ COMMANDS = {
     "labels": ["labels", "--as-of", "2024-06-01", "--out", "{out}/labels.parquet"],
     "report": ["report", "--out", "{out}/report.html"],
 }
-
-
-def run(argv: list[str], env: dict[str, str]) -> dict:
-    """One ``churn`` process: wall seconds, CPU seconds and its own peak RSS."""
-    load = os.getloadavg()[0]
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = proc.stdout.read() if proc.stdout else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{output.decode(errors='replace')[-2000:]}")
-    return {
-        "wall_s": round(wall, 2),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
-        "load_before": round(load, 2),
-        "load_after": round(os.getloadavg()[0], 2),
-    }
 
 
 def same_output(a: Path, b: Path) -> bool:
@@ -109,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    results: dict[str, dict] = {"ingest": run([*churn, "ingest", "--data", str(demo)], env)}
+    results: dict[str, dict] = {"ingest": run_process([*churn, "ingest", "--data", str(demo)], env)}
     print(f"ingest: {results['ingest']}", flush=True)
     for name in commands:
         for source in ("files", "store"):
@@ -118,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             argv = [*churn, *(a.format(out=out) for a in COMMANDS[name])]
             if source == "files":
                 argv += ["--data", str(demo)]
-            results[f"{name}_{source}"] = run(argv, env)
+            results[f"{name}_{source}"] = run_process(argv, env)
             print(f"{name} from the {source}: {results[f'{name}_{source}']}", flush=True)
         produced = next((work / f"{name}_files").iterdir())
         results[f"{name}_equal"] = same_output(produced, work / f"{name}_store" / produced.name)
@@ -127,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             out.mkdir()
             script = [sys.executable, "-m", "benchmarks.pandas_reference", "--data", str(demo), "--as-of", AS_OF]
             script += ["--out", str(out / produced.name)]
-            results["features_pandas"] = run(script, {**env, "PYTHONPATH": str(ROOT)})
+            results["features_pandas"] = run_process(script, {**env, "PYTHONPATH": str(ROOT)})
             results["features_pandas_equal"] = close_output(produced, out / produced.name)
             print(f"features, pandas script: {results['features_pandas']}", flush=True)
 

@@ -301,3 +301,23 @@ def run_stages(
         results[name] = child(script, name, spec, work / f"{name}.json")
         print(f"[{name}] {headline(name, results[name])}", flush=True)
         (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def run_process(argv: list[str], env: dict[str, str]) -> dict:
+    """One whole process (a ``churn`` command, a script) from the repository root: wall seconds, CPU seconds, its
+    own peak RSS (``os.wait4``) and the 1-minute load average before and after; its output is kept for errors."""
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{output.decode(errors='replace')[-3000:]}")
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
+        "load_before": round(load, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
