@@ -253,8 +253,8 @@ def read_frames(data_dir: Path, now: pd.Timestamp) -> Frames:
         return pd.read_parquet(path) if path.exists() else pd.read_csv(data_dir / f"{name}.csv", dtype=str)
 
     def clean(frame: pd.DataFrame, needed: list[str], times: list[str]) -> pd.DataFrame:
-        frame = frame.drop_duplicates()
         frame = frame.assign(**{c: pd.to_datetime(frame[c], errors="coerce", format="mixed") for c in times})
+        frame = frame.drop_duplicates()  # on the parsed values: one time stamp written two ways is one row
         frame = frame.dropna(subset=needed)
         return frame[frame["timestamp"] <= now] if "timestamp" in frame else frame
 
