@@ -22,10 +22,11 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import latency_stats  # noqa: E402
 
 
 def prepare(out: Path) -> tuple[dict, list[float | None], str]:
@@ -157,14 +158,7 @@ def measure(url: str, body: dict, n: int) -> dict:
             r = client.post(url, json=body)
             latencies.append((time.perf_counter() - t) * 1000)
             r.raise_for_status()
-    a = np.array(latencies)
-    return {
-        "p50_ms": float(np.percentile(a, 50)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "mean_ms": float(a.mean()),
-        "max_ms": float(a.max()),
-        "n": n,
-    }
+    return latency_stats(latencies)
 
 
 def main() -> None:

@@ -36,12 +36,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_api import BENCH_KEY, prepare, serve, stop  # noqa: E402
+from benchmarks.common import latency_stats  # noqa: E402
 
 NOW = datetime(2026, 1, 1)
 
@@ -101,17 +101,7 @@ def timed_side_by_side(n: int, calls: dict[str, Callable[[int], httpx.Response]]
             r = calls[name](warm + i)
             latencies[name].append((time.perf_counter() - t) * 1000)
             r.raise_for_status()
-    return {name: _stats(np.array(v)) for name, v in latencies.items()}
-
-
-def _stats(a: np.ndarray) -> dict:
-    return {
-        "p50_ms": float(np.percentile(a, 50)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "mean_ms": float(a.mean()),
-        "max_ms": float(a.max()),
-        "n": len(a),
-    }
+    return {name: latency_stats(v) for name, v in latencies.items()}
 
 
 def measure_store_routes(ports: dict[str, int], ids: list[str], n: int) -> dict[str, dict]:

@@ -32,26 +32,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_api import BENCH_KEY, prepare, serve, stop  # noqa: E402
 from benchmarks.bench_api_store import demo, fill, sample_ids  # noqa: E402
+from benchmarks.common import latency_stats  # noqa: E402
 
 OFF, ON = 3731, 3732
-
-
-def stats(latencies: list[float]) -> dict:
-    a = np.array(latencies)
-    return {
-        "p50_ms": float(np.percentile(a, 50)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "mean_ms": float(a.mean()),
-        "max_ms": float(a.max()),
-        "n": len(a),
-    }
 
 
 def backlog(client: httpx.Client) -> int:
@@ -134,13 +123,13 @@ def measure(ids: list[str], n: int, spaced: int) -> dict:
                 time.sleep(0.005)
             lag.append((time.perf_counter() - t) * 1000)
     return {
-        "POST /v1/events, live triggers off": stats(latencies["off"]),
-        "POST /v1/events, live triggers on": stats(latencies["on"]),
-        "POST /v1/events into an idle worker, live triggers off": stats(latencies["off, spaced"]),
-        "POST /v1/events into an idle worker, live triggers on": stats(latencies["on, spaced"]),
+        "POST /v1/events, live triggers off": latency_stats(latencies["off"]),
+        "POST /v1/events, live triggers on": latency_stats(latencies["on"]),
+        "POST /v1/events into an idle worker, live triggers off": latency_stats(latencies["off, spaced"]),
+        "POST /v1/events into an idle worker, live triggers on": latency_stats(latencies["on, spaced"]),
         "backlog after the last on block": backlog_after_on,
         "drain_s before each block and at the end": [round(d, 2) for d in drains],
-        "lag POST -> outbox item (ms)": stats(lag),
+        "lag POST -> outbox item (ms)": latency_stats(lag),
     }
 
 

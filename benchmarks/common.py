@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -320,4 +320,18 @@ def run_process(argv: list[str], env: dict[str, str]) -> dict:
         "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
         "load_before": round(load, 2),
         "load_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> dict:
+    """p50, p99, mean and max of request latencies in milliseconds, and how many there were."""
+    import numpy as np
+
+    a = np.asarray(latencies_ms, dtype=float)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "max_ms": float(a.max()),
+        "n": len(a),
     }

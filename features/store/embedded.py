@@ -401,8 +401,7 @@ class EmbeddedStore:
     def pending_deliveries(self, now: datetime, limit: int) -> pa.Table:
         with self._transaction() as con:
             rows = con.execute(
-                f"SELECT {_OUTBOX_SELECT} FROM outbox WHERE state = '{PENDING}' AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at, seq LIMIT ?",
+                _DUE_ITEMS,
                 (_micros(now), int(limit)),
             ).fetchall()
         return _from_rows(rows, OUTBOX_SCHEMA)
@@ -410,8 +409,7 @@ class EmbeddedStore:
     def claim_deliveries(self, now: datetime, limit: int, lease_until: datetime) -> pa.Table:
         with self._transaction(immediate=True) as con:  # one writer at a time: the claim is atomic
             rows = con.execute(
-                f"SELECT {_OUTBOX_SELECT} FROM outbox WHERE state = '{PENDING}' AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at, seq LIMIT ?",
+                _DUE_ITEMS,
                 (_micros(now), int(limit)),
             ).fetchall()
             seq = OUTBOX_COLUMNS.index("seq")
@@ -917,6 +915,11 @@ def _thread_duck(local: threading.local) -> Any:
 # ---------------------------------------------------------------------------------------------- outbox helpers
 
 _OUTBOX_SELECT = ", ".join(OUTBOX_COLUMNS)
+# pending items due at a time, oldest due first: what a deliverer reads and what it claims
+_DUE_ITEMS = (
+    f"SELECT {_OUTBOX_SELECT} FROM outbox WHERE state = '{PENDING}' AND next_attempt_at <= ? "
+    "ORDER BY next_attempt_at, seq LIMIT ?"
+)
 
 
 def _micros(when: datetime | None) -> int | None:

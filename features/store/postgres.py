@@ -372,8 +372,7 @@ class PostgresStore:
     def pending_deliveries(self, now: datetime, limit: int) -> pa.Table:
         with self._small() as con:
             rows = con.execute(
-                f"SELECT {_OUTBOX_SELECT} FROM {SCHEMA}.outbox WHERE state = '{PENDING}' AND next_attempt_at <= %s "
-                "ORDER BY next_attempt_at, seq LIMIT %s",
+                _DUE_ITEMS,
                 (_naive(now), int(limit)),
             ).fetchall()
         return _from_rows(rows, OUTBOX_SCHEMA)
@@ -382,8 +381,7 @@ class PostgresStore:
         # SKIP LOCKED: a second deliverer claiming at the same moment takes the next items instead of waiting
         with self._small() as con, con.transaction():
             rows = con.execute(
-                f"SELECT {_OUTBOX_SELECT} FROM {SCHEMA}.outbox WHERE state = '{PENDING}' AND next_attempt_at <= %s "
-                "ORDER BY next_attempt_at, seq LIMIT %s FOR UPDATE SKIP LOCKED",
+                _DUE_ITEMS + " FOR UPDATE SKIP LOCKED",
                 (_naive(now), int(limit)),
             ).fetchall()
             seq = OUTBOX_COLUMNS.index("seq")
@@ -563,6 +561,11 @@ def _first_line(e: BaseException) -> str:
 
 
 _OUTBOX_SELECT = ", ".join("fields::text" if c == "fields" else c for c in OUTBOX_COLUMNS)
+# pending items due at a time, oldest due first: what a deliverer reads and what it claims (+ FOR UPDATE ...)
+_DUE_ITEMS = (
+    f"SELECT {_OUTBOX_SELECT} FROM {SCHEMA}.outbox WHERE state = '{PENDING}' AND next_attempt_at <= %s "
+    "ORDER BY next_attempt_at, seq LIMIT %s"
+)
 
 
 def _naive(when: datetime | None) -> datetime | None:
